@@ -1,0 +1,5 @@
+import sys
+
+from kimagekit.cli import main
+
+sys.exit(main())

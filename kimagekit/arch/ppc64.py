@@ -1,0 +1,115 @@
+"""The powerpc kexec_file ELF loader (``arch/powerpc/kexec/elf_64.c``), offline.
+
+Segment order as a 6.x kernel adds them: the IMA hand-over first (``ima_add_kexec_buffer`` runs
+before the image loader), the vmlinux PT_LOADs, the purgatory, the initrd, the device tree. The
+device-tree edit is a hook so this module needs nothing from the DT layer: it is told where the
+initrd and hand-over landed and returns the new tree, which is then placed last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kimagekit.errors import ParseError, converted
+from kimagekit.formats import elf
+from kimagekit.image import ARCHES, HandoverStyle, KexecImage, seal
+from kimagekit.purgatory import DigestPolicy, PurgatoryObject, add_purgatory, hashes_role
+from kimagekit.segments import U64_MAX, KexecBuf, Role, SegmentList, Target, add_buffer
+
+FMT = "vmlinux"
+
+
+@dataclass(frozen=True)
+class DtRequest:
+    """What the device-tree hook must write into ``/chosen`` (ranges as (start, size))."""
+
+    dtb: bytes
+    initrd: tuple[int, int] | None
+    handover: tuple[int, int] | None
+    handover_style: HandoverStyle
+    cmdline: str
+
+
+DtHook = Callable[[DtRequest], bytes]
+
+
+@dataclass(frozen=True)
+class LoadHeader:
+    p_offset: int
+    p_paddr: int
+    p_filesz: int
+    p_memsz: int
+    p_align: int
+
+
+def kernel_loads(data: bytes | memoryview, arch: str) -> list[LoadHeader]:
+    """The PT_LOAD headers of a ppc64 vmlinux, each checked against the file."""
+    machine, little = ARCHES[arch]
+    if len(data) < 64 or bytes(data[:4]) != elf.ELFMAG or data[4] != elf.ELFCLASS64:
+        raise ParseError("not an ELF64 file", fmt=FMT, field="e_ident", offset=0)
+    if data[5] != (elf.ELFDATA2LSB if little else elf.ELFDATA2MSB):
+        raise ParseError(f"byte order does not match {arch}", fmt=FMT, field="e_ident.EI_DATA",
+                         offset=5)
+    st = elf.elf_structs(elf.ELFCLASS64, little)
+    with converted(FMT, "ehdr", 0):
+        eh = st.Ehdr.parse(bytes(data[:64]))
+    if eh.e_machine != machine:
+        raise ParseError(f"e_machine {eh.e_machine} is not {machine}", fmt=FMT,
+                         field="e_machine", offset=18)
+    if eh.e_phentsize != 56 or eh.e_phoff + eh.e_phnum * 56 > len(data):
+        raise ParseError("program headers run past the end of the file", fmt=FMT,
+                         field="e_phoff", offset=32)
+    out = []
+    for i in range(eh.e_phnum):
+        off = eh.e_phoff + i * 56
+        with converted(FMT, f"phdr[{i}]", off):
+            ph = st.Phdr.parse(bytes(data[off:off + 56]))
+        if ph.p_type != elf.PT_LOAD:
+            continue
+        if ph.p_offset + min(ph.p_filesz, ph.p_memsz) > len(data):
+            raise ParseError("PT_LOAD content runs past the end of the file", fmt=FMT,
+                             field=f"phdr[{i}].p_filesz", offset=off + 32)
+        out.append(LoadHeader(ph.p_offset, ph.p_paddr, ph.p_filesz, ph.p_memsz, ph.p_align))
+    if not out:
+        raise ParseError("no PT_LOAD segment", fmt=FMT, field="e_phnum", offset=56)
+    return out
+
+
+def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHook, *,
+          initrd: bytes | memoryview | None = None, handover: bytes | None = None,
+          handover_size: int | None = None,
+          handover_style: HandoverStyle = HandoverStyle.SEED, cmdline: str = "",
+          purgatory: PurgatoryObject | None = None,
+          policy: DigestPolicy = DigestPolicy.SEED, rma_size: int | None = None) -> KexecImage:
+    """Compose and seal a ppc64 image from prepared bytes. ``handover_size`` is the segment's
+    memsz (room for later measurements); ``rma_size`` bounds everything but the hand-over
+    (``ppc64_rma_size``; default: the first RAM range)."""
+    rma = rma_size if rma_size is not None else min(r.end for r in target.ram[:1])
+    sl = SegmentList(target)
+    ho = None
+    if handover is not None:
+        memsz = max(handover_size or 0, len(handover))
+        sl, seg = add_buffer(sl, KexecBuf(handover, memsz, Role.HANDOVER, top_down=True,
+                                          checksummed=hashes_role(policy, Role.HANDOVER)))
+        ho = (seg.mem, seg.memsz)
+    kernel_addr = U64_MAX
+    for ph in kernel_loads(kernel, target.arch):
+        size = min(ph.p_filesz, ph.p_memsz)
+        body = memoryview(kernel)[ph.p_offset:ph.p_offset + size]
+        sl, seg = add_buffer(sl, KexecBuf(body, ph.p_memsz, Role.KERNEL, buf_align=ph.p_align,
+                                          buf_min=ph.p_paddr, buf_max=rma))
+        kernel_addr = min(kernel_addr, seg.mem)
+    loaded = None
+    if purgatory is not None:
+        sl, loaded = add_purgatory(sl, purgatory, buf_min=0, buf_max=rma, top_down=True)
+    rd = None
+    if initrd is not None:
+        sl, seg = add_buffer(sl, KexecBuf(initrd, len(initrd), Role.INITRD, buf_max=rma))
+        rd = (seg.mem, len(initrd))
+    new_dtb = dt_hook(DtRequest(dtb, rd, ho, handover_style, cmdline))
+    sl, _ = add_buffer(sl, KexecBuf(new_dtb, len(new_dtb), Role.DTB, buf_max=rma,
+                                    top_down=True))
+    # Without a purgatory the next kernel is entered at its load address.
+    return seal(sl, policy, purgatory=loaded, entry=kernel_addr, cmdline=cmdline.encode(),
+                handover_style=handover_style)

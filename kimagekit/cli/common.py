@@ -1,0 +1,53 @@
+"""What every CLI module shares: JSON rendering, output of results, naming the input on errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kimagekit.errors import KimageError, about_file
+
+
+def jsonable(obj: Any) -> Any:
+    """Dataclasses to dicts, bytes to lowercase hex, enums to their values, tuples to lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.name.startswith("_")}
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return bytes(obj).hex()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def warn(text: str) -> None:
+    sys.stderr.write(f"kimagekit: {text}\n")
+
+
+@contextmanager
+def input_named(path: Path | str) -> Iterator[None]:
+    """Errors raised inside name ``path`` as their file."""
+    try:
+        yield
+    except KimageError as err:
+        raise about_file(err, path) from err.__cause__

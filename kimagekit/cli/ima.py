@@ -1,0 +1,248 @@
+"""``kimagekit ima ...``: show, check, replay, convert and append IMA measurement lists."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from kimagekit import ima_ascii, ima_kexec, ima_log, pcrs
+from kimagekit.cli.common import emit_json, input_named, jsonable, out, warn
+from kimagekit.cli.inspect import Kind
+from kimagekit.errors import RuleError, UsageError
+from kimagekit.fileio import atomic_write
+from kimagekit.ima_log import ImaEntry, ListFormat
+
+app = typer.Typer(no_args_is_help=True, help="IMA measurement lists and kexec buffers.")
+
+ListArg = typer.Argument(..., help="Binary list (any byte order, any bank), kexec buffer or ASCII.")
+
+
+def _entry_json(e: ImaEntry) -> dict[str, Any]:
+    own = ima_log.BANK_BY_SIZE.get(len(e.template_digest))
+    ok = None if e.is_violation or own is None else e.digest_for(own) == e.template_digest
+    return {
+        "index": e.index,
+        "offset": e.offset,
+        "pcr": e.pcr,
+        "template_digest": e.template_digest.hex(),
+        "template_name": e.template_name,
+        "violation": e.is_violation,
+        "digest_ok": ok,
+        "fields": [
+            {"id": f.id, "length": len(f.data), "data": f.data.hex(), "shown": f.shown,
+             **({"algo": f.algo} if f.algo else {}),
+             **({"digest": f.digest.hex()} if f.digest is not None else {})}
+            for f in e.fields
+        ],
+    }
+
+
+def _format_json(fmt: ListFormat) -> dict[str, Any]:
+    return {"kind": fmt.kind, "endian": "little" if fmt.endian == "<" else "big",
+            "bank": fmt.bank, "digest_size": fmt.digest_size}
+
+
+@app.command("show")
+def show(
+    file: Path = ListArg,
+    ascii_: bool = typer.Option(False, "--ascii", help="Exactly the kernel's ASCII list."),
+    as_json: bool = typer.Option(False, "--json", help="Every entry, field by field, as JSON."),
+) -> None:
+    """Decode every entry field by field, checking each template digest."""
+    if ascii_ and as_json:
+        raise UsageError("--ascii and --json exclude each other")
+    with input_named(file), ima_log.open_list(file) as (fmt, view):
+        entries = ima_log.iter_entries(view, fmt)
+        if ascii_:
+            for line in ima_ascii.render(entries):
+                sys.stdout.write(line)
+            return
+        if as_json:
+            # streamed, so a huge list never sits in memory as one document
+            sys.stdout.write('{"file": ' + json.dumps(str(file)) + ', "format": '
+                             + json.dumps(_format_json(fmt)) + ', "entries": [')
+            for i, e in enumerate(entries):
+                sys.stdout.write((",\n" if i else "\n") + json.dumps(_entry_json(e)))
+            sys.stdout.write("\n]}\n")
+            return
+        out(f"{file}: {fmt.kind} list, {'little' if fmt.endian == '<' else 'big'}-endian, "
+            f"{fmt.bank} template digests")
+        for e in entries:
+            d = _entry_json(e)
+            status = ("violation" if e.is_violation else
+                      "digest ok" if d["digest_ok"] else
+                      "no check" if d["digest_ok"] is None else "DIGEST MISMATCH")
+            out(f"#{e.index} @{e.offset:#x} pcr {e.pcr} {e.template_name} "
+                f"{e.template_digest.hex()} [{status}]")
+            for f in d["fields"]:
+                out(f"    {f['id']:<12} {f['shown']}")
+
+
+@app.command("check")
+def check(
+    file: Path = ListArg,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recompute every template digest (never trusting the stored one); for a kexec buffer also
+    apply the next kernel's restore rules. Exit 1 on any mismatch or refusal."""
+    with input_named(file), ima_log.open_list(file) as (fmt, view):
+        report = ima_log.analyse(view, fmt)
+        restore_error = None
+        if fmt.kind == "kexec-buffer":
+            try:
+                ima_kexec.restore(view, fmt.endian)
+            except RuleError as err:
+                restore_error = str(err)
+    if as_json:
+        emit_json({"file": str(file), "format": _format_json(fmt), "entries": report.entries,
+                   "violations": report.violations, "mismatches": report.mismatches,
+                   "restore_error": restore_error,
+                   "ok": not report.mismatches and restore_error is None})
+    else:
+        for m in report.mismatches:
+            out(f"entry {m.index} at offset {m.offset:#x} ({m.template_name}): template digest "
+                f"mismatch: stored {m.stored.hex()}, computed {m.computed.hex()}")
+        if restore_error:
+            out(f"the next kernel would refuse this buffer: {restore_error}")
+        verdict = "FAILED" if report.mismatches or restore_error else "OK"
+        out(f"{verdict}: {report.entries} entries, {report.violations} violations, "
+            f"{len(report.mismatches)} template digest mismatches ({fmt.bank})")
+    if report.mismatches or restore_error:
+        raise typer.Exit(1)
+
+
+@app.command("replay")
+def replay(
+    file: Path = ListArg,
+    bank: list[str] = typer.Option([], "--bank", help="sha1, sha256, sha384 or sha512 "
+                                   "(default all)."),
+    expect: list[str] = typer.Option([], "--expect", help="PCR:BANK=HEX, repeatable."),
+    pcrs_file: list[Path] = typer.Option([], "--pcrs", help="Expected values: evmctl "
+                                         "'PCR-NN: hex' (optionally BANK,FILE) or JSON."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Replay the list into PCR values for every bank and PCR index; compare with expectations."""
+    expected: pcrs.Expected = {}
+    for spec in expect:
+        b, pcr, value = pcrs.parse_expect(spec)
+        expected.setdefault(b, {})[pcr] = value
+    for pf in pcrs_file:
+        for b, table in pcrs.parse_pcr_file(pf).items():
+            expected.setdefault(b, {}).update(table)
+    banks = list(dict.fromkeys(bank)) or list(ima_log.BANKS)
+    for b in expected:
+        if b not in banks:
+            banks.append(b)
+    with input_named(file), ima_log.open_list(file) as (fmt, view):
+        report = ima_log.analyse(view, fmt, banks=banks, check=False)
+    mismatches = pcrs.compare(expected, report.pcrs)
+    if as_json:
+        emit_json({"file": str(file), "pcrs": {b: {str(p): v.hex() for p, v in sorted(t.items())}
+                                               for b, t in report.pcrs.items()},
+                   "mismatches": jsonable(mismatches), "ok": not mismatches})
+    else:
+        for b in banks:
+            for p, v in sorted(report.pcrs[b].items()):
+                out(f"{b} PCR-{p:02d}: {v.hex()}")
+        for m in mismatches:
+            out(f"MISMATCH {m.bank} PCR-{m.pcr:02d}: expected {m.expected.hex()}, "
+                f"replayed {m.replayed.hex()}")
+        if expected and not mismatches:
+            n = sum(len(t) for t in expected.values())
+            out(f"OK: {n} expected PCR value{'s' if n != 1 else ''} reproduced")
+    if mismatches:
+        raise typer.Exit(1)
+
+
+@app.command("convert")
+def convert(
+    file: Path = ListArg,
+    to: str = typer.Option(..., "--to", help="ascii | binary | canonical | kexec-buffer"),
+    output: Path = typer.Option(..., "-o", "--output"),
+    endian: str = typer.Option("", "--endian", help="little | big (binary and kexec-buffer)."),
+    bank: str = typer.Option("", "--bank", help="Template digest bank of a binary output."),
+    headerless: bool = typer.Option(False, "--headerless",
+                                    help="kexec-buffer without ima_kexec_hdr (2016 form)."),
+) -> None:
+    """Write the list in another form; the output is re-read and compared before success."""
+    if to not in ("ascii", "binary", "canonical", "kexec-buffer"):
+        raise UsageError(f"--to {to!r}: choose ascii, binary, canonical or kexec-buffer")
+    if endian not in ("", "little", "big"):
+        raise UsageError(f"--endian {endian!r}: choose little or big")
+    if bank and bank not in ima_log.BANKS:
+        raise UsageError(f"--bank {bank!r}: choose one of {', '.join(ima_log.BANKS)}")
+    with input_named(file):
+        entries = ima_log.read_entries(file)
+    src_endian = entries[0].endian if entries else "<"
+    e: ima_log.Endian = "<" if (to == "canonical" or endian == "little") else (
+        ">" if endian == "big" else src_endian)
+    if to == "ascii":
+        data = "".join(ima_ascii.render(entries)).encode("latin-1")
+    elif to == "kexec-buffer":
+        data = ima_kexec.build_buffer(entries, endian=e, header=not headerless)
+    else:
+        size = ima_log.DIGEST_SIZES[bank] if bank else (
+            len(entries[0].template_digest) if entries else 20)
+        data = ima_log.encode_list(entries, e, size)
+    atomic_write(output, data)
+    with input_named(output):
+        back = ima_log.read_entries(output)
+    if [(b.pcr, b.template_name) for b in back] != [(a.pcr, a.template_name) for a in entries]:
+        raise UsageError(f"{output}: re-reading the output gave different entries")
+    warn(f"wrote {output}: {len(back)} entries, {len(data)} bytes ({to})")
+
+
+@app.command("append")
+def append(
+    file: Path = ListArg,
+    new: Path = typer.Argument(..., help="A list whose entries are appended."),
+    output: Path = typer.Option(..., "-o", "--output"),
+) -> None:
+    """Append the entries of NEW to FILE (binary list or kexec buffer), in FILE's encoding."""
+    with input_named(new):
+        extra = ima_log.read_entries(new)
+    with input_named(file), ima_log.open_list(file) as (fmt, view):
+        if fmt.kind == "ascii":
+            raise UsageError("append writes binary lists and kexec buffers; convert first")
+        data = ima_kexec.append(bytes(view), extra, fmt)
+    atomic_write(output, data)
+    with input_named(output):
+        n = len(ima_log.read_entries(output))
+    warn(f"wrote {output}: {n} entries, {len(data)} bytes")
+
+
+def _render_summary(s: ima_log.ListSummary) -> list[str]:
+    digests = "all verify" if not s.digest_mismatches else (
+        f"{s.digest_mismatches} MISMATCH (first at offset {s.first_mismatch or 0:#x})")
+    lines = [f"encoding: {s.endian}-endian, {s.bank} template digests ({s.digest_size} bytes)",
+             f"size: {s.size} bytes",
+             f"entries: {s.entries} ({s.violations} violations)",
+             "templates: " + ", ".join(f"{k} x{v}" for k, v in s.templates.items()),
+             f"template digests: {digests}"]
+    if s.kexec_header:
+        h = s.kexec_header
+        lines.append(f"kexec header: version {h['version']}, buffer_size {h['buffer_size']}, "
+                     f"count {h['count']}")
+        lines.append(f"restore: {s.restore_error or 'the next kernel would accept it'}")
+    for bank, table in s.pcrs.items():
+        for pcr, value in table.items():
+            lines.append(f"{bank} PCR-{pcr:02d}: {value}")
+    return lines
+
+
+def inspect_kinds() -> list[Kind]:
+    def is_kind(kind: str) -> Any:
+        def test(head: bytes, size: int) -> bool:
+            fmt = ima_log.detect(head, size)
+            return fmt is not None and fmt.kind == kind
+        return test
+
+    return [
+        Kind("ima-kexec-buffer", is_kind("kexec-buffer"), ima_log.summarize, _render_summary),
+        Kind("ima-binary-list", is_kind("binary"), ima_log.summarize, _render_summary),
+        Kind("ima-ascii-list", is_kind("ascii"), ima_log.summarize, _render_summary),
+    ]

@@ -1,0 +1,1 @@
+"""Declarative construct schemas, one module per binary format, with the kernel's field names."""

@@ -1,0 +1,103 @@
+"""The ASCII measurement list: render it as ``ascii_runtime_measurements`` does, and parse it back.
+
+A line is ``%2d`` PCR, a space, the template digest in hex, a space, the template name, then for
+each field one space and the field's text (nothing after the space when the field is empty).
+Parsing accepts the kernel's lines and the variants keylime and ima-evm-utils write (a digest with
+an ``algo:`` prefix, trailing spaces); fields are rebuilt as bytes so the digest can be rechecked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from kimagekit.errors import ParseError
+from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES, Endian
+from kimagekit.ima_fields import field_from_ascii, template_field_ids
+from kimagekit.ima_log import ImaEntry, _u32
+
+FMT = "ima-ascii"
+_LINE = re.compile(r"\s*(\d+) (?:([a-z0-9]+):)?([0-9a-fA-F]+) (\S+)(?: (.*))?\Z")
+
+
+def render_line(e: ImaEntry) -> str:
+    """One entry exactly as the kernel's ASCII list prints it, newline included."""
+    parts = [f"{e.pcr:2d} {e.template_digest.hex()} {e.template_name}"]
+    for f in e.fields:
+        parts.append(" " + f.shown if f.data else " ")
+    parts.append("\n")
+    return "".join(parts)
+
+
+def render(entries: Iterable[ImaEntry]) -> Iterator[str]:
+    for e in entries:
+        yield render_line(e)
+
+
+def parse_ascii(data: bytes, *, endian: Endian = "<") -> Iterator[ImaEntry]:
+    """Entries from ASCII lines. Field bytes are rebuilt with their lengths in ``endian`` (the
+    ASCII list does not say which byte order the kernel hashed them in; little-endian is the
+    canonical one)."""
+    offset = 0
+    index = 0
+    for raw in data.splitlines(keepends=True):
+        line = raw.rstrip(b"\r\n")
+        here = offset
+        offset += len(raw)
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("latin-1")
+        except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
+            raise ParseError("line is not text", fmt=FMT, field=f"line[{index}]",
+                             offset=here) from exc
+        yield _parse_line(text, index, here, endian)
+        index += 1
+
+
+def _parse_line(text: str, index: int, offset: int, endian: Endian) -> ImaEntry:
+    where = f"line[{index}]"
+    m = _LINE.match(text)
+    if m is None:
+        raise ParseError(f"not an IMA ASCII line: {text[:60]!r}", fmt=FMT, field=where,
+                         offset=offset)
+    pcr_s, algo, digest_hex, name, rest = m.groups()
+    if len(digest_hex) % 2 or len(digest_hex) // 2 not in BANK_BY_SIZE:
+        raise ParseError(f"template digest has {len(digest_hex)} hex digits",
+                         fmt=FMT, field=f"{where}.template_digest", offset=offset)
+    if algo and DIGEST_SIZES.get(algo) != len(digest_hex) // 2:
+        raise ParseError(f"template digest prefix {algo!r} does not match its "
+                         f"{len(digest_hex) // 2} bytes", fmt=FMT,
+                         field=f"{where}.template_digest", offset=offset)
+    ids = template_field_ids(name)
+    if ids is None:
+        raise ParseError(f"unknown template {name!r}: its fields cannot be read from text",
+                         fmt=FMT, field=f"{where}.template_name", offset=offset)
+    tokens = (rest if rest is not None else "").split(" ")
+    if len(tokens) < len(ids):
+        tokens += [""] * (len(ids) - len(tokens))
+    if len(tokens) > len(ids):
+        tokens = _merge_name(tokens, ids)
+    try:
+        datas = [field_from_ascii(fid, tok, endian) for fid, tok in zip(ids, tokens, strict=True)]
+    except ValueError as exc:
+        raise ParseError(f"bad field text: {exc}", fmt=FMT, field=f"{where}.template_data",
+                         offset=offset) from exc
+    if name == "ima":
+        d, n = datas[0], datas[1].rstrip(b"\0")
+        if len(d) != 20:
+            raise ParseError(f"ima template digest has {len(d)} bytes, 20 expected", fmt=FMT,
+                             field=f"{where}.template_data.d", offset=offset)
+        data = d + _u32(endian).pack(len(n)) + n
+    else:
+        u32 = _u32(endian)
+        data = b"".join(u32.pack(len(x)) + x for x in datas)
+    return ImaEntry(int(pcr_s), bytes.fromhex(digest_hex), name, data, endian, index, offset)
+
+
+def _merge_name(tokens: list[str], ids: tuple[str, ...]) -> list[str]:
+    """Names from kernels that did not replace spaces split into several tokens: give the extra
+    tokens back to the (first) name field."""
+    extra = len(tokens) - len(ids)
+    at = next((i for i, fid in enumerate(ids) if fid in ("n", "n-ng")), len(ids) - 1)
+    return [*tokens[:at], " ".join(tokens[at:at + extra + 1]), *tokens[at + extra + 1:]]

@@ -1,0 +1,145 @@
+"""IMA template fields: splitting template data, and each field's ASCII form both ways.
+
+The ASCII forms follow the kernel's show functions (``ima_template_lib.c``): digests print as
+lowercase hex after their ``algo:`` (or ``type:algo:``) prefix, strings up to their NUL, binary
+fields as hex, uid/gid/mode as decimal in the list's byte order.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from kimagekit.errors import ParseError
+from kimagekit.formats.ima import (
+    BUILTIN_TEMPLATES,
+    FIELD_FORMATS,
+    IMA_TEMPLATE_FIELD_ID_MAX_LEN,
+    IMA_TEMPLATE_NUM_FIELDS_MAX,
+    TPM_DIGEST_SIZE,
+    Endian,
+    fixed_prefix,
+    template_field,
+)
+
+_UINT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImaField:
+    """One template field: its id (``?`` when the template does not name it), raw bytes, the text
+    the kernel's ASCII list shows for it, and for digest fields the algorithm and digest."""
+
+    id: str
+    data: bytes
+    shown: str
+    algo: str | None = None
+    digest: bytes | None = None
+
+
+def template_field_ids(name: str) -> tuple[str, ...] | None:
+    """The field ids of template ``name``: a built-in, or a ``|`` list of known ids (as the kernel
+    accepts it on restore); ``None`` for a template the kernel would not know."""
+    if name in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[name]
+    ids = tuple(name.split("|"))
+    if len(ids) > IMA_TEMPLATE_NUM_FIELDS_MAX:
+        return None
+    if all(0 < len(i) <= IMA_TEMPLATE_FIELD_ID_MAX_LEN and i in FIELD_FORMATS for i in ids):
+        return ids
+    return None
+
+
+def split_fields(name: str, data: bytes, endian: Endian, *, base: int = 0,
+                 field: str = "template_data") -> tuple[ImaField, ...]:
+    """Split template data into fields. Known templates must split into exactly their fields and
+    end exactly (the kernel's ENFORCE_FIELDS|ENFORCE_BUFEND); others are walked generically."""
+    if name == "ima":
+        return _ima_fields(data, endian, base, field)
+    ids = template_field_ids(name)
+    raw = walk_fields(data, endian, base=base, field=field)
+    if ids is not None and len(raw) != len(ids):
+        raise ParseError(f"template {name!r} has {len(ids)} fields, the data holds {len(raw)}",
+                         fmt="ima-list", field=field, offset=base)
+    names = ids if ids is not None else ("?",) * len(raw)
+    return tuple(make_field(fid, chunk, endian) for fid, chunk in zip(names, raw, strict=True))
+
+
+def walk_fields(data: bytes, endian: Endian, *, base: int = 0,
+                field: str = "template_data") -> list[bytes]:
+    """Length-prefixed fields until the data ends exactly; never reads past it."""
+    u32 = fixed_prefix(template_field(endian), endian)
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < u32.size:
+            raise ParseError(f"truncated field length: {end - pos} bytes left, 4 needed",
+                             fmt="ima-list", field=f"{field}.field[{len(out)}].len",
+                             offset=base + pos)
+        (length,) = u32.unpack_from(data, pos)
+        if length > end - pos - u32.size:
+            raise ParseError(f"field length {length} exceeds the {end - pos - u32.size} bytes left",
+                             fmt="ima-list", field=f"{field}.field[{len(out)}].len",
+                             offset=base + pos)
+        pos += u32.size
+        out.append(bytes(data[pos:pos + length]))
+        pos += length
+    return out
+
+
+def _ima_fields(data: bytes, endian: Endian, base: int, field: str) -> tuple[ImaField, ...]:
+    # The scanner has checked the layout: 20-byte digest, u32 length, name without NUL.
+    name = data[TPM_DIGEST_SIZE + 4:]
+    digest = data[:TPM_DIGEST_SIZE]
+    return (
+        ImaField("d", digest, digest.hex(), None, digest),
+        ImaField("n", name, _text(name)),
+    )
+
+
+def make_field(fid: str, data: bytes, endian: Endian) -> ImaField:
+    kind = FIELD_FORMATS.get(fid, "hex")
+    if kind in ("digest-algo", "digest-type-algo") and data:
+        sep = data.find(b"\0")
+        head = data[:sep] if sep >= 0 else b""
+        colon = head.rfind(b":")
+        if sep >= 0 and colon == len(head) - 1:
+            digest = data[sep + 1:]
+            prefix = head[:colon].decode("ascii", "backslashreplace")
+            algo = prefix.rsplit(":", 1)[-1] or None
+            shown = digest.hex() if colon == 0 else _text(head) + digest.hex()
+            return ImaField(fid, data, shown, algo, digest)
+        return ImaField(fid, data, data.hex())
+    if kind == "digest":
+        return ImaField(fid, data, data.hex(), None, data)
+    if kind == "string":
+        return ImaField(fid, data, _text(data))
+    if kind == "uint":
+        code = _UINT_CODES.get(len(data))
+        shown = str(struct.unpack(endian + code, data)[0]) if code else ""
+        return ImaField(fid, data, shown)
+    return ImaField(fid, data, data.hex())
+
+
+def _text(data: bytes) -> str:
+    """A string field as ``%s`` prints it: up to the first NUL; bytes kept one to one."""
+    end = data.find(b"\0")
+    return (data if end < 0 else data[:end]).decode("latin-1")
+
+
+def field_from_ascii(fid: str, text: str, endian: Endian) -> bytes:
+    """The bytes a field holds, given the text the ASCII list shows for it (the inverse of
+    :func:`make_field` wherever the ASCII form keeps everything)."""
+    kind = FIELD_FORMATS.get(fid, "hex")
+    if not text:
+        return b""
+    if kind in ("digest-algo", "digest-type-algo"):
+        prefix, _, hexpart = text.rpartition(":")
+        head = (prefix + ":").encode("latin-1") if prefix else b":"
+        return head + b"\0" + bytes.fromhex(hexpart)
+    if kind == "string":
+        return text.encode("latin-1") + b"\0"
+    if kind == "uint":
+        size = 2 if fid == "imode" else 4
+        return struct.pack(endian + _UINT_CODES[size], int(text, 10))
+    return bytes.fromhex(text)

@@ -1,0 +1,159 @@
+"""The IMA kexec hand-over buffer: build it as ``ima_dump_measurement_list`` does, size its segment
+as ``ima_add_kexec_buffer`` does, and check it with the rules ``ima_restore_measurement_list``
+applies in the next kernel.
+
+Two forms: the upstream one (``struct ima_kexec_hdr`` then classic 20-byte-digest entries) and the
+header-less list of the 2016 hand-over series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from kimagekit.errors import RuleError
+from kimagekit.formats import ima as schema
+from kimagekit.formats.ima import Endian
+from kimagekit.ima_fields import template_field_ids, walk_fields
+from kimagekit.ima_log import ImaEntry, ListFormat, _khdr, _u32, encode_entry, iter_entries
+
+FMT = "ima-kexec-buffer"
+HDR_SIZE = 24  # sizeof(struct ima_kexec_hdr)
+
+
+def build_buffer(entries: Iterable[ImaEntry], *, endian: Endian = "<",
+                 header: bool = True) -> bytes:
+    """The buffer the loading kernel hands over: header (unless the 2016 header-less form) and the
+    entries with their SHA-1 template digests, in ``endian`` (``<`` for canonical format)."""
+    body = bytearray()
+    count = 0
+    for e in entries:
+        body += encode_entry(e, endian, schema.TPM_DIGEST_SIZE)
+        count += 1
+    if not header:
+        return bytes(body)
+    return _header(endian, HDR_SIZE + len(body), count) + bytes(body)
+
+
+def _header(endian: Endian, buffer_size: int, count: int) -> bytes:
+    hdr: bytes = schema.kexec_hdr(endian).build(
+        {"version": schema.IMA_KEXEC_HDR_VERSION, "_reserved0": 0, "_reserved1": 0,
+         "buffer_size": buffer_size, "count": count})
+    return hdr
+
+
+def segment_size(buffer_size: int, *, page_size: int = 4096, extra: int | None = None) -> int:
+    """memsz of the hand-over segment: the list plus spare room for measurements taken after the
+    load (half a page upstream; ``CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB`` in 6.15+), page-rounded."""
+    room = page_size // 2 if extra is None else extra
+    total = buffer_size + room
+    return (total + page_size - 1) // page_size * page_size
+
+
+@dataclass(frozen=True)
+class RestoredList:
+    """What the next kernel would take from the buffer."""
+
+    version: int
+    buffer_size: int
+    count: int
+    entries: list[ImaEntry]
+
+
+def restore(buf: bytes | memoryview, endian: Endian = "<") -> RestoredList:
+    """Walk ``buf`` exactly as ``ima_restore_measurement_list`` does and refuse what it refuses.
+
+    Differences the kernel does not make but an offline tool must: ``buffer_size`` may not point
+    past the bytes we have (the kernel trusts it), and each refusal says why and where.
+    """
+    k = _khdr(endian)
+    if len(buf) < k.size:
+        raise RuleError(f"buffer of {len(buf)} bytes is shorter than the {k.size}-byte header",
+                        fmt=FMT, field="header", offset=0)
+    version, _, _, buffer_size, count = k.unpack_from(buf, 0)
+    if version != schema.IMA_KEXEC_HDR_VERSION:
+        raise RuleError(f"version {version} is not 1: incompatible measurement list",
+                        fmt=FMT, field="header.version", offset=0)
+    if count > 2**64 - 2:
+        raise RuleError("count is too large", fmt=FMT, field="header.count", offset=16)
+    if buffer_size > len(buf):
+        raise RuleError(f"buffer_size {buffer_size} exceeds the {len(buf)} bytes of the buffer",
+                        fmt=FMT, field="header.buffer_size", offset=8)
+    u32 = _u32(endian)
+    end = buffer_size
+    pos = k.size
+    entries: list[ImaEntry] = []
+    n = 0
+    while pos < end and n < count:
+        n += 1
+        last = n == count
+        where = f"entry[{n - 1}]"
+        start = pos
+        # entry header: PCR and digest have fixed sizes, name and data are length-prefixed;
+        # like ima_parse_buf, count the fields that fit and stop at the first that does not.
+        found = 0
+        lens: list[int] = []
+        for fixed in (4, schema.TPM_DIGEST_SIZE, None, None):
+            if fixed is None:
+                if pos + 4 > end:
+                    break
+                (size,) = u32.unpack_from(buf, pos)
+                if size > end - pos - 4:
+                    break
+                lens.append(size)
+                pos += 4
+            else:
+                size = fixed
+                if pos + size > end:
+                    break
+            pos += size
+            found += 1
+        if found != 4:
+            raise RuleError(f"entry header: nr of fields mismatch: expected 4, found {found}",
+                            fmt=FMT, field=where, offset=start)
+        if last and pos != end:
+            raise RuleError(f"last entry (count {count}) ends at {pos:#x}, buffer_size is {end:#x}",
+                            fmt=FMT, field=where, offset=start)
+        name_len, data_len = lens
+        name_at = start + 4 + schema.TPM_DIGEST_SIZE + 4
+        name_b = bytes(buf[name_at:name_at + name_len])
+        if name_len >= schema.MAX_TEMPLATE_NAME_LEN:
+            raise RuleError(f"template name of {name_len} bytes is too long "
+                            f"(at most {schema.MAX_TEMPLATE_NAME_LEN - 1})",
+                            fmt=FMT, field=f"{where}.template_name", offset=name_at)
+        name = name_b.split(b"\0", 1)[0].decode("latin-1")
+        if name == "ima":
+            raise RuleError('template "ima" cannot be restored', fmt=FMT,
+                            field=f"{where}.template_name", offset=name_at)
+        ids = template_field_ids(name)
+        if ids is None:
+            raise RuleError(f"template {name!r} is neither built in nor a list of known fields "
+                            f"(at most {schema.IMA_TEMPLATE_NUM_FIELDS_MAX})",
+                            fmt=FMT, field=f"{where}.template_name", offset=name_at)
+        data_at = name_at + name_len + 4
+        data = bytes(buf[data_at:data_at + data_len])
+        try:
+            chunks = walk_fields(data, endian, base=data_at, field=f"{where}.template_data")
+        except Exception as exc:
+            raise RuleError(f"template data does not split into {len(ids)} fields",
+                            fmt=FMT, field=f"{where}.template_data", offset=data_at) from exc
+        if len(chunks) != len(ids):
+            raise RuleError(f"template data holds {len(chunks)} fields, template {name!r} "
+                            f"has {len(ids)}", fmt=FMT, field=f"{where}.template_data",
+                            offset=data_at)
+        digest = bytes(buf[start + 4:start + 4 + schema.TPM_DIGEST_SIZE])
+        (pcr,) = u32.unpack_from(buf, start)
+        entries.append(ImaEntry(pcr, digest, name, data, endian, n - 1, start))
+    return RestoredList(version, buffer_size, count, entries)
+
+
+def append(buf: bytes, new: Sequence[ImaEntry], fmt: ListFormat) -> bytes:
+    """``buf`` (a binary list or kexec buffer) with ``new`` entries added at the end, in its own
+    encoding; a kexec header gets its ``buffer_size`` and ``count`` updated."""
+    body = b"".join(encode_entry(e, fmt.endian, fmt.digest_size) for e in new)
+    if fmt.kind != "kexec-buffer":
+        return buf + body
+    end = fmt.end if fmt.end is not None else len(buf)
+    count = sum(1 for _ in iter_entries(buf, fmt)) + len(new)
+    entries = buf[HDR_SIZE:end] + body
+    return _header(fmt.endian, HDR_SIZE + len(entries), count) + entries

@@ -1,0 +1,640 @@
+"""The offline kexec image: an ELF64 ET_EXEC file with one PT_LOAD per segment and a PT_NOTE
+(owner ``kimagekit``) carrying what the kernel keeps beside the segments.
+
+Layout: ELF header, program headers (PT_LOAD x n in segment order, then PT_NOTE), the note, then
+each segment's content at a page-aligned offset. The hand-over's slot in the file is memsz long,
+so rewriting it never moves another segment's bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+
+from kimagekit.errors import OutputError, ParseError, RuleError, UsageError, converted
+from kimagekit.fileio import atomic_write, mapped
+from kimagekit.formats import elf
+from kimagekit.formats import kexec as kx
+from kimagekit.purgatory import (
+    DIGEST_SYMBOLS,
+    REGIONS_SIZE,
+    Digest,
+    DigestPolicy,
+    LoadedPurgatory,
+    apply_policy,
+    compute_digest,
+    feed_segment,
+    regions_bytes,
+    replace_purgatory,
+    store_digest,
+    symbols,
+)
+from kimagekit.segments import Role, Segment, SegmentList, Target, align_up, sanity_check
+
+FMT = "image"
+EHDR_SIZE, PHDR_SIZE, NHDR_SIZE = 64, 56, 12
+NOTE_NAME = kx.NOTE_OWNER.encode() + b"\0"
+MAX_NOTE_SYMBOLS = 256
+MAX_CMDLINE = 1 << 20
+
+# arch name -> (e_machine, little endian)
+ARCHES: dict[str, tuple[int, bool]] = {
+    "x86_64": (elf.EM_X86_64, True),
+    "ppc64le": (elf.EM_PPC64, True),
+    "ppc64": (elf.EM_PPC64, False),
+}
+
+
+class HandoverStyle(StrEnum):
+    """How the next kernel learns where the hand-over buffer is."""
+
+    NONE = "none"
+    SEED = "seed"  # /chosen/linux,kexec-handover-buffer-start/-end (the 2016 series)
+    IMA = "ima"  # /chosen/linux,ima-kexec-buffer (upstream device tree)
+    SETUP_DATA = "setup-data"  # x86 setup_data SETUP_IMA
+
+
+@dataclass(frozen=True)
+class NoteSymbol:
+    name: str
+    value: int
+    size: int
+
+
+@dataclass(frozen=True)
+class KexecImage:
+    """Everything an image file holds, ready to write."""
+
+    segments: SegmentList
+    policy: DigestPolicy
+    entry: int
+    cmdline: bytes
+    handover_style: HandoverStyle
+    symbols: tuple[NoteSymbol, ...]
+    digest: Digest
+    has_purgatory: bool
+
+    @property
+    def arch(self) -> str:
+        return self.segments.target.arch
+
+
+def seal(sl: SegmentList, policy: DigestPolicy, *, purgatory: LoadedPurgatory | None = None,
+         entry: int | None = None, cmdline: bytes = b"",
+         handover_style: HandoverStyle = HandoverStyle.NONE) -> KexecImage:
+    """Apply the policy, check the list as the kernel would, compute the digest and store it (in
+    the purgatory when there is one; always in the note). The entry is the purgatory's if any."""
+    if sl.target.arch not in ARCHES:
+        raise UsageError(f"unknown architecture {sl.target.arch!r}", fmt=FMT, field="arch")
+    sl = apply_policy(sl, policy)
+    sanity_check(sl)
+    d = compute_digest(sl.segments)
+    syms: tuple[NoteSymbol, ...] = ()
+    if purgatory is not None:
+        purgatory = store_digest(purgatory, d)
+        sl = replace_purgatory(sl, purgatory)
+        entry = purgatory.entry
+        syms = _note_symbols(purgatory)
+    elif entry is None:
+        raise UsageError("an image without a purgatory needs an entry address", fmt=FMT,
+                         field="entry")
+    return KexecImage(sl, policy, entry, cmdline, handover_style, syms, d,
+                      purgatory is not None)
+
+
+def _note_symbols(lp: LoadedPurgatory) -> tuple[NoteSymbol, ...]:
+    out = []
+    for s in symbols(lp.obj):
+        if (s.bind != elf.STB_GLOBAL or not 0 < s.st_shndx < len(lp.obj.sections)
+                or not lp.obj.sections[s.st_shndx].alloc
+                or len(s.name) > kx.NOTE_SYMBOL_NAME_LEN or not s.name.isascii()):
+            continue
+        out.append(NoteSymbol(s.name, lp.sh_addr[s.st_shndx] + s.st_value, s.st_size))
+    return tuple(out[:MAX_NOTE_SYMBOLS])
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def _file_offsets(img: KexecImage, data_start: int) -> list[int]:
+    page = img.segments.target.page_size
+    offs, at = [], align_up(data_start, page)
+    for s in img.segments.segments:
+        offs.append(at)
+        room = s.memsz if s.role == Role.HANDOVER else s.bufsz
+        at = align_up(at + room, page)
+    return offs
+
+
+def _note_desc(img: KexecImage, offsets: list[int]) -> bytes:
+    little = ARCHES[img.arch][1]
+    segs = img.segments.segments
+    h = {
+        "version": kx.NOTE_VERSION, "nr_segments": len(segs), "nr_symbols": len(img.symbols),
+        "cmdline_len": len(img.cmdline), "arch": img.arch,
+        "page_size": img.segments.target.page_size, "entry": img.entry,
+        "digest_policy": kx.POLICY_CODES.index(img.policy.value),
+        "handover_style": kx.HANDOVER_STYLE_CODES.index(img.handover_style.value),
+        "has_purgatory": int(img.has_purgatory),
+        "sha_regions": _regions_list(img.digest.regions), "digest": img.digest.digest,
+    }
+    note = {
+        "head": h,
+        "segments": [{"buf": o, "bufsz": s.bufsz, "mem": s.mem, "memsz": s.memsz}
+                     for o, s in zip(offsets, segs, strict=True)],
+        "info": [{"role": kx.ROLE_CODES.index(s.role.value), "checksummed": int(s.checksummed),
+                  "sha256": segment_sha256(s.content, s.memsz)} for s in segs],
+        "symbols": [{"name": y.name, "value": y.value, "size": y.size} for y in img.symbols],
+        "cmdline": img.cmdline,
+    }
+    return bytes(kx.kimagekit_note(little).build(note))
+
+
+def _regions_list(regions: tuple[tuple[int, int], ...]) -> list[dict[str, int]]:
+    padded = list(regions) + [(0, 0)] * (kx.KEXEC_SEGMENT_MAX - len(regions))
+    return [{"start": s, "len": n} for s, n in padded]
+
+
+def segment_sha256(content: bytes | memoryview, memsz: int) -> bytes:
+    h = hashlib.sha256()
+    feed_segment(h, content, memsz)
+    return h.digest()
+
+
+def _pad4(n: int) -> int:
+    return align_up(n, 4)
+
+
+def image_chunks(img: KexecImage) -> list[bytes | memoryview]:
+    """The image file as a list of byte strings to concatenate."""
+    machine, little = ARCHES[img.arch]
+    st = elf.elf_structs(elf.ELFCLASS64, little)
+    segs = img.segments.segments
+    nph = len(segs) + 1
+    note_off = EHDR_SIZE + nph * PHDR_SIZE
+    # The descriptor's size does not depend on the offsets: build once to size it.
+    desc_len = len(_note_desc(img, [0] * len(segs)))
+    note_len = NHDR_SIZE + _pad4(len(NOTE_NAME)) + _pad4(desc_len)
+    offsets = _file_offsets(img, note_off + note_len)
+    desc = _note_desc(img, offsets)
+    ehdr = st.Ehdr.build({
+        "e_ident": {"EI_CLASS": elf.ELFCLASS64,
+                    "EI_DATA": elf.ELFDATA2LSB if little else elf.ELFDATA2MSB,
+                    "EI_VERSION": elf.EV_CURRENT, "EI_OSABI": 0, "EI_ABIVERSION": 0,
+                    "EI_PAD": bytes(7)},
+        "e_type": elf.ET_EXEC, "e_machine": machine, "e_version": elf.EV_CURRENT,
+        "e_entry": img.entry, "e_phoff": EHDR_SIZE, "e_shoff": 0, "e_flags": _e_flags(img),
+        "e_ehsize": EHDR_SIZE, "e_phentsize": PHDR_SIZE, "e_phnum": nph,
+        "e_shentsize": 0, "e_shnum": 0, "e_shstrndx": 0,
+    })
+    page = img.segments.target.page_size
+    phdrs = [st.Phdr.build({
+        "p_type": elf.PT_LOAD, "p_flags": elf.PF_R | elf.PF_W | elf.PF_X, "p_offset": o,
+        "p_vaddr": s.mem, "p_paddr": s.mem, "p_filesz": s.bufsz, "p_memsz": s.memsz,
+        "p_align": page}) for o, s in zip(offsets, segs, strict=True)]
+    phdrs.append(st.Phdr.build({
+        "p_type": elf.PT_NOTE, "p_flags": elf.PF_R, "p_offset": note_off, "p_vaddr": 0,
+        "p_paddr": 0, "p_filesz": note_len, "p_memsz": 0, "p_align": 4}))
+    nhdr = st.Nhdr.build({"n_namesz": len(NOTE_NAME), "n_descsz": len(desc),
+                          "n_type": kx.NT_KIMAGEKIT_KEXEC})
+    name = NOTE_NAME.ljust(_pad4(len(NOTE_NAME)), b"\0")
+    chunks: list[bytes | memoryview] = [ehdr, *phdrs, nhdr, name, desc.ljust(_pad4(len(desc)),
+                                                                            b"\0")]
+    at = note_off + note_len
+    for o, s in zip(offsets, segs, strict=True):
+        chunks.append(bytes(o - at))
+        chunks.append(s.content)
+        at = o + s.bufsz
+    return chunks
+
+
+def _e_flags(img: KexecImage) -> int:
+    # ELFv2 ABI flag for ppc64le kernels; 0 elsewhere.
+    return 2 if img.arch == "ppc64le" else 0
+
+
+def write_image(path: str | os.PathLike[str], img: KexecImage) -> VerifyResult:
+    """Write atomically, then re-read the file and verify it; an image that does not verify is
+    an OutputError."""
+    atomic_write(path, b"".join(image_chunks(img)))
+    res = verify(path)
+    if not res.ok:
+        raise OutputError(f"{path}: the written image does not verify: {res.reason}")
+    return res
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageSegment:
+    index: int
+    role: Role
+    mem: int
+    memsz: int
+    bufsz: int
+    checksummed: bool
+    offset: int
+    sha256: bytes  # as recorded when written
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    arch: str
+    machine: int
+    little: bool
+    page_size: int
+    entry: int
+    policy: DigestPolicy
+    handover_style: HandoverStyle
+    has_purgatory: bool
+    cmdline: str
+    segments: tuple[ImageSegment, ...]
+    symbols: tuple[NoteSymbol, ...]
+    regions: tuple[tuple[int, int], ...]
+    digest: bytes
+    file_size: int
+
+    def segment(self, role: Role) -> ImageSegment | None:
+        return next((s for s in self.segments if s.role == role), None)
+
+    def symbol(self, name: str) -> NoteSymbol | None:
+        return next((s for s in self.symbols if s.name == name), None)
+
+
+def _err(msg: str, field: str, offset: int | None) -> ParseError:
+    return ParseError(msg, fmt=FMT, field=field, offset=offset)
+
+
+def read_image(view: memoryview | bytes) -> ImageInfo:
+    """Parse the headers and the note, checking every field against the file before use."""
+    size = len(view)
+    if size < EHDR_SIZE:
+        raise _err(f"file is {size} bytes, shorter than an ELF64 header ({EHDR_SIZE})",
+                   "ehdr", 0)
+    head = bytes(view[:EHDR_SIZE])
+    if head[:4] != elf.ELFMAG:
+        raise _err("not an ELF file (bad magic)", "e_ident.EI_MAG", 0)
+    if head[4] != elf.ELFCLASS64:
+        raise _err(f"EI_CLASS {head[4]} is not ELFCLASS64", "e_ident.EI_CLASS", 4)
+    if head[5] not in (elf.ELFDATA2LSB, elf.ELFDATA2MSB):
+        raise _err(f"EI_DATA {head[5]} is not 1 or 2", "e_ident.EI_DATA", 5)
+    little = head[5] == elf.ELFDATA2LSB
+    st = elf.elf_structs(elf.ELFCLASS64, little)
+    with converted(FMT, "ehdr", 0):
+        eh = st.Ehdr.parse(head)
+    if eh.e_type != elf.ET_EXEC:
+        raise _err(f"e_type {eh.e_type} is not ET_EXEC", "e_type", 16)
+    if eh.e_phentsize != PHDR_SIZE:
+        raise _err(f"e_phentsize {eh.e_phentsize} is not {PHDR_SIZE}", "e_phentsize", 54)
+    if eh.e_phoff + eh.e_phnum * PHDR_SIZE > size:
+        raise _err(f"program headers ({eh.e_phnum} x {PHDR_SIZE} at {eh.e_phoff:#x}) run past "
+                   f"the end of the file ({size} bytes)", "e_phoff", 32)
+    loads, note = [], None
+    for i in range(eh.e_phnum):
+        off = eh.e_phoff + i * PHDR_SIZE
+        with converted(FMT, f"phdr[{i}]", off):
+            ph = st.Phdr.parse(bytes(view[off:off + PHDR_SIZE]))
+        if ph.p_type not in (elf.PT_LOAD, elf.PT_NOTE):
+            continue
+        if ph.p_offset + ph.p_filesz > size:
+            raise _err(f"content ({ph.p_filesz:#x} bytes at {ph.p_offset:#x}) runs past the "
+                       f"end of the file ({size} bytes)", f"phdr[{i}].p_filesz", off + 32)
+        if ph.p_type == elf.PT_LOAD:
+            if ph.p_filesz > ph.p_memsz:
+                raise _err(f"p_filesz {ph.p_filesz:#x} exceeds p_memsz {ph.p_memsz:#x}",
+                           f"phdr[{i}].p_filesz", off + 32)
+            loads.append(ph)
+        elif note is None:
+            note = _find_note(view, ph.p_offset, ph.p_filesz, little, i)
+    if note is None:
+        raise _err("no kimagekit note (not an image written by kimagekit)", "PT_NOTE", None)
+    return _from_note(view, note, loads, eh, little, size)
+
+
+def _find_note(view: memoryview | bytes, start: int, length: int, little: bool,
+               ph_index: int) -> tuple[int, int] | None:
+    """(offset, size) of the kimagekit descriptor inside one PT_NOTE, walking its notes."""
+    st = elf.elf_structs(elf.ELFCLASS64, little)
+    at, end, k = start, start + length, 0
+    while at + NHDR_SIZE <= end:
+        field = f"phdr[{ph_index}].note[{k}]"
+        with converted(FMT, field, at):
+            nh = st.Nhdr.parse(bytes(view[at:at + NHDR_SIZE]))
+        name_at = at + NHDR_SIZE
+        desc_at = name_at + _pad4(nh.n_namesz)
+        if desc_at > end:
+            raise _err(f"note name ({nh.n_namesz} bytes) runs past its PT_NOTE "
+                       f"({end - name_at} bytes left)", f"{field}.n_namesz", at)
+        if desc_at + nh.n_descsz > end:
+            raise _err(f"note descriptor ({nh.n_descsz} bytes) runs past its PT_NOTE "
+                       f"({end - desc_at} bytes left)", f"{field}.n_descsz", at + 4)
+        if bytes(view[name_at:name_at + nh.n_namesz]) == NOTE_NAME \
+                and nh.n_type == kx.NT_KIMAGEKIT_KEXEC:
+            return desc_at, nh.n_descsz
+        at = desc_at + _pad4(nh.n_descsz)
+        k += 1
+    return None
+
+
+def _from_note(view: memoryview | bytes, note: tuple[int, int], loads: list[object], eh: object,
+               little: bool, size: int) -> ImageInfo:
+    at, n = note
+    fixed = kx.note_fixed(little)
+    if n < fixed.sizeof():
+        raise _err(f"note descriptor is {n} bytes, shorter than its head ({fixed.sizeof()})",
+                   "note.head", at)
+    with converted(FMT, "note.head", at):
+        h = fixed.parse(bytes(view[at:at + fixed.sizeof()]))
+    if h.version != kx.NOTE_VERSION:
+        raise _err(f"note version {h.version} is not {kx.NOTE_VERSION}", "note.version", at)
+    if h.nr_segments > kx.KEXEC_SEGMENT_MAX:
+        raise _err(f"nr_segments {h.nr_segments} exceeds {kx.KEXEC_SEGMENT_MAX}",
+                   "note.nr_segments", at + 4)
+    if h.nr_symbols > MAX_NOTE_SYMBOLS:
+        raise _err(f"nr_symbols {h.nr_symbols} exceeds {MAX_NOTE_SYMBOLS}", "note.nr_symbols",
+                   at + 8)
+    need = (fixed.sizeof() + h.nr_segments * (32 + kx.note_segment_info(little).sizeof())
+            + h.nr_symbols * kx.note_symbol(little).sizeof() + h.cmdline_len)
+    if h.cmdline_len > MAX_CMDLINE or need > n:
+        raise _err(f"note needs {need} bytes for its counts, the descriptor has {n}",
+                   "note.cmdline_len", at + 12)
+    with converted(FMT, "note", at):
+        body = kx.kimagekit_note(little).parse(bytes(view[at:at + need]))
+    for code, name, table in ((h.digest_policy, "digest_policy", kx.POLICY_CODES),
+                              (h.handover_style, "handover_style", kx.HANDOVER_STYLE_CODES)):
+        if code >= len(table):
+            raise _err(f"{name} code {code} is unknown", f"note.{name}", at)
+    if len(loads) != h.nr_segments:
+        raise _err(f"{len(loads)} PT_LOAD headers but {h.nr_segments} segments in the note",
+                   "note.nr_segments", at + 4)
+    segs = []
+    for i, (ks, info, ph) in enumerate(zip(body.segments, body.info, loads, strict=True)):
+        for k, p in (("buf", "p_offset"), ("bufsz", "p_filesz"), ("mem", "p_paddr"),
+                     ("memsz", "p_memsz")):
+            if ks[k] != getattr(ph, p):
+                raise _err(f"{k} {ks[k]:#x} differs from PT_LOAD[{i}].{p} "
+                           f"{getattr(ph, p):#x}", f"note.segment[{i}].{k}", None)
+        if info.role >= len(kx.ROLE_CODES):
+            raise _err(f"role code {info.role} is unknown", f"note.info[{i}].role", None)
+        segs.append(ImageSegment(i, Role(kx.ROLE_CODES[info.role]), ks.mem, ks.memsz,
+                                 ks.bufsz, bool(info.checksummed), ks.buf, bytes(info.sha256)))
+    regions = tuple((r.start, r.len) for r in h.sha_regions if (r.start, r.len) != (0, 0))
+    return ImageInfo(
+        arch=h.arch, machine=eh.e_machine, little=little,  # type: ignore[attr-defined]
+        page_size=h.page_size, entry=h.entry,
+        policy=DigestPolicy(kx.POLICY_CODES[h.digest_policy]),
+        handover_style=HandoverStyle(kx.HANDOVER_STYLE_CODES[h.handover_style]),
+        has_purgatory=bool(h.has_purgatory), cmdline=body.cmdline.decode("utf-8", "replace"),
+        segments=tuple(segs),
+        symbols=tuple(NoteSymbol(y.name, y.value, y.size) for y in body.symbols),
+        regions=regions, digest=bytes(h.digest), file_size=size)
+
+
+def content(view: memoryview | bytes, seg: ImageSegment) -> memoryview:
+    return memoryview(view)[seg.offset:seg.offset + seg.bufsz]
+
+
+@contextmanager
+def open_image(path: str | os.PathLike[str]) -> Iterator[tuple[ImageInfo, memoryview]]:
+    with mapped(path) as view:
+        yield read_image(view), view
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    digest: bytes  # as stored (the purgatory's, or the note's without a purgatory)
+    computed: bytes
+    regions: tuple[tuple[int, int], ...]
+    bad_segment: int | None
+    bad_region: int | None
+    reason: str
+
+
+def stored_digest(info: ImageInfo, view: memoryview | bytes) -> tuple[bytes, bytes]:
+    """(regions array, digest) as the purgatory holds them, or the note's without one."""
+    if not info.has_purgatory:
+        return regions_bytes(info.regions, info.little), info.digest
+    purg = info.segment(Role.PURGATORY)
+    if purg is None:
+        raise _err("the note says there is a purgatory but no segment has that role",
+                   "note.has_purgatory", None)
+    for rname, dname in DIGEST_SYMBOLS:
+        r, d = info.symbol(rname), info.symbol(dname)
+        if r is not None and d is not None:
+            return (_read_symbol(view, purg, r, REGIONS_SIZE),
+                    _read_symbol(view, purg, d, kx.SHA256_DIGEST_SIZE))
+    raise _err("no regions/digest symbols recorded for the purgatory", "note.symbols", None)
+
+
+def _read_symbol(view: memoryview | bytes, purg: ImageSegment, sym: NoteSymbol,
+                 size: int) -> bytes:
+    rel = sym.value - purg.mem
+    if sym.size != size or rel < 0 or rel + size > purg.bufsz:
+        raise _err(f"symbol {sym.name} ({sym.size} bytes at {sym.value:#x}) is not inside the "
+                   "purgatory's content", f"note.symbols.{sym.name}", None)
+    return bytes(view[purg.offset + rel:purg.offset + rel + size])
+
+
+def expected_regions(info: ImageInfo) -> tuple[tuple[int, int], ...]:
+    return tuple((s.mem, s.memsz) for s in info.segments
+                 if s.checksummed and s.role != Role.PURGATORY)
+
+
+def verify(path: str | os.PathLike[str]) -> VerifyResult:
+    """Recompute the digest as the purgatory will: hash every stored region's memory (content,
+    then zeros to memsz) and compare with the stored digest. Streams over an mmap, dropping each
+    chunk's pages once hashed, so memory stays flat whatever the image size."""
+    with _streaming_map(path) as (mm, view):
+        info = read_image(view)
+        return _verify(info, view, mm)
+
+
+def _verify(info: ImageInfo, view: memoryview, mm: mmap.mmap | None) -> VerifyResult:
+    raw_regions, digest = stored_digest(info, view)
+    regions = tuple(r for r in _parse_regions(raw_regions, info.little) if r != (0, 0))
+
+    def fail(reason: str, seg: int | None = None, reg: int | None = None,
+             computed: bytes = b"") -> VerifyResult:
+        return VerifyResult(False, digest, computed, regions, seg, reg, reason)
+
+    purg = info.segment(Role.PURGATORY)
+    if info.has_purgatory and purg is not None and (regions != info.regions
+                                                     or digest != info.digest):
+        return fail("the purgatory's regions or digest differ from the note's", purg.index)
+    want = expected_regions(info)
+    for k in range(max(len(regions), len(want))):
+        got = regions[k] if k < len(regions) else None
+        exp = want[k] if k < len(want) else None
+        if got != exp:
+            return fail(f"region {k} is {_fmt_region(got)} but the segment table calls for "
+                        f"{_fmt_region(exp)}", None, k)
+    by_mem = {(s.mem, s.memsz): s for s in info.segments}
+    h = hashlib.sha256()
+    for s in (by_mem[r] for r in regions):
+        _feed(h, view, mm, s)
+    computed = h.digest()
+    if computed == digest:
+        return VerifyResult(True, digest, computed, regions, None, None, "ok")
+    for k, r in enumerate(regions):
+        s = by_mem[r]
+        one = hashlib.sha256()
+        _feed(one, view, mm, s)
+        if one.digest() != s.sha256:
+            return fail(f"segment {s.index} ({s.role}, region {k} at {s.mem:#x}) differs from "
+                        "what was sealed", s.index, k, computed)
+    return fail("every segment matches its recorded hash but the stored digest does not",
+                None, None, computed)
+
+
+def _fmt_region(r: tuple[int, int] | None) -> str:
+    return "nothing" if r is None else f"{r[0]:#x}+{r[1]:#x}"
+
+
+def _parse_regions(raw: bytes, little: bool) -> list[tuple[int, int]]:
+    with converted(FMT, "purgatory_sha_regions"):
+        return [(r.start, r.len) for r in kx.purgatory_sha_regions(little).parse(raw)]
+
+
+_CHUNK = 8 << 20
+
+
+def _feed(h: hashlib._Hash, view: memoryview, mm: mmap.mmap | None, s: ImageSegment) -> None:
+    for at in range(s.offset, s.offset + s.bufsz, _CHUNK):
+        n = min(_CHUNK, s.offset + s.bufsz - at)
+        h.update(view[at:at + n])
+        if mm is not None:
+            # Hashed pages are not needed again: let them go so RSS does not grow with the file.
+            lo = at - at % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_DONTNEED, lo, at + n - lo)
+    feed_segment(h, b"", s.memsz - s.bufsz)
+
+
+@contextmanager
+def _streaming_map(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap | None,
+                                                                      memoryview]]:
+    p = Path(path)
+    try:
+        f = p.open("rb")
+    except OSError as exc:
+        raise ParseError(f"cannot open: {exc.strerror}", fmt="file", field=str(p)) from exc
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            yield None, memoryview(b"")
+            return
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mm)
+        try:
+            yield mm, view
+        finally:
+            view.release()
+            with contextlib.suppress(BufferError):  # a caller kept a slice; the GC closes it
+                mm.close()
+
+
+# --- ls / extract / patch ------------------------------------------------------------------------
+
+def select_segment(info: ImageInfo, which: str) -> ImageSegment:
+    """A segment by index (``2``) or by role (``initrd``: the first with that role)."""
+    if which.isdigit():
+        i = int(which)
+        if i >= len(info.segments):
+            raise UsageError(f"segment {i} does not exist (the image has "
+                             f"{len(info.segments)})", fmt=FMT, field="segment")
+        return info.segments[i]
+    for s in info.segments:
+        if s.role.value == which:
+            return s
+    roles = ", ".join(dict.fromkeys(s.role.value for s in info.segments))
+    raise UsageError(f"no segment {which!r} (roles here: {roles})", fmt=FMT, field="segment")
+
+
+def extract(path: str | os.PathLike[str], which: str, out: str | os.PathLike[str]) -> ImageSegment:
+    """Write one segment's content (bufsz bytes) to ``out``."""
+    with open_image(path) as (info, view):
+        seg = select_segment(info, which)
+        atomic_write(out, bytes(content(view, seg)))
+    return seg
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    segment: ImageSegment
+    old_bufsz: int
+    resealed: bool
+    verify: VerifyResult
+
+
+def patch_handover(path: str | os.PathLike[str], data: bytes, *,
+                   out: str | os.PathLike[str] | None = None, reseal: bool = False) -> PatchResult:
+    """The offline ``kexec_update_segment`` on the hand-over segment: same mem and memsz, new
+    content. Refused when too large, or when the policy hashes the hand-over unless ``reseal``
+    (then the digest is recomputed and stored into the purgatory and the note). The output is
+    written atomically and verified; on any refusal nothing is written."""
+    target = Path(out) if out is not None else Path(path)
+    with mapped(path) as view:
+        info = read_image(view)
+        ho = info.segment(Role.HANDOVER)
+        if ho is None:
+            raise RuleError("the image has no hand-over segment", fmt=FMT, field="segments")
+        if ho.checksummed and not reseal:
+            raise RuleError(f"the {info.policy} digest policy hashes the hand-over segment: "
+                            "it can only change with a reseal", fmt=FMT,
+                            field=f"segment[{ho.index}]")
+        if len(data) > ho.memsz:
+            raise RuleError(f"new contents are {len(data)} bytes, {len(data) - ho.memsz} more "
+                            f"than the hand-over's memsz {ho.memsz}", fmt=FMT,
+                            field=f"segment[{ho.index}]")
+        img = _rebuilt(info, view, ho.index, data, reseal)
+        atomic_write(target, b"".join(image_chunks(img)))
+    res = verify(target)
+    if not res.ok:
+        raise OutputError(f"{target}: the patched image does not verify: {res.reason}")
+    with open_image(target) as (new, _):
+        seg = new.segments[ho.index]
+    return PatchResult(seg, ho.bufsz, reseal and ho.checksummed, res)
+
+
+def _rebuilt(info: ImageInfo, view: memoryview, index: int, data: bytes,
+             reseal: bool) -> KexecImage:
+    segs = tuple(Segment(bytes(data) if s.index == index else content(view, s), s.mem, s.memsz,
+                         s.role, s.checksummed) for s in info.segments)
+    sl = SegmentList(Target(info.arch, info.page_size), segs)
+    d = Digest(info.regions, info.digest, ())
+    if reseal and segs[index].checksummed:
+        d = compute_digest(segs)
+        if info.has_purgatory:
+            sl = _store_into_purgatory(info, sl, d)
+    return KexecImage(sl, info.policy, info.entry, info.cmdline.encode(), info.handover_style,
+                      info.symbols, d, info.has_purgatory)
+
+
+def _store_into_purgatory(info: ImageInfo, sl: SegmentList, d: Digest) -> SegmentList:
+    purg = info.segment(Role.PURGATORY)
+    if purg is None:
+        raise RuleError("the note says there is a purgatory but no segment has that role",
+                        fmt=FMT, field="note.has_purgatory")
+    buf = bytearray(sl.segments[purg.index].content)
+    for (rname, dname) in DIGEST_SYMBOLS:
+        r, g = info.symbol(rname), info.symbol(dname)
+        if r is None or g is None:
+            continue
+        for sym, value in ((r, regions_bytes(d.regions, info.little)), (g, d.digest)):
+            if sym.size != len(value) or not 0 <= sym.value - purg.mem <= purg.bufsz - sym.size:
+                raise RuleError(f"symbol {sym.name} cannot hold {len(value)} bytes", fmt=FMT,
+                                field=f"note.symbols.{sym.name}")
+            at = sym.value - purg.mem
+            buf[at:at + len(value)] = value
+        segs = list(sl.segments)
+        segs[purg.index] = replace(segs[purg.index], content=bytes(buf))
+        return replace(sl, segments=tuple(segs))
+    raise RuleError("no regions/digest symbols recorded for the purgatory", fmt=FMT,
+                    field="note.symbols")

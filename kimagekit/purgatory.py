@@ -1,0 +1,527 @@
+"""The purgatory: a relocatable object laid out, relocated and patched as ``kexec_load_purgatory``
+does, and the digest it checks at reboot, as ``kexec_calculate_store_digests`` computes it.
+
+The object is untrusted input here (the kernel trusts its built-in copy), so every header field is
+bounds-checked against the file before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from kimagekit.errors import ParseError, RuleError, converted
+from kimagekit.formats import elf
+from kimagekit.formats.kexec import KEXEC_SEGMENT_MAX, SHA256_DIGEST_SIZE, purgatory_sha_regions
+from kimagekit.segments import (
+    U64_MAX,
+    KexecBuf,
+    Role,
+    Segment,
+    SegmentList,
+    add_buffer,
+    align_up,
+)
+
+FMT = "purgatory"
+SHDR_SIZE = 64
+SYM_SIZE = 24
+RELA_SIZE = 24
+# Symbol pairs the kernel wrote the regions and digest into: since ~4.13, then before.
+DIGEST_SYMBOLS = (("purgatory_sha_regions", "purgatory_sha256_digest"),
+                  ("sha_regions", "sha256_digest"))
+REGIONS_SIZE = KEXEC_SEGMENT_MAX * 16
+
+
+class DigestPolicy(StrEnum):
+    """Which segments the digest leaves out (besides the purgatory, always left out).
+
+    seed: segments added with skip_checksum (the hand-over); upstream-4.10: none, the IMA buffer is
+    hashed and frozen at load (4.10 to 6.14); upstream-6.15: the IMA (hand-over) segment.
+    """
+
+    SEED = "seed"
+    UPSTREAM_4_10 = "upstream-4.10"
+    UPSTREAM_6_15 = "upstream-6.15"
+
+
+def hashes_role(policy: DigestPolicy, role: Role) -> bool:
+    """Whether a segment of ``role`` is inside the digest under ``policy``."""
+    if role == Role.PURGATORY:
+        return False
+    return role != Role.HANDOVER or policy == DigestPolicy.UPSTREAM_4_10
+
+
+@dataclass(frozen=True)
+class Section:
+    index: int
+    name: str
+    sh_type: int
+    sh_flags: int
+    sh_addr: int
+    sh_offset: int
+    sh_size: int
+    sh_link: int
+    sh_info: int
+    sh_addralign: int
+
+    @property
+    def alloc(self) -> bool:
+        return bool(self.sh_flags & elf.SHF_ALLOC)
+
+    @property
+    def nobits(self) -> bool:
+        return self.sh_type == elf.SHT_NOBITS
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    st_value: int
+    st_size: int
+    st_shndx: int
+    bind: int
+
+
+@dataclass(frozen=True)
+class PurgatoryObject:
+    data: bytes
+    little: bool
+    machine: int
+    e_entry: int
+    sections: tuple[Section, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    bufsz: int
+    memsz: int
+    buf_align: int
+
+
+@dataclass(frozen=True)
+class LoadedPurgatory:
+    """The purgatory as the kernel holds it after loading at ``mem``: ``buffer`` is the segment
+    content; ``sh_addr``/``buf_offset`` are the rewritten section addresses and buffer offsets."""
+
+    obj: PurgatoryObject
+    mem: int
+    buffer: bytes
+    memsz: int
+    entry: int
+    sh_addr: tuple[int, ...]
+    buf_offset: tuple[int, ...]
+
+
+def _align(v: int, a: int) -> int:
+    return align_up(v, a) if a > 1 else v
+
+
+def parse_purgatory(data: bytes) -> PurgatoryObject:
+    """Read an ELF64 ET_REL object's header and section table, bounds-checked."""
+    if len(data) < 64:
+        raise ParseError(f"file is {len(data)} bytes, shorter than an ELF64 header (64)",
+                         fmt=FMT, field="e_ident", offset=0)
+    if data[:4] != elf.ELFMAG:
+        raise ParseError("not an ELF file (bad magic)", fmt=FMT, field="e_ident.EI_MAG", offset=0)
+    if data[4] != elf.ELFCLASS64:
+        raise ParseError(f"EI_CLASS {data[4]} is not ELFCLASS64", fmt=FMT,
+                         field="e_ident.EI_CLASS", offset=4)
+    if data[5] not in (elf.ELFDATA2LSB, elf.ELFDATA2MSB):
+        raise ParseError(f"EI_DATA {data[5]} is not 1 or 2", fmt=FMT, field="e_ident.EI_DATA",
+                         offset=5)
+    little = data[5] == elf.ELFDATA2LSB
+    st = elf.elf_structs(elf.ELFCLASS64, little)
+    with converted(FMT, "ehdr", 0):
+        eh = st.Ehdr.parse(data)
+    if eh.e_type != elf.ET_REL:
+        raise ParseError(f"e_type {eh.e_type} is not ET_REL (a purgatory is relocatable)",
+                         fmt=FMT, field="e_type", offset=16)
+    if eh.e_shentsize != SHDR_SIZE:
+        raise ParseError(f"e_shentsize {eh.e_shentsize} is not {SHDR_SIZE}", fmt=FMT,
+                         field="e_shentsize", offset=58)
+    if eh.e_shoff + eh.e_shnum * SHDR_SIZE > len(data):
+        raise ParseError(f"section table ({eh.e_shnum} x {SHDR_SIZE} at {eh.e_shoff:#x}) runs "
+                         f"past the end of the file ({len(data)} bytes)", fmt=FMT,
+                         field="e_shoff", offset=40)
+    raw = []
+    for i in range(eh.e_shnum):
+        off = eh.e_shoff + i * SHDR_SIZE
+        with converted(FMT, f"shdr[{i}]", off):
+            sh = st.Shdr.parse(data[off:off + SHDR_SIZE])
+        if sh.sh_type not in (elf.SHT_NOBITS, elf.SHT_NULL) \
+                and sh.sh_offset + sh.sh_size > len(data):
+            raise ParseError(f"section content ({sh.sh_size:#x} bytes at {sh.sh_offset:#x}) "
+                             f"runs past the end of the file ({len(data)} bytes)", fmt=FMT,
+                             field=f"shdr[{i}].sh_offset", offset=off + 24)
+        align = sh.sh_addralign
+        if align & (align - 1):
+            raise ParseError(f"sh_addralign {align:#x} is not a power of two", fmt=FMT,
+                             field=f"shdr[{i}].sh_addralign", offset=off + 48)
+        raw.append(sh)
+    names = _names(data, raw, eh.e_shstrndx)
+    sections = tuple(
+        Section(i, names[i], sh.sh_type, sh.sh_flags, sh.sh_addr, sh.sh_offset, sh.sh_size,
+                sh.sh_link, sh.sh_info, max(sh.sh_addralign, 1))
+        for i, sh in enumerate(raw))
+    return PurgatoryObject(bytes(data), little, eh.e_machine, eh.e_entry, sections)
+
+
+def _names(data: bytes, raw: list[object], shstrndx: int) -> list[str]:
+    if not 0 < shstrndx < len(raw):
+        return [""] * len(raw)
+    strtab = raw[shstrndx]
+    base, size = strtab.sh_offset, strtab.sh_size  # type: ignore[attr-defined]
+    return [_cstr(data, base, size, sh.sh_name, f"shdr[{i}].sh_name")  # type: ignore[attr-defined]
+            for i, sh in enumerate(raw)]
+
+
+def _cstr(data: bytes, base: int, size: int, index: int, field: str) -> str:
+    if index >= size:
+        raise ParseError(f"name index {index} is past its string table ({size} bytes)",
+                         fmt=FMT, field=field)
+    end = data.find(b"\0", base + index, base + size)
+    if end < 0:
+        raise ParseError("name is not NUL-terminated inside its string table", fmt=FMT,
+                         field=field, offset=base + index)
+    return data[base + index:end].decode("ascii", "replace")
+
+
+def layout(obj: PurgatoryObject) -> Layout:
+    """``kexec_purgatory_setup_kbuf``: content sections at their alignment, then .bss."""
+    bufsz, buf_align, bss_sz, bss_align = 0, 1, 0, 1
+    for s in obj.sections:
+        if not s.alloc:
+            continue
+        if s.nobits:
+            bss_align = max(bss_align, s.sh_addralign)
+            bss_sz = _align(bss_sz, s.sh_addralign) + s.sh_size
+        else:
+            buf_align = max(buf_align, s.sh_addralign)
+            bufsz = _align(bufsz, s.sh_addralign) + s.sh_size
+    bufsz = _align(bufsz, bss_align)
+    return Layout(bufsz, bufsz + bss_sz, max(buf_align, bss_align))
+
+
+def load(obj: PurgatoryObject, mem: int) -> LoadedPurgatory:
+    """``kexec_purgatory_setup_sechdrs`` then the relocations, for a buffer placed at ``mem``."""
+    lay = layout(obj)
+    buf = bytearray(lay.bufsz)
+    sh_addr = [s.sh_addr for s in obj.sections]
+    buf_offset = [s.sh_offset for s in obj.sections]
+    entry = obj.e_entry
+    moved = False
+    offset, bss_addr = 0, mem + lay.bufsz
+    for s in obj.sections:
+        if not s.alloc:
+            continue
+        if s.nobits:
+            bss_addr = _align(bss_addr, s.sh_addralign)
+            sh_addr[s.index] = bss_addr
+            bss_addr += s.sh_size
+            continue
+        offset = _align(offset, s.sh_addralign)
+        # The first executable section holding e_entry (with its original address) rebases it.
+        if (s.sh_flags & elf.SHF_EXECINSTR and not moved
+                and s.sh_addr <= obj.e_entry < s.sh_addr + s.sh_size):
+            entry = obj.e_entry - s.sh_addr + mem + offset
+            moved = True
+        buf[offset:offset + s.sh_size] = obj.data[s.sh_offset:s.sh_offset + s.sh_size]
+        sh_addr[s.index] = mem + offset
+        buf_offset[s.index] = offset
+        offset += s.sh_size
+    lp = LoadedPurgatory(obj, mem, b"", lay.memsz, entry, tuple(sh_addr), tuple(buf_offset))
+    _relocate(lp, buf)
+    return replace(lp, buffer=bytes(buf))
+
+
+def add_purgatory(sl: SegmentList, obj: PurgatoryObject, *, buf_min: int = 0,
+                  buf_max: int = U64_MAX, top_down: bool = True) -> tuple[SegmentList,
+                                                                          LoadedPurgatory]:
+    """``kexec_load_purgatory``: place the buffer, then lay out and relocate it at that address."""
+    lay = layout(obj)
+    kb = KexecBuf(bytes(lay.bufsz), lay.memsz, Role.PURGATORY, buf_align=lay.buf_align,
+                  buf_min=buf_min, buf_max=buf_max, top_down=top_down, checksummed=False)
+    sl, seg = add_buffer(sl, kb)
+    lp = load(obj, seg.mem)
+    return replace_purgatory(sl, lp), lp
+
+
+def replace_purgatory(sl: SegmentList, lp: LoadedPurgatory) -> SegmentList:
+    """The segment list with the purgatory segment's content set to ``lp.buffer``."""
+    i = sl.index_of(Role.PURGATORY)
+    if i is None:
+        raise RuleError("no purgatory segment", fmt=FMT, field="segments")
+    segs = list(sl.segments)
+    segs[i] = replace(segs[i], content=lp.buffer)
+    return replace(sl, segments=tuple(segs))
+
+
+# --- relocations: one table per e_machine -------------------------------------------------------
+
+Apply = Callable[[bytearray, int, int, int, bool], None]  # buf, location, place, value, little
+
+
+def _put(buf: bytearray, loc: int, value: int, width: int, little: bool) -> None:
+    buf[loc:loc + width] = value.to_bytes(width, "little" if little else "big")
+
+
+def _abs64(buf: bytearray, loc: int, place: int, value: int, little: bool) -> None:
+    _put(buf, loc, value & U64_MAX, 8, little)
+
+
+def _abs32(buf: bytearray, loc: int, place: int, value: int, little: bool) -> None:
+    value &= U64_MAX
+    if value > 0xFFFFFFFF:
+        raise _Overflow(value)
+    _put(buf, loc, value, 4, little)
+
+
+def _signed32(value: int) -> int:
+    value &= U64_MAX
+    value = value - (1 << 64) if value >> 63 else value
+    if not -(1 << 31) <= value < 1 << 31:
+        raise _Overflow(value)
+    return value & 0xFFFFFFFF
+
+
+def _abs32s(buf: bytearray, loc: int, place: int, value: int, little: bool) -> None:
+    _put(buf, loc, _signed32(value), 4, little)
+
+
+def _pc32(buf: bytearray, loc: int, place: int, value: int, little: bool) -> None:
+    # The kernel truncates silently; a truncated PC-relative value would make a purgatory that
+    # jumps to nowhere, so it is refused here.
+    _put(buf, loc, _signed32(value - place), 4, little)
+
+
+class _Overflow(Exception):
+    def __init__(self, value: int) -> None:
+        super().__init__(f"{value:#x}")
+        self.value = value
+
+
+# (name, width, apply) per relocation type
+RELOCATIONS: dict[int, dict[int, tuple[str, int, Apply | None]]] = {
+    elf.EM_X86_64: {
+        0: ("R_X86_64_NONE", 0, None),
+        1: ("R_X86_64_64", 8, _abs64),
+        2: ("R_X86_64_PC32", 4, _pc32),
+        4: ("R_X86_64_PLT32", 4, _pc32),
+        10: ("R_X86_64_32", 4, _abs32),
+        11: ("R_X86_64_32S", 4, _abs32s),
+    },
+    # ppc64 (ADDR64, TOC16*, REL24, REL64...) comes with the ppc64 purgatory; empty until then.
+    elf.EM_PPC64: {},
+}
+
+
+def _relocate(lp: LoadedPurgatory, buf: bytearray) -> None:
+    obj = lp.obj
+    table = RELOCATIONS.get(obj.machine)
+    if table is None:
+        raise RuleError(f"no relocation table for e_machine {obj.machine}", fmt=FMT,
+                        field="e_machine", offset=18)
+    shnum = len(obj.sections)
+    for rs in obj.sections:
+        if rs.sh_type == elf.SHT_REL:
+            raise RuleError("SHT_REL relocations are not supported (the kernel takes RELA only)",
+                            fmt=FMT, field=f"section[{rs.index}]({rs.name})")
+        if rs.sh_type != elf.SHT_RELA:
+            continue
+        field = f"section[{rs.index}]({rs.name})"
+        if rs.sh_info >= shnum or rs.sh_link >= shnum:
+            raise ParseError(f"sh_info {rs.sh_info} or sh_link {rs.sh_link} is not a section",
+                             fmt=FMT, field=field)
+        target, symtab = obj.sections[rs.sh_info], obj.sections[rs.sh_link]
+        if not target.alloc:
+            continue
+        if target.nobits:
+            raise RuleError("relocations into a NOBITS section", fmt=FMT, field=field)
+        if symtab.sh_type != elf.SHT_SYMTAB or symtab.sh_link >= shnum:
+            raise ParseError("sh_link does not name a symbol table with a string table",
+                             fmt=FMT, field=field)
+        _apply_section(lp, buf, rs, target, symtab, table)
+
+
+def _apply_section(lp: LoadedPurgatory, buf: bytearray, rs: Section, target: Section,
+                   symtab: Section, table: dict[int, tuple[str, int, Apply | None]]) -> None:
+    obj = lp.obj
+    st = elf.elf_structs(elf.ELFCLASS64, obj.little)
+    nsyms = symtab.sh_size // SYM_SIZE
+    for k in range(rs.sh_size // RELA_SIZE):
+        off = rs.sh_offset + k * RELA_SIZE
+        field = f"{rs.name}[{k}]"
+        with converted(FMT, field, off):
+            rel = st.Rela.parse(obj.data[off:off + RELA_SIZE])
+        rtype = elf.r_type(rel.r_info, elf.ELFCLASS64)
+        if rtype not in table:
+            raise RuleError(f"relocation type {rtype} is not supported for e_machine "
+                            f"{obj.machine}", fmt=FMT, field=f"{field}.r_info", offset=off + 8)
+        name, width, apply = table[rtype]
+        if apply is None:
+            continue
+        if rel.r_offset + width > target.sh_size:
+            raise ParseError(f"{name} at {rel.r_offset:#x} is outside {target.name} "
+                             f"({target.sh_size:#x} bytes)", fmt=FMT, field=f"{field}.r_offset",
+                             offset=off)
+        sym_index = elf.r_sym(rel.r_info, elf.ELFCLASS64)
+        if sym_index >= nsyms:
+            raise ParseError(f"symbol index {sym_index} is past the symbol table ({nsyms})",
+                             fmt=FMT, field=f"{field}.r_info", offset=off + 8)
+        sym = _symbol(obj, symtab, sym_index)
+        if sym.st_shndx == elf.SHN_UNDEF:
+            raise RuleError(f"undefined symbol {sym.name!r}", fmt=FMT, field=field, offset=off)
+        if sym.st_shndx == elf.SHN_COMMON:
+            raise RuleError(f"symbol {sym.name!r} is in the common section", fmt=FMT,
+                            field=field, offset=off)
+        if sym.st_shndx == elf.SHN_ABS:
+            base = 0
+        elif sym.st_shndx >= len(obj.sections):
+            raise ParseError(f"symbol {sym.name!r} has section index {sym.st_shndx}",
+                             fmt=FMT, field=field, offset=off)
+        else:
+            base = lp.sh_addr[sym.st_shndx]
+        value = sym.st_value + base + rel.r_addend
+        place = lp.sh_addr[target.index] + rel.r_offset
+        try:
+            apply(buf, lp.buf_offset[target.index] + rel.r_offset, place, value, obj.little)
+        except _Overflow as exc:
+            raise RuleError(f"{name} against {sym.name!r} overflows: {exc.value:#x} does not "
+                            "fit in 32 bits", fmt=FMT, field=field, offset=off) from None
+
+
+def _symbol(obj: PurgatoryObject, symtab: Section, index: int) -> Symbol:
+    st = elf.elf_structs(elf.ELFCLASS64, obj.little)
+    off = symtab.sh_offset + index * SYM_SIZE
+    field = f"{symtab.name}[{index}]"
+    with converted(FMT, field, off):
+        s = st.Sym.parse(obj.data[off:off + SYM_SIZE])
+    strtab = obj.sections[symtab.sh_link]
+    name = _cstr(obj.data, strtab.sh_offset, strtab.sh_size, s.st_name, f"{field}.st_name")
+    return Symbol(name, s.st_value, s.st_size, s.st_shndx, elf.st_bind(s.st_info))
+
+
+def symbols(obj: PurgatoryObject) -> Iterable[Symbol]:
+    """Every symbol of every valid symbol table, in file order."""
+    for sec in obj.sections:
+        if sec.sh_type != elf.SHT_SYMTAB or sec.sh_link >= len(obj.sections):
+            continue
+        for k in range(sec.sh_size // SYM_SIZE):
+            yield _symbol(obj, sec, k)
+
+
+def find_symbol(obj: PurgatoryObject, name: str) -> Symbol:
+    """``kexec_purgatory_find_symbol``: the first GLOBAL symbol of that name, in a real section."""
+    for sym in symbols(obj):
+        if sym.bind != elf.STB_GLOBAL or sym.name != name:
+            continue
+        if sym.st_shndx == elf.SHN_UNDEF or sym.st_shndx >= len(obj.sections):
+            raise RuleError(f"symbol {name!r} has bad section index {sym.st_shndx}", fmt=FMT,
+                            field=name)
+        return sym
+    raise RuleError(f"no global symbol {name!r}", fmt=FMT, field=name)
+
+
+def symbol_address(lp: LoadedPurgatory, name: str) -> int:
+    sym = find_symbol(lp.obj, name)
+    return lp.sh_addr[sym.st_shndx] + sym.st_value
+
+
+def _symbol_slot(lp: LoadedPurgatory, name: str, size: int, verb: str) -> int:
+    sym = find_symbol(lp.obj, name)
+    if sym.st_size != size:
+        raise RuleError(f"symbol {name!r} is {sym.st_size} bytes, not the {size} to {verb}",
+                        fmt=FMT, field=name)
+    sec = lp.obj.sections[sym.st_shndx]
+    if sec.nobits:
+        raise RuleError(f"symbol {name!r} is in a NOBITS section ({sec.name}): cannot {verb}",
+                        fmt=FMT, field=name)
+    if not sec.alloc or sym.st_value + size > sec.sh_size:
+        raise RuleError(f"symbol {name!r} is not inside loaded section {sec.name}", fmt=FMT,
+                        field=name)
+    return lp.buf_offset[sec.index] + sym.st_value
+
+
+def get_symbol(lp: LoadedPurgatory, name: str, size: int) -> bytes:
+    """``kexec_purgatory_get_set_symbol`` reading ``size`` bytes."""
+    at = _symbol_slot(lp, name, size, "get")
+    return lp.buffer[at:at + size]
+
+
+def set_symbol(lp: LoadedPurgatory, name: str, value: bytes) -> LoadedPurgatory:
+    """``kexec_purgatory_get_set_symbol`` writing ``value``; returns the updated purgatory."""
+    at = _symbol_slot(lp, name, len(value), "set")
+    return replace(lp, buffer=lp.buffer[:at] + bytes(value) + lp.buffer[at + len(value):])
+
+
+def digest_symbol_names(obj: PurgatoryObject) -> tuple[str, str]:
+    """The (regions, digest) symbol names this purgatory uses: current names, else pre-4.13."""
+    for pair in DIGEST_SYMBOLS:
+        try:
+            find_symbol(obj, pair[0])
+        except RuleError:
+            continue
+        return pair
+    raise RuleError("neither purgatory_sha_regions nor sha_regions is a global symbol",
+                    fmt=FMT, field="purgatory_sha_regions")
+
+
+# --- digest --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Digest:
+    regions: tuple[tuple[int, int], ...]  # (start, len) per hashed segment, in segment order
+    digest: bytes
+    hashed: tuple[int, ...]  # the segment indices hashed
+
+
+_ZEROS = bytes(1 << 20)
+_CHUNK = 8 << 20
+
+
+def feed_segment(h: hashlib._Hash, content: bytes | memoryview, memsz: int) -> None:
+    """bufsz bytes of content, then memsz - bufsz zeros, in bounded chunks."""
+    view = memoryview(content)
+    for at in range(0, len(view), _CHUNK):
+        h.update(view[at:at + _CHUNK])
+    left = memsz - len(view)
+    while left > 0:
+        n = min(left, len(_ZEROS))
+        h.update(_ZEROS[:n] if n < len(_ZEROS) else _ZEROS)
+        left -= n
+
+
+def compute_digest(segments: tuple[Segment, ...]) -> Digest:
+    """``kexec_calculate_store_digests`` over the segments whose ``checksummed`` flag is set (the
+    flag carries the policy, see :func:`apply_policy`); the purgatory is always left out."""
+    h = hashlib.sha256()
+    regions, hashed = [], []
+    for i, s in enumerate(segments):
+        if s.role == Role.PURGATORY or not s.checksummed:
+            continue
+        feed_segment(h, s.content, s.memsz)
+        regions.append((s.mem, s.memsz))
+        hashed.append(i)
+    return Digest(tuple(regions), h.digest(), tuple(hashed))
+
+
+def apply_policy(sl: SegmentList, policy: DigestPolicy) -> SegmentList:
+    """Set each segment's ``checksummed`` flag from ``policy`` and its role."""
+    segs = tuple(replace(s, checksummed=hashes_role(policy, s.role)) for s in sl.segments)
+    return replace(sl, segments=segs)
+
+
+def regions_bytes(regions: tuple[tuple[int, int], ...], little: bool) -> bytes:
+    """The 16-entry ``kexec_sha_region`` array, unused entries zero."""
+    padded = list(regions) + [(0, 0)] * (KEXEC_SEGMENT_MAX - len(regions))
+    return bytes(purgatory_sha_regions(little).build([{"start": s, "len": n} for s, n in padded]))
+
+
+def store_digest(lp: LoadedPurgatory, d: Digest) -> LoadedPurgatory:
+    """Write the regions array and the digest into the purgatory's symbols."""
+    regions_name, digest_name = digest_symbol_names(lp.obj)
+    lp = set_symbol(lp, regions_name, regions_bytes(d.regions, lp.obj.little))
+    return set_symbol(lp, digest_name, d.digest[:SHA256_DIGEST_SIZE])

@@ -1,0 +1,187 @@
+"""The ``kimagekit ima`` and ``inspect`` commands: exact outputs, JSON keys, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kimagekit.cli import main
+from tests.ima_helpers import IMA_DIR
+
+SMALL = IMA_DIR / "small-le.bin"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_replay_against_ibmtss_tpm_values(capsys: pytest.CaptureFixture[str],
+                                          corpus: Path) -> None:
+    for bank in ("sha1", "sha256", "sha384", "sha512"):
+        code, out, _ = run(capsys, "ima", "replay",
+                           corpus / f"ima/binary/ibmtss-31443b7-ima-{bank}.log",
+                           "--pcrs", corpus / "ima/binary/ibmtss-imakvtpcr10.txt")
+        assert code == 0
+        assert out.splitlines()[-1] == "OK: 4 expected PCR values reproduced"
+
+
+def test_replay_evmctl_pcr_file_and_expect(capsys: pytest.CaptureFixture[str],
+                                           corpus: Path) -> None:
+    lst = corpus / "ima/binary/ibmtss-31443b7-ima-sha1.log"
+    code, out, _ = run(capsys, "ima", "replay", lst, "--bank", "sha256",
+                       "--pcrs", f"sha256,{corpus / 'evmctl/ibmtss-pcrs-sha256.txt'}")
+    assert code == 0
+    assert out == ("sha256 PCR-10: 7fac48c81837d6d29046008aef0cdad8c2745cc98c3340cbba9bfdf39b4124b8"
+                   "\nOK: 11 expected PCR values reproduced\n")
+    wrong = "10:sha1=" + "00" * 20
+    code, out, _ = run(capsys, "ima", "replay", lst, "--bank", "sha1", "--expect", wrong)
+    assert code == 1
+    assert out.splitlines()[-1] == ("MISMATCH sha1 PCR-10: expected " + "00" * 20
+                                    + ", replayed 9be6bac02bf18d09d17e726c2df00bca4e8831ea")
+
+
+def test_replay_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "ima", "replay", SMALL, "--bank", "sha1", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    expected = json.loads((IMA_DIR / "small-le.pcrs.json").read_text())
+    assert doc == {"file": str(SMALL), "pcrs": {"sha1": expected["sha1"]}, "mismatches": [],
+                   "ok": True}
+
+
+@pytest.mark.parametrize(("arg", "message"), [
+    ("10:sha256=abc", "kimagekit: error: --expect: 'abc' is not hex\n"),
+    ("10:sha256=zz", "kimagekit: error: --expect '10:sha256=zz': use PCR:BANK=HEX, e.g. "
+                     "10:sha256=0a1b...\n"),
+    ("10-sha256=00", "kimagekit: error: --expect '10-sha256=00': use PCR:BANK=HEX, e.g. "
+                     "10:sha256=0a1b...\n"),
+    ("10:md5=00", "kimagekit: error: --expect '10:md5=00': unknown bank 'md5'\n"),
+    ("10:sha1=00", "kimagekit: error: --expect: sha1 values have 20 bytes, got 1\n"),
+])
+def test_bad_expectations_are_usage_errors(capsys: pytest.CaptureFixture[str], arg: str,
+                                           message: str) -> None:
+    code, _, err = run(capsys, "ima", "replay", SMALL, "--expect", arg)
+    assert (code, err) == (2, message)
+
+
+def test_check_ok_and_tampered(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "ima", "check", SMALL)
+    assert (code, out) == (0, "OK: 9 entries, 1 violations, 0 template digest mismatches (sha1)\n")
+    bad = tmp_path / "bad.bin"
+    data = bytearray(SMALL.read_bytes())
+    data[-1] ^= 0x20  # last entry's name
+    bad.write_bytes(bytes(data))
+    code, out, _ = run(capsys, "ima", "check", bad)
+    assert code == 1
+    first, last = out.splitlines()
+    assert first.startswith("entry 8 at offset 0x39c (ima): template digest mismatch: stored "
+                            "38680a16550a5746a2d4c151cdb9c98b997e0129, computed ")
+    assert last == "FAILED: 9 entries, 1 violations, 1 template digest mismatches (sha1)"
+
+
+def test_check_kexec_buffer_applies_restore_rules(capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "ima", "check", IMA_DIR / "small-le.kexec")
+    assert code == 0
+    data = bytearray((IMA_DIR / "small-le.kexec").read_bytes())
+    data[16] = 3  # count 3: the third entry must end the buffer
+    bad = tmp_path / "count.kexec"
+    bad.write_bytes(bytes(data))
+    code, out, _ = run(capsys, "ima", "check", bad)
+    assert code == 1
+    assert out.splitlines()[0].startswith("the next kernel would refuse this buffer: "
+                                          "ima-kexec-buffer: entry[2] at offset ")
+
+
+def test_show_ascii_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "ima", "show", "--ascii", SMALL)
+    assert code == 0
+    assert len(out.splitlines()) == 9
+    assert out.splitlines()[2].endswith("/bin/sh ")
+    code, out, _ = run(capsys, "ima", "show", "--json", SMALL)
+    doc = json.loads(out)
+    assert doc["format"] == {"kind": "binary", "endian": "little", "bank": "sha1",
+                             "digest_size": 20}
+    assert len(doc["entries"]) == 9
+    e5 = doc["entries"][5]
+    assert [f["id"] for f in e5["fields"]][-3:] == ["iuid", "igid", "imode"]
+    assert [f["shown"] for f in e5["fields"]][-3:] == ["0", "42", "33188"]
+    assert e5["fields"][0]["algo"] == "sha256"
+    assert doc["entries"][6]["violation"] is True
+    assert doc["entries"][6]["digest_ok"] is None
+    assert all(e["digest_ok"] for i, e in enumerate(doc["entries"]) if i != 6)
+
+
+def test_convert_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = IMA_DIR / "small-be.bin"
+    asc = tmp_path / "l.ascii"
+    assert run(capsys, "ima", "convert", src, "--to", "ascii", "-o", asc)[0] == 0
+    canon = tmp_path / "l.canon"
+    assert run(capsys, "ima", "convert", src, "--to", "canonical", "-o", canon)[0] == 0
+    assert canon.read_bytes() == (IMA_DIR / "small-le.bin").read_bytes()
+    kx = tmp_path / "l.kexec"
+    code, _, err = run(capsys, "ima", "convert", IMA_DIR / "small-le-sha256.bin",
+                       "--to", "kexec-buffer", "-o", kx)
+    assert code == 0
+    assert err == f"kimagekit: wrote {kx}: 9 entries, 1012 bytes (kexec-buffer)\n"
+    back = tmp_path / "back.bin"
+    assert run(capsys, "ima", "convert", kx, "--to", "binary", "-o", back)[0] == 0
+    assert back.read_bytes() == (IMA_DIR / "small-le.bin").read_bytes()
+    code, _, err = run(capsys, "ima", "convert", src, "--to", "json", "-o", back)
+    assert (code, err) == (2, "kimagekit: error: --to 'json': choose ascii, binary, canonical "
+                              "or kexec-buffer\n")
+
+
+def test_append(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "more.kexec"
+    code, _, _ = run(capsys, "ima", "append", IMA_DIR / "small-le.kexec",
+                     IMA_DIR / "small-2016.kexec", "-o", out)
+    assert code == 0
+    code, text, _ = run(capsys, "ima", "check", out)
+    assert (code, text) == (0, "OK: 16 entries, 2 violations, 0 template digest mismatches "
+                               "(sha1)\n")
+    # an ima-template entry appended to a kexec buffer: the next kernel would refuse it
+    code, _, _ = run(capsys, "ima", "append", IMA_DIR / "small-le.kexec", SMALL, "-o", out)
+    assert code == 0
+    code, text, _ = run(capsys, "ima", "check", out)
+    assert code == 1
+    assert text.splitlines()[0] == ("the next kernel would refuse this buffer: ima-kexec-buffer: "
+                                    "entry[16] at offset 0x750: entry header: nr of fields "
+                                    "mismatch: expected 4, found 3")
+
+
+def test_inspect_detects_by_content(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    renamed = tmp_path / "whatever.dtb"
+    renamed.write_bytes((IMA_DIR / "small-be.kexec").read_bytes())
+    code, out, _ = run(capsys, "inspect", renamed, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["format"] == "ima-kexec-buffer"
+    s = doc["summary"]
+    assert (s["kind"], s["endian"], s["entries"], s["violations"]) == ("kexec-buffer", "big", 8, 1)
+    assert s["kexec_header"] == {"version": 1, "buffer_size": 948, "count": 8}
+    assert s["restore_error"] is None
+    assert set(s["pcrs"]) == {"sha1", "sha256", "sha384", "sha512"}
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x7fnot anything kimagekit knows" * 10)
+    code, _, err = run(capsys, "inspect", junk)
+    assert code == 2
+    assert err.startswith(f"kimagekit: error: {junk}: inspect: unrecognised format")
+    code, _, err = run(capsys, "inspect", tmp_path / "missing")
+    assert code == 2
+    assert err == f"kimagekit: error: {tmp_path / 'missing'}: file: {tmp_path / 'missing'}: " \
+                  "cannot open: No such file or directory\n"
+
+
+def test_python_m_entry_point() -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "kimagekit", "ima", "check", str(SMALL)],
+                       capture_output=True, text=True, check=False)
+    assert (p.returncode, p.stdout) == (
+        0, "OK: 9 entries, 1 violations, 0 template digest mismatches (sha1)\n")

@@ -1,0 +1,57 @@
+"""Corrupt DTBs (testdata/make_dtb.py): each defect, one exact error naming block and offset."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TESTDATA
+
+from kimagekit.devicetree import DeviceTree
+from kimagekit.errors import ParseError
+
+DEEP = "/".join(f"n{i}" for i in range(63))
+CASES = {
+    "truncated-header": ("header", 0x0, "truncated header: 20 bytes, a version 17 header needs 40"),
+    "totalsize-beyond-file": ("header.totalsize", 0x4,
+                              "totalsize 0x176 is beyond the end of the file (0x16e bytes)"),
+    "blocks-overlap": ("header.size_dt_struct", 0x24,
+                       "struct block [0x48, 0x13c) overlaps the strings block at 0x134"),
+    "blocks-out-of-order": ("header", 0x8, "blocks out of order: reservations at 0x50, "
+                            "struct at 0x48, strings at 0x13c"),
+    "unterminated-node-name": ("struct.node[/]", 0x40,
+                               "node name is not terminated inside the struct block"),
+    "unterminated-string": ("strings", 0x15D,
+                            "property name at strings offset 0x31 is not terminated"),
+    "bad-token": ("struct.node[/]", 0x50, "bad token 0x00000007"),
+    "deep-nesting": (f"struct.node[/{DEEP}]", 0x238, "nodes nested deeper than 64"),
+    "value-past-end": ("struct.node[/].prop[big]", 0x40,
+                       "value of 0x1000 bytes runs past the struct block end 0x54"),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(CASES))
+def test_corrupt_sample_exact_error(defect: str) -> None:
+    data = (TESTDATA / "dtb" / f"corrupt-{defect}.dtb").read_bytes()
+    fld, offset, message = CASES[defect]
+    with pytest.raises(ParseError) as info:
+        DeviceTree.parse(data)
+    err = info.value
+    assert (err.fmt, err.field, err.offset, err.message) == ("dtb", fld, offset, message)
+    assert str(err) == f"dtb: {fld} at offset {offset:#x}: {message}"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"", "truncated header: 0 bytes, a DTB header needs at least 36"),
+    (b"\x00\x00\x00\x00" + bytes(36), "bad magic 0x00000000 (a DTB starts with 0xd00dfeed)"),
+])
+def test_no_header(data: bytes, message: str) -> None:
+    with pytest.raises(ParseError) as info:
+        DeviceTree.parse(data)
+    assert info.value.message == message
+    assert info.value.field == "header.magic"
+
+
+def test_every_truncation_of_a_good_blob_is_refused_cleanly() -> None:
+    good = (TESTDATA / "dtb" / "small.dtb").read_bytes()
+    for n in range(len(good)):
+        with pytest.raises(ParseError):
+            DeviceTree.parse(good[:n])

@@ -1,0 +1,119 @@
+"""Corrupt IMA input: every truncation and every bad length gives a KimageError naming the field
+and offset, never another exception, never an allocation sized by the bad field."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+
+import pytest
+
+from kimagekit import ima_kexec, ima_log
+from kimagekit.cli import main
+from kimagekit.errors import KimageError, ParseError
+from tests.ima_helpers import IMA_DIR
+
+SMALL = (IMA_DIR / "small-le.bin").read_bytes()
+ENTRIES = ima_log.read_entries(IMA_DIR / "small-le.bin")
+BOUNDARIES = [e.offset for e in ENTRIES] + [len(SMALL)]
+
+
+def _entry_at(offset: int) -> int:
+    return max(i for i, start in enumerate(BOUNDARIES[:-1]) if start <= offset)
+
+
+@pytest.mark.parametrize("cut", range(1, len(SMALL)))
+def test_truncated_at_every_offset(cut: int) -> None:
+    data = SMALL[:cut]
+    if cut in BOUNDARIES:
+        assert len(list(ima_log.iter_entries(data))) == BOUNDARIES.index(cut)
+        return
+    with pytest.raises(ParseError) as err:
+        list(ima_log.iter_entries(data))
+    e = err.value
+    assert e.fmt == "ima-list"
+    index = _entry_at(cut)
+    assert e.field is not None and e.field.startswith(f"entry[{index}]")
+    assert e.offset is not None and BOUNDARIES[index] <= e.offset <= cut
+
+
+def _with_u32(data: bytes, offset: int, value: int) -> bytes:
+    return data[:offset] + struct.pack("<I", value) + data[offset + 4:]
+
+
+@pytest.mark.parametrize("index", range(len(ENTRIES)))
+@pytest.mark.parametrize("value", [0xFFFFFFFF, 0x7FFFFFFF, 0x10000])
+def test_huge_name_length_in_every_entry(index: int, value: int) -> None:
+    at = ENTRIES[index].offset + 24
+    data = _with_u32(SMALL, at, value)
+    with pytest.raises(KimageError) as err:
+        list(ima_log.iter_entries(data))
+    if index == 0:
+        # the first entry decides detection: reported as not a valid list, at the same field
+        assert str(err.value) == (f"ima-list: entry[0].template_name_len at offset 0x18: "
+                                  f"not a valid IMA list: template_name_len {value} exceeds "
+                                  f"the {len(SMALL) - 28} bytes left")
+    else:
+        assert str(err.value) == (
+            f"ima-list: entry[{index}].template_name_len at offset {at:#x}: "
+            f"template_name_len {value} exceeds the {len(SMALL) - at - 4} bytes left")
+
+
+@pytest.mark.parametrize("index", [i for i, e in enumerate(ENTRIES) if e.template_name != "ima"])
+def test_huge_data_length_in_every_entry(index: int) -> None:
+    e = ENTRIES[index]
+    at = e.offset + 28 + len(e.template_name)
+    data = _with_u32(SMALL, at, 0xFFFFFFF0)
+    with pytest.raises(KimageError) as err:
+        list(ima_log.iter_entries(data))
+    assert err.value.field == f"entry[{index}].template_data_len"
+    assert err.value.offset == at
+    prefix = "not a valid IMA list: " if index == 0 else ""
+    assert err.value.message == (f"{prefix}template_data_len {0xFFFFFFF0} exceeds the "
+                                 f"{len(SMALL) - at - 4} bytes left")
+
+
+def test_flipped_field_length_inside_template_data() -> None:
+    e = ENTRIES[1]  # ima-sig: d-ng, n-ng, sig
+    at = e.offset + 28 + len(e.template_name) + 4
+    data = bytearray(SMALL)
+    data[at + 3] ^= 0x80  # the d-ng length's top byte
+    entry = list(ima_log.iter_entries(bytes(data)))[1]
+    with pytest.raises(ParseError) as err:
+        _ = entry.fields
+    assert str(err.value) == (
+        f"ima-list: entry[1].template_data.field[0].len at offset {at:#x}: field length "
+        f"{0x80000000 + 40} exceeds the {len(e.template_data) - 4} bytes left")
+
+
+def test_no_allocation_sized_by_a_bad_length() -> None:
+    data = _with_u32(SMALL, ENTRIES[3].offset + 24, 0xFFFFFFFF)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ParseError):
+            list(ima_log.iter_entries(data))
+        with pytest.raises(ParseError):
+            ima_log.analyse(data, banks=ima_log.BANKS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(data) + 64 * 1024
+
+
+@pytest.mark.parametrize("cut", [1, 10, 23, 24, 40, 200])
+def test_truncated_kexec_buffer(cut: int) -> None:
+    buf = (IMA_DIR / "small-le.kexec").read_bytes()[:cut]
+    with pytest.raises(KimageError):
+        ima_kexec.restore(buf)
+
+
+def test_cli_exits_2_with_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(_with_u32(SMALL, ENTRIES[2].offset + 24, 0xFFFFFFFF))
+    for argv in (["ima", "show", str(bad)], ["ima", "check", str(bad)],
+                 ["ima", "replay", str(bad)], ["inspect", str(bad)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (f"kimagekit: error: {bad}: ima-list: entry[2].template_name_len at offset "
+                       f"{ENTRIES[2].offset + 24:#x}: template_name_len 4294967295 exceeds the "
+                       f"{len(SMALL) - ENTRIES[2].offset - 28} bytes left\n")
