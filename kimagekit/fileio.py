@@ -16,27 +16,34 @@ Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 @contextmanager
-def mapped(path: str | os.PathLike[str]) -> Iterator[memoryview]:
-    """Map ``path`` read-only and yield a memoryview of it (empty files give an empty view)."""
+def map_file(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap | None, memoryview]]:
+    """Map ``path`` read-only: yield the map (``None`` for an empty file, which cannot be mapped)
+    and a memoryview of it. Callers that stream through big files may ``madvise`` the map."""
     p = Path(path)
     try:
         f = p.open("rb")
     except OSError as exc:
         raise ParseError(f"cannot open: {exc.strerror}", fmt="file", field=str(p)) from exc
     with f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            yield memoryview(b"")
+        if os.fstat(f.fileno()).st_size == 0:
+            yield None, memoryview(b"")
             return
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         view = memoryview(mm)
         try:
-            yield view
+            yield mm, view
         finally:
             view.release()
             # a caller may keep a slice alive; then the map goes with the GC
             with contextlib.suppress(BufferError):
                 mm.close()
+
+
+@contextmanager
+def mapped(path: str | os.PathLike[str]) -> Iterator[memoryview]:
+    """Map ``path`` read-only and yield a memoryview of it (empty files give an empty view)."""
+    with map_file(path) as (_, view):
+        yield view
 
 
 def read_head(path: str | os.PathLike[str], size: int = 4096) -> bytes:

@@ -8,7 +8,6 @@ so rewriting it never moves another segment's bytes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import mmap
 import os
@@ -19,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from kimagekit.errors import OutputError, ParseError, RuleError, UsageError, converted
-from kimagekit.fileio import atomic_write, mapped
+from kimagekit.fileio import atomic_write, map_file, mapped
 from kimagekit.formats import elf
 from kimagekit.formats import kexec as kx
 from kimagekit.purgatory import (
@@ -453,7 +452,7 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
     """Recompute the digest as the purgatory will: hash every stored region's memory (content,
     then zeros to memsz) and compare with the stored digest. Streams over an mmap, dropping each
     chunk's pages once hashed, so memory stays flat whatever the image size."""
-    with _streaming_map(path) as (mm, view):
+    with map_file(path) as (mm, view):
         info = read_image(view)
         return _verify(info, view, mm)
 
@@ -516,28 +515,6 @@ def _feed(h: hashlib._Hash, view: memoryview, mm: mmap.mmap | None, s: ImageSegm
             lo = at - at % mmap.PAGESIZE
             mm.madvise(mmap.MADV_DONTNEED, lo, at + n - lo)
     feed_segment(h, b"", s.memsz - s.bufsz)
-
-
-@contextmanager
-def _streaming_map(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap | None,
-                                                                      memoryview]]:
-    p = Path(path)
-    try:
-        f = p.open("rb")
-    except OSError as exc:
-        raise ParseError(f"cannot open: {exc.strerror}", fmt="file", field=str(p)) from exc
-    with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            yield None, memoryview(b"")
-            return
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        view = memoryview(mm)
-        try:
-            yield mm, view
-        finally:
-            view.release()
-            with contextlib.suppress(BufferError):  # a caller kept a slice; the GC closes it
-                mm.close()
 
 
 # --- ls / extract / patch ------------------------------------------------------------------------

@@ -38,3 +38,31 @@ def need_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed, and CI must install it")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+def debian_artifact(name: str) -> Path:
+    """A real Debian kernel unpacked by ``scripts/fetch_artifacts.py`` (which ``.ci/run`` runs);
+    skipped outside CI when it has not been fetched, a failure under CI."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fetch_artifacts",
+                                                  ROOT / "scripts" / "fetch_artifacts.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path: Path = mod.artifact_path(name)
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} missing: .ci/run must fetch it (scripts/fetch_artifacts.py)")
+        pytest.skip(f"{name} not fetched (run scripts/fetch_artifacts.py)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ppc64le_vmlinux() -> Path:
+    return debian_artifact("ppc64le-vmlinux")
+
+
+@pytest.fixture(scope="session")
+def amd64_vmlinuz() -> Path:
+    return debian_artifact("amd64-vmlinuz")
