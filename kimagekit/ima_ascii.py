@@ -34,25 +34,32 @@ def render(entries: Iterable[ImaEntry]) -> Iterator[str]:
         yield render_line(e)
 
 
-def parse_ascii(data: bytes, *, endian: Endian = "<") -> Iterator[ImaEntry]:
-    """Entries from ASCII lines. Field bytes are rebuilt with their lengths in ``endian`` (the
-    ASCII list does not say which byte order the kernel hashed them in; little-endian is the
-    canonical one)."""
-    offset = 0
+def parse_ascii(data: bytes | memoryview, *, endian: Endian = "<") -> Iterator[ImaEntry]:
+    """Entries from ASCII lines, streamed (``data`` may be a whole mapped file). Field bytes are
+    rebuilt with their lengths in ``endian``: the ASCII list does not say which byte order the
+    kernel hashed them in; little-endian is the canonical one."""
     index = 0
-    for raw in data.splitlines(keepends=True):
-        line = raw.rstrip(b"\r\n")
-        here = offset
-        offset += len(raw)
+    for offset, raw in _lines(data):
+        line = raw.rstrip(b"\r")
         if not line.strip():
             continue
-        try:
-            text = line.decode("latin-1")
-        except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes every byte
-            raise ParseError("line is not text", fmt=FMT, field=f"line[{index}]",
-                             offset=here) from exc
-        yield _parse_line(text, index, here, endian)
+        yield _parse_line(line.decode("latin-1"), index, offset, endian)
         index += 1
+
+
+def _lines(data: bytes | memoryview, chunk: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """(offset, line without its newline), reading ``chunk`` bytes at a time."""
+    pos, end, start = 0, len(data), 0
+    carry = b""
+    while pos < end:
+        lines = (carry + bytes(data[pos:pos + chunk])).split(b"\n")
+        pos += chunk
+        carry = lines.pop()  # unfinished until the next block says otherwise
+        for line in lines:
+            yield start, line
+            start += len(line) + 1
+    if carry:
+        yield start, carry
 
 
 def _parse_line(text: str, index: int, offset: int, endian: Endian) -> ImaEntry:

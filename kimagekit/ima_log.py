@@ -9,6 +9,7 @@ walked in constant memory.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import struct
@@ -254,6 +255,7 @@ def detect_or_raise(buf: bytes | memoryview) -> ListFormat:
 # ----------------------------------------------------------------------------- scanning
 
 RawEntry = tuple[int, int, int, bytes, str, int, int]
+_RELEASE_STEP = 8 << 20
 
 
 def scan(buf: bytes | memoryview, fmt: ListFormat, *, fmt_name: str = FMT) -> Iterator[RawEntry]:
@@ -266,7 +268,13 @@ def scan(buf: bytes | memoryview, fmt: ListFormat, *, fmt_name: str = FMT) -> It
     pos = fmt.start
     end = len(buf) if fmt.end is None else min(fmt.end, len(buf))
     index = 0
+    # Over a file map, give back the pages already walked so that RSS stays flat for any size.
+    mm = buf.obj if isinstance(buf, memoryview) and isinstance(buf.obj, mmap.mmap) else None
+    release_at = _RELEASE_STEP
     while pos < end:
+        if mm is not None and pos >= release_at:
+            mm.madvise(mmap.MADV_DONTNEED, 0, pos - pos % mmap.PAGESIZE)
+            release_at = pos + _RELEASE_STEP
         left = end - pos
         if left < hsize:
             raise ParseError(f"truncated entry header: {hsize} bytes needed, {left} left",
@@ -318,7 +326,7 @@ def iter_entries(buf: bytes | memoryview, fmt: ListFormat | None = None) -> Iter
     if fmt.kind == "ascii":
         from kimagekit.ima_ascii import parse_ascii
 
-        yield from parse_ascii(bytes(buf))
+        yield from parse_ascii(buf)
         return
     endian = fmt.endian
     for index, offset, pcr, digest, name, start, end in scan(buf, fmt):
@@ -357,7 +365,7 @@ def analyse(entries_or_buf: bytes | memoryview | Iterable[ImaEntry], fmt: ListFo
             return _analyse_binary(buf, fmt, banks, check)
         from kimagekit.ima_ascii import parse_ascii
 
-        return _analyse_entries(parse_ascii(bytes(buf)), fmt, banks, check)
+        return _analyse_entries(parse_ascii(buf), fmt, banks, check)
     return _analyse_entries(entries_or_buf, fmt or ListFormat("binary"), banks, check)
 
 

@@ -95,3 +95,13 @@ def test_render_line_exact_forms() -> None:
                         + "00" * 20 + " /var/log/violated\n")
     assert lines[8].startswith("10 ") and lines[8].split(" ")[2:] == [
         "ima", "c00dbbc9dadfbe1e232e93a729dd4752fade0abf", "/sbin/old\n"]
+
+
+def test_line_reader_across_chunk_boundaries() -> None:
+    from kimagekit.ima_ascii import _lines
+
+    data = b"a\nbb\n\nccc\nd"
+    expected = [(0, b"a"), (2, b"bb"), (5, b""), (6, b"ccc"), (10, b"d")]
+    for chunk in range(1, len(data) + 2):
+        assert list(_lines(data, chunk)) == expected
+        assert list(_lines(data + b"\n", chunk)) == expected

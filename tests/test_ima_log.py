@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from construct import GreedyRange
 from kimagekit import ima_log
 from kimagekit.errors import ParseError
 from kimagekit.formats import ima as schema
-from tests.ima_helpers import IMA_DIR
+from tests.ima_helpers import IMA_DIR, make_ima
 
 CORPUS_LISTS = [
     ("embrave-37d16c0-binary_runtime_measurements", 20, 922),
@@ -173,3 +174,18 @@ def test_unknown_bank_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError, match="unknown bank 'md5'"):
         ima_log.analyse(b"", ima_log.ListFormat("binary"), banks=["md5"])
+
+
+def test_mapped_list_larger_than_release_step_streams(tmp_path: Path) -> None:
+    one = make_ima.entry(10, "ima-ng", [make_ima.d_ng("sha256", bytes(range(32))),
+                                        make_ima.n_ng("/usr/lib/a-rather-long-library-name.so")])
+    n = (ima_log._RELEASE_STEP * 2) // len(one) + 7
+    path = tmp_path / "big.bin"
+    path.write_bytes(one * n)
+    with ima_log.open_list(path) as (fmt, view):
+        report = ima_log.analyse(view, fmt, banks=["sha1"])
+        tail = deque(ima_log.iter_entries(view, fmt), maxlen=1)
+    assert (report.entries, report.mismatches) == (n, [])
+    assert (tail[0].index, tail[0].offset) == (n - 1, (n - 1) * len(one))
+    assert report.pcrs["sha1"] == ima_log.replay([ima_log.ImaEntry(
+        10, one[4:24], "ima-ng", one[38:], "<")] * n, ["sha1"])["sha1"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
+from construct import GreedyRange
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kimagekit import ima_ascii, ima_kexec, ima_log
 from kimagekit.errors import KimageError
+from kimagekit.formats import ima as schema
 from tests.ima_helpers import make_ima
 
 _name = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=80)
@@ -46,6 +48,11 @@ def test_random_lists_round_trip(items: list[tuple[int, str, list[bytes], bool]]
     assert (fmt.kind, fmt.endian, fmt.digest_size) == ("binary", endian, size)
     parsed = list(ima_log.iter_entries(data, fmt))
     assert len(parsed) == len(items)
+    # the fast path agrees with the declarative schema it is derived from
+    slow = GreedyRange(schema.entry(fmt.endian, fmt.digest_size)).parse(data)
+    assert [(e.pcr, e.template_digest, e.template_name.encode(), e.template_data)
+            for e in parsed] == [(s.pcr, s.digest, s.template_name, s.template_data)
+                                 for s in slow]
     assert ima_log.encode_list(parsed, endian, fmt.digest_size) == data
     report = ima_log.analyse(data, fmt, banks=ima_log.BANKS)
     assert report.mismatches == []

@@ -8,6 +8,7 @@ import traceback
 import click
 import typer
 
+from kimagekit.cli import build as build_cli
 from kimagekit.cli import dtb as dtb_cli
 from kimagekit.cli import ima as ima_cli
 from kimagekit.cli import image as image_cli
@@ -24,6 +25,7 @@ app.add_typer(ima_cli.app, name="ima")
 app.add_typer(dtb_cli.app, name="dtb")
 dtb_cli.register(app)
 image_cli.register(app)
+build_cli.register(app)
 inspect_cli.register(app)
 
 

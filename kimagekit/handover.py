@@ -1,0 +1,148 @@
+"""The hand-over segment of an image, read as the next kernel reads it: its IMA content (kexec
+buffer or the 2016 header-less list), the announcement in the embedded device tree, and the
+offline ``kexec_update_segment`` of it with those checks around :func:`image.patch_handover`.
+
+The hand-over is left out of the digest (seed and 6.15 policies), so ``verify`` cannot see damage
+inside it: the buffer's own checks (restore rules, template digests) are what find it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from kimagekit import dts, ima_kexec, ima_log, ppc_fdt
+from kimagekit.devicetree import DeviceTree
+from kimagekit.errors import KimageError, RuleError
+from kimagekit.formats.ima import Endian
+from kimagekit.image import (
+    HandoverStyle,
+    ImageInfo,
+    PatchResult,
+    content,
+    open_image,
+    patch_handover,
+)
+from kimagekit.segments import Role
+
+FMT = "handover"
+PCR = 10
+BANKS = ("sha1", "sha256")
+
+
+@dataclass(frozen=True)
+class ImaContent:
+    """What the hand-over buffer holds, and what is wrong with it."""
+
+    form: str  # ima-kexec-buffer, ima-binary-list (2016, no header), empty, or unknown
+    entries: int
+    restored: int | None  # entries the next kernel would take (kexec buffer only)
+    restore_error: str | None
+    digest_mismatches: int
+    first_mismatch: int | None  # entry index
+    pcr10: dict[str, str]  # bank -> hex, replayed from the entries read
+    damage: tuple[str, ...]
+
+
+def endian_of(little: bool) -> Endian:
+    return "<" if little else ">"
+
+
+def decode_ima(buf: bytes | memoryview, little: bool) -> ImaContent:
+    """Read ``buf`` as the next kernel would; damage is reported, never raised."""
+    endian = endian_of(little)
+    if not buf:
+        return ImaContent("empty", 0, None, None, 0, None, {}, ())
+    damage: list[str] = []
+    fmt = ima_log.detect(buf[:65536], len(buf))
+    restored = restore_error = None
+    if fmt is None or fmt.kind == "kexec-buffer":
+        # Damage to the header can hide the form: read it as the buffer the image announces.
+        try:
+            restored = len(ima_kexec.restore(buf, endian).entries)
+        except KimageError as err:
+            restore_error = str(err)
+            damage.append(f"the next kernel would refuse it: {err}")
+    if fmt is None:
+        size = int.from_bytes(bytes(buf[8:16]), "little" if little else "big")
+        fmt = ima_log.ListFormat("kexec-buffer", endian, 20, ima_kexec.HDR_SIZE,
+                                 min(max(size, ima_kexec.HDR_SIZE), len(buf)))
+        form = "unknown"
+    else:
+        form = "ima-kexec-buffer" if fmt.kind == "kexec-buffer" else f"ima-{fmt.kind}-list"
+    try:
+        report = ima_log.analyse(buf, fmt, banks=BANKS)
+    except KimageError as err:
+        damage.append(f"entries cannot be read: {err}")
+        return ImaContent(form, 0, restored, restore_error, 0, None, {}, tuple(damage))
+    bad = report.mismatches
+    if bad:
+        m = bad[0]
+        damage.append(f"{len(bad)} template digest mismatch(es), first entry[{m.index}] at "
+                      f"offset {m.offset:#x}: stored {m.stored.hex()}, computed "
+                      f"{m.computed.hex()}")
+    pcr10 = {b: report.pcrs[b][PCR].hex() for b in BANKS if PCR in report.pcrs[b]}
+    return ImaContent(form, report.entries, restored, restore_error, len(bad),
+                      bad[0].index if bad else None, pcr10, tuple(damage))
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """The hand-over as the embedded device tree announces it."""
+
+    style: str
+    start: int
+    size: int
+    reserved: bool
+    matches: bool  # start and size equal the segment's mem and memsz
+
+
+def embedded_tree(info: ImageInfo, view: memoryview | bytes) -> DeviceTree | None:
+    seg = info.segment(Role.DTB)
+    return None if seg is None else DeviceTree.parse(content(view, seg))
+
+
+def chosen_items(tree: DeviceTree) -> dict[str, str]:
+    node = tree.find(ppc_fdt.CHOSEN)
+    return {} if node is None else {p.name: dts.value_text(p.value) for p in node.props()}
+
+
+def announcement(info: ImageInfo, tree: DeviceTree | None) -> Announcement | None:
+    """The device tree's hand-over in the image's style, compared with the segment."""
+    ho = info.segment(Role.HANDOVER)
+    if tree is None or ho is None or info.handover_style.value not in ppc_fdt.STYLES:
+        return None
+    h = ppc_fdt.get_handover(tree, info.handover_style.value)
+    if h is None:
+        return None
+    return Announcement(h.style, h.start, h.size, h.reserved,
+                        (h.start, h.size) == (ho.mem, ho.memsz))
+
+
+@dataclass(frozen=True)
+class PatchOutcome:
+    result: PatchResult
+    ima: ImaContent
+
+
+def patch(path: str | os.PathLike[str], data: bytes, *,
+          out: str | os.PathLike[str] | None = None, reseal: bool = False) -> PatchOutcome:
+    """New hand-over contents, after checking the device tree announces the segment itself.
+
+    Both styles announce the segment's mem and memsz (``-end`` = mem + memsz; the upstream
+    property holds memsz), and an update keeps both, so the device tree (a checksummed segment)
+    never needs rewriting. A tree that announced anything else would mislead the next kernel once
+    the contents change, so it is refused rather than patched around.
+    """
+    with open_image(path) as (info, view):
+        if info.handover_style in (HandoverStyle.SEED, HandoverStyle.IMA):
+            ann = announcement(info, embedded_tree(info, view))
+            ho = info.segment(Role.HANDOVER)
+            if ho is not None and (ann is None or not ann.matches):
+                said = "nothing" if ann is None else f"{ann.start:#x}+{ann.size:#x}"
+                raise RuleError(f"the device tree announces {said} in {info.handover_style} "
+                                f"style, not the hand-over segment {ho.mem:#x}+{ho.memsz:#x}",
+                                fmt=FMT, field=f"segment[{ho.index}]")
+        little = info.little
+    res = patch_handover(path, data, out=out, reseal=reseal)
+    return PatchOutcome(res, decode_ima(data, little))
