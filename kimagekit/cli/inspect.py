@@ -52,8 +52,8 @@ def detect(path: Path) -> Kind:
     for kind in KINDS:
         if kind.detect(head, size):
             return kind
-    raise UnrecognisedFormat(
-        "unrecognised format (not an IMA list, IMA kexec buffer or ASCII IMA list)", fmt="inspect")
+    known = ", ".join(dict.fromkeys(k.name for k in KINDS))
+    raise UnrecognisedFormat(f"unrecognised format (known: {known})", fmt="inspect")
 
 
 def register(app: typer.Typer) -> None:
