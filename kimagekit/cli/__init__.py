@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import traceback
 
-import click
 import typer
 
 from kimagekit.cli import build as build_cli
@@ -13,6 +12,7 @@ from kimagekit.cli import dtb as dtb_cli
 from kimagekit.cli import ima as ima_cli
 from kimagekit.cli import image as image_cli
 from kimagekit.cli import inspect as inspect_cli
+from kimagekit.cli import kernel as kernel_cli
 from kimagekit.errors import KimageError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(dtb_cli.app, name="dtb")
 dtb_cli.register(app)
 image_cli.register(app)
 build_cli.register(app)
+kernel_cli.register(app)
 inspect_cli.register(app)
 
 
@@ -37,22 +38,21 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code. typer/click handle usage errors themselves (usage
+    line, exit 2); a KimageError from the library becomes one line on stderr."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        result = app(args=args, prog_name="kimagekit", standalone_mode=False)
+        app(args=args, prog_name="kimagekit")
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
     except KimageError as err:
         if debug:
             traceback.print_exc()
         prefix = f"{err.file}: " if err.file else ""
         sys.stderr.write(f"kimagekit: error: {prefix}{err}\n")
         return err.exit_code
-    except click.exceptions.Abort:
-        sys.stderr.write("kimagekit: aborted\n")
-        return 2
-    except click.ClickException as exc:
-        exc.show()
-        return 2
     except BrokenPipeError:
         return 0
-    return result if isinstance(result, int) else 0
+    return 0
