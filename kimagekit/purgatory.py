@@ -115,6 +115,10 @@ class LoadedPurgatory:
     buf_offset: tuple[int, ...]
 
 
+#: Slack for alignment padding when laying out content sections (see :func:`load`).
+MAX_ALIGN_PADDING = 1 << 20
+
+
 def _align(v: int, a: int) -> int:
     return align_up(v, a) if a > 1 else v
 
@@ -208,6 +212,11 @@ def layout(obj: PurgatoryObject) -> Layout:
 def load(obj: PurgatoryObject, mem: int) -> LoadedPurgatory:
     """``kexec_purgatory_setup_sechdrs`` then the relocations, for a buffer placed at ``mem``."""
     lay = layout(obj)
+    # Section sizes are bounded by the file, but alignment padding is not: bound the buffer
+    # before allocating it (real purgatories are tens of KiB).
+    if lay.bufsz > len(obj.data) + MAX_ALIGN_PADDING:
+        raise RuleError(f"laid-out purgatory would be {lay.bufsz:#x} bytes, more than its "
+                        f"{len(obj.data)}-byte file allows", fmt=FMT, field="sh_addralign")
     buf = bytearray(lay.bufsz)
     sh_addr = [s.sh_addr for s in obj.sections]
     buf_offset = [s.sh_offset for s in obj.sections]

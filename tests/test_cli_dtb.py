@@ -113,7 +113,7 @@ def test_patch_handover_refusals(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert not out.exists()
     rc, _, err = run(capsys, "patch-handover", TESTDATA / "make_dtb.py", "--remove", "-o", out)
     assert (rc, err) == (2, f"kimagekit: error: {TESTDATA / 'make_dtb.py'}: patch-handover: "
-                            "patch-handover reads DTB or DTS files only (for now)\n")
+                            "patch-handover reads a DTB, DTS or kexec image\n")
     rc, _, err = run(capsys, "patch-handover", src, "--remove", "-o", out)
     assert (rc, err) == (2, f"kimagekit: error: {src}: dtb: no hand-over buffer to remove\n")
 

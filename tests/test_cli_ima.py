@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from ima_helpers import IMA_DIR
 
 from kimagekit.cli import main
-from tests.ima_helpers import IMA_DIR
 
 SMALL = IMA_DIR / "small-le.bin"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ima_helpers import IMA_DIR
 
 from kimagekit import ima_ascii, ima_log
 from kimagekit.errors import ParseError
-from tests.ima_helpers import IMA_DIR
 
 
 def test_embrave_binary_renders_to_its_ascii_twin_byte_for_byte(corpus: Path) -> None:

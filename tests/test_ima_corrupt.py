@@ -7,11 +7,11 @@ import struct
 import tracemalloc
 
 import pytest
+from ima_helpers import IMA_DIR
 
 from kimagekit import ima_kexec, ima_log
 from kimagekit.cli import main
 from kimagekit.errors import KimageError, ParseError
-from tests.ima_helpers import IMA_DIR
 
 SMALL = (IMA_DIR / "small-le.bin").read_bytes()
 ENTRIES = ima_log.read_entries(IMA_DIR / "small-le.bin")

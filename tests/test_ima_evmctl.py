@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import need_tool
 
 from kimagekit import ima_log
-from tests.conftest import need_tool
 
 # The lists evmctl 1.4 reads: classic SHA-1 lists of one template kind. It rejects the per-bank
 # lists (it reads 20-byte digests only), and lists mixing "ima" with other templates.

@@ -6,10 +6,10 @@ import struct
 from pathlib import Path
 
 import pytest
+from ima_helpers import IMA_DIR, make_ima
 
 from kimagekit import ima_kexec, ima_log
 from kimagekit.errors import RuleError
-from tests.ima_helpers import IMA_DIR, make_ima
 
 
 def _without_ima(entries: list[ima_log.ImaEntry]) -> list[ima_log.ImaEntry]:

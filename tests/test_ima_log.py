@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from construct import GreedyRange
+from ima_helpers import IMA_DIR, make_ima
 
 from kimagekit import ima_log
 from kimagekit.errors import ParseError
 from kimagekit.formats import ima as schema
-from tests.ima_helpers import IMA_DIR, make_ima
 
 CORPUS_LISTS = [
     ("embrave-37d16c0-binary_runtime_measurements", 20, 922),

@@ -7,11 +7,11 @@ import hashlib
 from construct import GreedyRange
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ima_helpers import make_ima
 
 from kimagekit import ima_ascii, ima_kexec, ima_log
 from kimagekit.errors import KimageError
 from kimagekit.formats import ima as schema
-from tests.ima_helpers import make_ima
 
 _name = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=80)
 _digest = st.binary(min_size=32, max_size=32)

@@ -184,7 +184,14 @@ def test_corpus_purgatory_loads_relocates_and_reads_back(corpus: Path, tmp_path:
     info = read_image(data)
     pseg = info.segment(Role.PURGATORY)
     assert pseg is not None
-    # Independent read: pyelftools finds the symbols in the original object.
+    # Independent read: pyelftools finds the symbols in the original object and the purgatory's
+    # PT_LOAD in the image file; the values are read from that segment's data.
+    with out.open("rb") as f:
+        loads = [sg for sg in ELFFile(f).iter_segments() if sg["p_type"] == "PT_LOAD"]
+        (seg,) = [sg for sg in loads if sg["p_paddr"] == pseg.mem]
+        assert (seg["p_offset"], seg["p_filesz"], seg["p_memsz"]) == (pseg.offset, pseg.bufsz,
+                                                                      pseg.memsz)
+        body = seg.data()
     with (corpus / PURGATORY_CORPUS).open("rb") as f:
         ef = ELFFile(f)
         symtab = ef.get_section_by_name(".symtab")
@@ -192,9 +199,8 @@ def test_corpus_purgatory_loads_relocates_and_reads_back(corpus: Path, tmp_path:
         for name, size in (("purgatory_sha_regions", 256), ("purgatory_sha256_digest", 32)):
             sym = symtab.get_symbol_by_name(name)[0]
             assert sym["st_size"] == size
-            sec_off = lp.buf_offset[sym["st_shndx"]]
-            start = pseg.offset + sec_off + sym["st_value"]
-            got[name] = data[start:start + size]
+            start = lp.buf_offset[sym["st_shndx"]] + sym["st_value"]
+            got[name] = body[start:start + size]
     want_regions = b"".join(a.to_bytes(8, "little") + n.to_bytes(8, "little")
                             for a, n in img.digest.regions).ljust(256, b"\0")
     assert got["purgatory_sha_regions"] == want_regions
@@ -204,3 +210,19 @@ def test_corpus_purgatory_loads_relocates_and_reads_back(corpus: Path, tmp_path:
     assert img.digest.digest == hashlib.sha256(
         data[kernel.offset:kernel.offset + kernel.bufsz]
         + bytes(kernel.memsz - kernel.bufsz)).digest()
+
+
+def test_huge_section_alignment_is_refused_before_allocating() -> None:
+    # found by fuzz/fuzz.py (purgatory target): alignment padding, not sizes, made the buffer huge
+    data = bytearray(gen.make_purgatory())
+    obj = parse_purgatory(bytes(data))
+    second = [s for s in obj.sections if s.alloc and not s.nobits][1]
+    e_shoff = struct.unpack_from("<Q", data, 40)[0]
+    struct.pack_into("<Q", data, e_shoff + 64 * second.index + 48, 1 << 39)
+    bad = parse_purgatory(bytes(data))
+    assert layout(bad).bufsz >= 1 << 39
+    with pytest.raises(RuleError) as err:
+        load(bad, M)
+    assert str(err.value) == (
+        f"purgatory: sh_addralign: laid-out purgatory would be {layout(bad).bufsz:#x} bytes, "
+        f"more than its {len(data)}-byte file allows")

@@ -9,10 +9,11 @@ import typer
 
 from kimagekit import ima_kexec, ima_log
 from kimagekit.arch import ppc64, ppc64_dt
+from kimagekit.cli.build_x86 import build_x86
 from kimagekit.cli.common import emit_json, input_named, out
 from kimagekit.cli.dtb import load_tree
 from kimagekit.cli.image import ls_lines
-from kimagekit.errors import UsageError
+from kimagekit.errors import KimageError, UsageError, about_file
 from kimagekit.fileio import mapped
 from kimagekit.handover import endian_of
 from kimagekit.image import ARCHES, HandoverStyle, read_image, write_image
@@ -57,13 +58,18 @@ def _handover(ima: Path | None, data: Path | None, little: bool) -> tuple[bytes,
 def register(app: typer.Typer) -> None:
     @app.command("build")
     def build_cmd(
-        arch: str = typer.Option(..., "--arch", help="Target: ppc64le or ppc64."),
+        arch: str = typer.Option(..., "--arch", help="Target: ppc64le, ppc64 or x86_64."),
         kernel: Path = typer.Option(..., "--kernel", help="The vmlinux (ELF) to load."),
-        dtb: Path = typer.Option(..., "--dtb", help="The running system's tree (.dtb or .dts)."),
+        dtb: Path | None = typer.Option(
+            None, "--dtb", help="The running system's tree (.dtb or .dts); ppc64 only."),
         output: Path = typer.Option(..., "-o", "--output", help="Where to write the image."),
         initrd: Path | None = typer.Option(None, "--initrd", help="Initial ramdisk."),
         cmdline: str = typer.Option("", "--cmdline", help="Kernel command line (bootargs)."),
         purgatory: Path | None = typer.Option(None, "--purgatory", help="Purgatory object."),
+        purgatory_from: Path | None = typer.Option(
+            None, "--purgatory-from", help="x86_64: take the purgatory from this kernel."),
+        mem: str | None = typer.Option(
+            None, "--mem", help="x86_64: RAM ranges START-LAST or START+SIZE, comma separated."),
         ima: Path | None = typer.Option(None, "--ima", help="IMA list for the hand-over."),
         handover: Path | None = typer.Option(None, "--handover", help="Raw hand-over bytes."),
         handover_size: str | None = typer.Option(
@@ -78,8 +84,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Place kernel, initrd, hand-over, device tree (and purgatory) as kexec_file_load does;
         seal, write atomically, re-read and verify."""
+        if arch == "x86_64":
+            if dtb is not None or handover is not None:
+                raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
+            build_x86(kernel=kernel, output=output, initrd=initrd, cmdline=cmdline,
+                      purgatory=purgatory, purgatory_from=purgatory_from, ima=ima,
+                      handover_size=_number(handover_size, "--handover-size"), mem=mem,
+                      policy=policy, as_json=as_json)
+            return
         if arch not in PPC_ARCHES:
-            raise UsageError(f"--arch {arch}: this build supports {', '.join(PPC_ARCHES)}")
+            raise UsageError(f"--arch {arch}: this build supports "
+                             f"{', '.join((*PPC_ARCHES, 'x86_64'))}")
+        if dtb is None or purgatory_from is not None or mem is not None:
+            raise UsageError("ppc64 needs --dtb and takes no --purgatory-from or --mem")
         if ima is not None and handover is not None:
             raise UsageError("--ima and --handover exclude each other")
         if handover_style not in (HandoverStyle.SEED, HandoverStyle.IMA):
@@ -107,12 +124,19 @@ def register(app: typer.Typer) -> None:
             with input_named(purgatory):
                 purg = parse_purgatory(purgatory.read_bytes())
         rd = None if initrd is None else initrd.read_bytes()
-        with input_named(kernel), mapped(kernel) as view:
-            img = ppc64.build(target, view, tree.build(), ppc64_dt.chosen_hook(page), initrd=rd,
-                              handover=ho, handover_size=ho_size, handover_style=handover_style,
-                              cmdline=cmdline, purgatory=purg, policy=policy)
+        with mapped(kernel) as view:
+            try:
+                img = ppc64.build(target, view, tree.build(), ppc64_dt.chosen_hook(page),
+                                  initrd=rd, handover=ho, handover_size=ho_size,
+                                  handover_style=handover_style, cmdline=cmdline,
+                                  purgatory=purg, policy=policy)
+            except KimageError as err:
+                # Only the vmlinux's own faults name it; placement refusals are about the layout.
+                if err.fmt == ppc64.FMT:
+                    raise about_file(err, kernel) from err.__cause__
+                raise
             res = write_image(output, img)
-            del img
+            del img  # its segments are views into the vmlinux's map
         with mapped(output) as written:
             info = read_image(written)
         result = BuildResult(str(output), arch, page, policy.value, info.entry, res.digest.hex(),

@@ -9,6 +9,8 @@ from typing import Any
 import typer
 
 from kimagekit import dts, ppc_fdt
+from kimagekit.cli import handover as handover_cli
+from kimagekit.cli import image as image_cli
 from kimagekit.cli.common import emit_json, input_named, out
 from kimagekit.cli.inspect import Kind
 from kimagekit.devicetree import TYPES, DeviceTree, Header, Reservation, decode, encode
@@ -22,7 +24,7 @@ _MAGIC = FDT_MAGIC.to_bytes(4, "big")
 DtbArg = typer.Argument(..., help="A .dtb, or .dts source (the content decides).")
 OutOpt = typer.Option(..., "-o", "--output", help="Where to write the new DTB (atomically).")
 ValuesArg = typer.Argument(..., help="Values (numbers: 0x.. or decimal).")
-PatchArg = typer.Argument(..., help="A DTB or DTS (kexec images: later).")
+PatchArg = typer.Argument(..., help="A DTB or DTS, or a kexec image (the content decides).")
 PackOpt = typer.Option(False, "--pack", help="Drop padding and gaps, as fdtput does.")
 
 
@@ -159,17 +161,33 @@ def register(root: typer.Typer) -> None:
         size: str | None = typer.Option(None, "--size", help="Buffer size in bytes."),
         style: str = typer.Option("seed", "--style", help="seed (2016 series) or ima."),
         remove: bool = typer.Option(False, "--remove", help="Remove it and its reservation."),
-        output: Path = OutOpt,
+        output: Path | None = typer.Option(None, "-o", "--output", help="Where to write."),
         pack: bool = PackOpt,
         as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
+        ima: Path | None = typer.Option(None, "--ima", help="Image: new IMA list to hand over."),
+        data: Path | None = typer.Option(None, "--data", help="Image: new raw contents."),
+        in_place: bool = typer.Option(False, "--in-place", help="Image: rewrite IMAGE itself."),
+        reseal: bool = typer.Option(False, "--reseal", help="Image: recompute the digest when "
+                                    "the policy hashes the hand-over."),
     ) -> None:
-        """Announce a hand-over buffer to the next kernel, or remove it."""
+        """Announce a hand-over buffer in a DTB (or remove it); or, for a kexec image, replace
+        its hand-over contents as kexec_update_segment does."""
+        head = read_head(file, 65536)
+        if image_cli.is_image(head, len(head)):
+            if start is not None or size is not None or remove or pack:
+                raise UsageError("--start/--size/--remove/--pack are for device trees")
+            handover_cli.patch_image(file, ima=ima, data=data, output=output,
+                                     in_place=in_place, reseal=reseal, as_json=as_json)
+            return
+        if ima is not None or data is not None or in_place or reseal:
+            raise UsageError("--ima/--data/--in-place/--reseal are for kexec images")
+        if output is None:
+            raise UsageError("-o/--output is needed for a device tree")
         if remove and (start is not None or size is not None):
             raise UsageError("--remove takes no --start/--size")
-        head = read_head(file, 4096)
         if not (is_dtb(head) or dts.looks_like_dts(head)):
             with input_named(file):
-                raise UnrecognisedFormat("patch-handover reads DTB or DTS files only (for now)",
+                raise UnrecognisedFormat("patch-handover reads a DTB, DTS or kexec image",
                                          fmt="patch-handover")
         res = patch_handover_dtb(
             file, output, start=None if start is None else _int(start, "--start"),

@@ -10,8 +10,11 @@ import typer
 
 from kimagekit.cli.common import emit_json, input_named, out
 from kimagekit.cli.inspect import Kind
+from kimagekit.errors import KimageError
 from kimagekit.formats import elf
 from kimagekit.formats.kexec import NOTE_OWNER
+from kimagekit.handover import Announcement, ImaContent, announcement, chosen_items, decode_ima
+from kimagekit.handover import embedded_tree as tree_of
 from kimagekit.image import (
     ImageInfo,
     VerifyResult,
@@ -93,6 +96,8 @@ class HandoverView:
     used: int
     style: str
     unchanged: bool
+    announced: Announcement | None  # as the embedded device tree announces it
+    ima: ImaContent  # the buffer read as the next kernel reads it
 
 
 @dataclass(frozen=True)
@@ -108,9 +113,11 @@ class ImageSummary:
     digest_ok: bool
     digest_status: str
     handover: HandoverView | None
+    chosen: dict[str, str] | None  # the embedded device tree's /chosen (None: no DTB segment)
+    dtb_error: str | None  # why the embedded device tree could not be read
 
 
-def _detect(head: bytes, size: int) -> bool:
+def is_image(head: bytes, size: int) -> bool:
     return (len(head) >= 64 and head[:4] == elf.ELFMAG and head[4] == elf.ELFCLASS64
             and NOTE_OWNER.encode() + b"\0" in head)
 
@@ -124,12 +131,21 @@ def describe(path: Path) -> ImageSummary:
             segs.append(SegmentView(s.index, s.role.value, s.mem, s.memsz, s.bufsz,
                                     s.checksummed, hashlib.sha256(data).hexdigest(),
                                     segment_sha256(data, s.memsz) == s.sha256))
+        tree, chosen, dtb_error = None, None, None
+        try:
+            tree = tree_of(info, view)
+            chosen = None if tree is None else chosen_items(tree)
+            ann = announcement(info, tree)
+        except KimageError as err:
+            # A damaged tree is reported like damage anywhere else, not raised.
+            dtb_error, ann = str(err), None
         ho = info.segment(Role.HANDOVER)
         handover = None if ho is None else HandoverView(
-            ho.mem, ho.memsz, ho.bufsz, info.handover_style.value, segs[ho.index].unchanged)
+            ho.mem, ho.memsz, ho.bufsz, info.handover_style.value, segs[ho.index].unchanged,
+            ann, decode_ima(content(view, ho), info.little))
     return ImageSummary(info.arch, info.entry, info.policy.value, info.cmdline,
                         info.has_purgatory, tuple(segs), res.regions, res.digest.hex(), res.ok,
-                        res.reason, handover)
+                        res.reason, handover, chosen, dtb_error)
 
 
 def render(s: ImageSummary) -> list[str]:
@@ -146,8 +162,29 @@ def render(s: ImageSummary) -> list[str]:
         h = s.handover
         lines.append(f"hand-over: {h.address:#x} size {h.size:#x} used {h.used:#x} style "
                      f"{h.style}{'' if h.unchanged else ' (content changed since written)'}")
+        lines += _handover_lines(h)
+    if s.dtb_error is not None:
+        lines.append(f"device tree: cannot be read: {s.dtb_error}")
+    for k, v in (s.chosen or {}).items():
+        lines.append(f"/chosen {k} = {v}")
+    return lines
+
+
+def _handover_lines(h: HandoverView) -> list[str]:
+    lines = []
+    a = h.announced
+    if a is not None:
+        lines.append(f"  announced ({a.style}): {a.start:#x} size {a.size:#x}, "
+                     f"{'reserved' if a.reserved else 'NOT reserved'}, "
+                     f"{'matches the segment' if a.matches else 'DOES NOT match the segment'}")
+    m = h.ima
+    verdict = ("restore ok" if m.restored is not None
+               else "restore FAILED" if m.restore_error else "no restore rules")
+    lines.append(f"  IMA {m.form}: {m.entries} entries, {verdict}")
+    lines += [f"  PCR 10 {bank} {value}" for bank, value in m.pcr10.items()]
+    lines += [f"  DAMAGE: {d}" for d in m.damage]
     return lines
 
 
 def inspect_kinds() -> list[Kind]:
-    return [Kind("kexec image", _detect, describe, render)]
+    return [Kind("kexec image", is_image, describe, render)]

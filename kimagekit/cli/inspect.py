@@ -39,9 +39,12 @@ def _load_kinds() -> None:
     from kimagekit.cli import dtb as dtb_cli
     from kimagekit.cli import ima as ima_cli
     from kimagekit.cli import image as image_cli
+    from kimagekit.cli import kernel as kernel_cli
 
-    for kind in [*image_cli.inspect_kinds(), *dtb_cli.inspect_kinds(),
-                 *ima_cli.inspect_kinds()]:
+    # Kernels first: their detectors are exact (magic, or an ELF kernel without the kimagekit
+    # note), so a vmlinux that happens to hold the string "kimagekit" is still a vmlinux.
+    for kind in [*kernel_cli.inspect_kinds(), *image_cli.inspect_kinds(),
+                 *dtb_cli.inspect_kinds(), *ima_cli.inspect_kinds()]:
         add_kind(kind)
 
 

@@ -1,0 +1,242 @@
+"""The x86-64 kexec_file bzImage loader (``arch/x86/kernel/kexec-bzimage64.c``), offline.
+
+Segment order as the kernel adds them: the IMA hand-over first (``ima_add_kexec_buffer`` runs
+before the image loader), then the purgatory, the boot parameters (boot_params + command line +
+room for the setup_data entries), the protected-mode kernel, the initrd. Every buffer is placed
+top-down. What the running kernel would copy from its own state (screen_info, EDD, EFI memory
+map, ACPI RSDP) is absent offline: those fields stay zero, as when the running kernel has none.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from kimagekit.errors import RuleError, UsageError
+from kimagekit.formats import bzimage as bz
+from kimagekit.formats.kexec import entry64_regs
+from kimagekit.image import HandoverStyle, KexecImage, seal
+from kimagekit.kernels import BzImage, probe_bzimage64, read_bzimage
+from kimagekit.purgatory import (
+    DigestPolicy,
+    PurgatoryObject,
+    add_purgatory,
+    get_symbol,
+    hashes_role,
+    set_symbol,
+    symbol_address,
+)
+from kimagekit.segments import U64_MAX, KexecBuf, MemRange, Role, SegmentList, Target, add_buffer
+
+FMT = "bzImage"
+MIN_PURGATORY_ADDR = 0x3000
+MIN_BOOTPARAM_ADDR = 0x3000
+MIN_KERNEL_LOAD_ADDR = 0x100000
+MIN_INITRD_LOAD_ADDR = 0x1000000
+MAX_ELFCOREHDR_STR_LEN = 30  # room kept for "elfcorehdr=0x<addr> " (crash kernels)
+LOADER_TYPE_KEXEC = 0x0D << 4
+ENTRY64_REGS_SIZE = 136
+
+
+@dataclass(frozen=True)
+class BootParamsLayout:
+    """Offsets inside the boot-parameters segment, as ``bzImage64_load`` lays it out (no EFI
+    runtime map offline, so ``efi_map_sz`` is 0)."""
+
+    cmdline_len: int  # with its NUL
+    params_cmdline_sz: int
+    efi_setup_data_offset: int
+    ima_setup_data_offset: int | None
+    rng_setup_data_offset: int
+    bufsz: int
+
+
+def boot_params_layout(cmdline_len: int, *, ima_kexec: bool) -> BootParamsLayout:
+    pc = _align(bz.BOOT_PARAMS_SIZE + cmdline_len + MAX_ELFCOREHDR_STR_LEN, 16)
+    efi_sd = pc  # + ALIGN(efi_map_sz, 16) with efi_map_sz = 0
+    after_efi = efi_sd + bz.SETUP_DATA_SIZE + bz.EFI_SETUP_DATA_SIZE
+    ima_sd = after_efi if ima_kexec else None
+    rng_sd = after_efi + (bz.SETUP_DATA_SIZE + bz.IMA_SETUP_DATA_SIZE if ima_kexec else 0)
+    return BootParamsLayout(cmdline_len, pc, efi_sd, ima_sd, rng_sd,
+                            rng_sd + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH)
+
+
+def _align(v: int, a: int) -> int:
+    return -(-v // a) * a
+
+
+def e820_entries(ram: tuple[MemRange, ...], reserved: tuple[MemRange, ...]) -> list[
+        tuple[int, int, int]]:
+    """(addr, size, type) sorted by address: RAM ranges, then reserved ones, at most 128 (the
+    zero page's table; the kernel drops the rest too)."""
+    out = [(r.start, r.size, bz.E820_TYPE_RAM) for r in ram]
+    out += [(r.start, r.size, bz.E820_TYPE_RESERVED) for r in reserved]
+    return sorted(out)[:bz.E820_MAX_ENTRIES_ZEROPAGE]
+
+
+def build_boot_params(kernel: bytes | memoryview, img: BzImage, lay: BootParamsLayout,
+                      load_addr: int, cmdline: bytes, target: Target, *,
+                      initrd: tuple[int, int] | None, ima: tuple[int, int] | None,
+                      rng_seed: bytes | None) -> bytes:
+    """The boot-parameters segment's content (``lay.bufsz`` bytes)."""
+    buf = bytearray(lay.bufsz)
+    # the setup header as the file has it, up to the end its jump announces (0x202 + the jump's
+    # displacement byte, as the kernel copies it: at most 0x301, inside the zero page)
+    end = min(img.header.end, len(kernel))
+    buf[bz.SETUP_HEADER_OFFSET:end] = bytes(kernel[bz.SETUP_HEADER_OFFSET:end])
+
+    def put(off: int, fmt: str, value: int) -> None:
+        struct.pack_into("<" + fmt, buf, off, value)
+
+    def hdr(name: str, value: int) -> None:
+        put(bz.FIELD_OFFSET[name], {1: "B", 2: "H", 4: "I", 8: "Q"}[bz.FIELD_SIZE[name]], value)
+
+    if initrd is not None:  # setup_initrd
+        hdr("ramdisk_image", initrd[0] & 0xFFFFFFFF)
+        hdr("ramdisk_size", initrd[1] & 0xFFFFFFFF)
+        put(bz.OFF_EXT_RAMDISK_IMAGE, "I", initrd[0] >> 32)
+        put(bz.OFF_EXT_RAMDISK_SIZE, "I", initrd[1] >> 32)
+    # setup_cmdline: the bytes then a NUL on the last one, right after the zero page
+    at = bz.BOOT_PARAMS_SIZE
+    buf[at:at + len(cmdline)] = cmdline
+    buf[at + lay.cmdline_len - 1] = 0
+    cmd_phys = load_addr + at
+    hdr("cmd_line_ptr", cmd_phys & 0xFFFFFFFF)
+    if cmd_phys >> 32:
+        put(bz.OFF_EXT_CMD_LINE_PTR, "I", cmd_phys >> 32)
+    hdr("type_of_loader", LOADER_TYPE_KEXEC)
+    hdr("loadflags", 0)
+    # setup_boot_parameters: subarch from the running kernel (PC offline), e820, memory sizes
+    hdr("hardware_subarch", 0)
+    entries = e820_entries(target.ram, target.reserved)
+    put(bz.OFF_E820_ENTRIES, "B", len(entries))
+    for i, (addr, size, kind) in enumerate(entries):
+        struct.pack_into("<QQI", buf, bz.OFF_E820_TABLE + i * bz.E820_ENTRY_SIZE, addr, size,
+                         kind)
+    for addr, size, kind in entries:
+        last = addr + size - 1
+        if kind == bz.E820_TYPE_RAM and addr <= 0x100000 < last:
+            mem_k = (last >> 10) - (0x100000 >> 10)
+            put(bz.OFF_SCREEN_EXT_MEM_K, "H", min(mem_k, 0xFC00))
+            put(bz.OFF_ALT_MEM_K, "I", min(mem_k, 0xFFFFFFFF))
+    if ima is not None and lay.ima_setup_data_offset is not None:  # setup_ima_state
+        _chain(buf, load_addr, lay.ima_setup_data_offset, bz.SETUP_IMA,
+               struct.pack("<QQ", *ima))
+    if rng_seed is not None:  # setup_rng_seed: random bytes are an input, never invented
+        _chain(buf, load_addr, lay.rng_setup_data_offset, bz.SETUP_RNG_SEED, rng_seed)
+    return bytes(buf)
+
+
+def _chain(buf: bytearray, load_addr: int, off: int, kind: int, data: bytes) -> None:
+    """Push a setup_data entry at ``off`` onto the head of the hdr.setup_data list."""
+    head_off = bz.FIELD_OFFSET["setup_data"]
+    (head,) = struct.unpack_from("<Q", buf, head_off)
+    struct.pack_into("<QII", buf, off, head, kind, len(data))
+    buf[off + bz.SETUP_DATA_SIZE:off + bz.SETUP_DATA_SIZE + len(data)] = data
+    struct.pack_into("<Q", buf, head_off, load_addr + off)
+
+
+def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject, *,
+          initrd: bytes | memoryview | None = None, cmdline: str = "",
+          handover: bytes | None = None, handover_size: int | None = None,
+          policy: DigestPolicy = DigestPolicy.SEED, ima_kexec: bool = True,
+          rng_seed: bytes | None = None) -> KexecImage:
+    """Compose and seal an x86-64 image from a bzImage, as ``bzImage64_load`` does.
+
+    ``ima_kexec``: the loading kernel has CONFIG_IMA_KEXEC (it keeps room for the SETUP_IMA
+    entry). ``handover`` is the IMA kexec buffer, ``handover_size`` its segment's memsz."""
+    if target.arch != "x86_64":
+        raise UsageError(f"target arch {target.arch!r} is not x86_64", fmt=FMT, field="arch")
+    img = read_bzimage(kernel)
+    probe_bzimage64(kernel, img)
+    if rng_seed is not None and len(rng_seed) != bz.RNG_SEED_LENGTH:
+        raise UsageError(f"an RNG seed is {bz.RNG_SEED_LENGTH} bytes, not {len(rng_seed)}",
+                         fmt=FMT, field="rng_seed")
+    if handover is not None and not ima_kexec:
+        raise UsageError("an IMA hand-over needs a loading kernel with CONFIG_IMA_KEXEC",
+                         fmt=FMT, field="ima_kexec")
+    cmd = cmdline.encode() + b"\0"
+    limit = img.header.get("cmdline_size")
+    if len(cmd) > limit:
+        raise RuleError(f"command line is {len(cmd)} bytes with its NUL, more than the kernel's "
+                        f"cmdline_size {limit}", fmt=FMT, field="setup_header.cmdline_size",
+                        offset=0x238)
+    if len(cmd) + MAX_ELFCOREHDR_STR_LEN > limit:
+        raise RuleError(f"command line is {len(cmd)} bytes with its NUL: with the "
+                        f"{MAX_ELFCOREHDR_STR_LEN} kept for elfcorehdr= it exceeds cmdline_size "
+                        f"{limit}", fmt=FMT, field="setup_header.cmdline_size", offset=0x238)
+    sl = SegmentList(target)
+    ima = None
+    if handover is not None:
+        memsz = max(handover_size or 0, len(handover))
+        sl, seg = add_buffer(sl, KexecBuf(handover, memsz, Role.HANDOVER, top_down=True,
+                                          checksummed=hashes_role(policy, Role.HANDOVER)))
+        ima = (seg.mem, seg.memsz)
+    sl, lp = add_purgatory(sl, purgatory, buf_min=MIN_PURGATORY_ADDR, buf_max=U64_MAX,
+                           top_down=True)
+    lay = boot_params_layout(len(cmd), ima_kexec=ima_kexec)
+    sl, bp_seg = add_buffer(sl, KexecBuf(bytes(lay.bufsz), lay.bufsz, Role.BOOT_PARAMS,
+                                         buf_align=16, buf_min=MIN_BOOTPARAM_ADDR,
+                                         top_down=True))
+    body = memoryview(kernel)[img.kernel_offset:]
+    init_size = img.header.get("init_size")
+    align = img.header.get("kernel_alignment")
+    sl, kseg = add_buffer(sl, KexecBuf(body, _align(max(init_size, 1), target.page_size),
+                                       Role.KERNEL, buf_align=align,
+                                       buf_min=MIN_KERNEL_LOAD_ADDR, top_down=True))
+    rd = None
+    if initrd is not None:
+        sl, rseg = add_buffer(sl, KexecBuf(initrd, len(initrd), Role.INITRD,
+                                           buf_align=target.page_size,
+                                           buf_min=MIN_INITRD_LOAD_ADDR, top_down=True))
+        rd = (rseg.mem, len(initrd))
+    params = build_boot_params(kernel, img, lay, bp_seg.mem, cmd, target, initrd=rd, ima=ima,
+                               rng_seed=rng_seed)
+    segs = list(sl.segments)
+    i = sl.segments.index(bp_seg)
+    segs[i] = type(bp_seg)(params, bp_seg.mem, bp_seg.memsz, bp_seg.role, bp_seg.checksummed)
+    sl = SegmentList(sl.target, tuple(segs))
+    regs = entry64_regs.parse(get_symbol(lp, "entry64_regs", ENTRY64_REGS_SIZE))
+    regs.rbx = 0  # the bootstrap processor
+    regs.rsi = bp_seg.mem
+    regs.rip = kseg.mem + bz.KERNEL_ENTRY64_OFFSET
+    regs.rsp = symbol_address(lp, "stack_end")
+    lp = set_symbol(lp, "entry64_regs", entry64_regs.build(regs))
+    return seal(sl, policy, purgatory=lp, cmdline=cmdline.encode(),
+                handover_style=HandoverStyle.SETUP_DATA if ima else HandoverStyle.NONE)
+
+
+@dataclass(frozen=True)
+class SetupDataEntry:
+    address: int
+    type: int
+    data: bytes
+
+
+def setup_data_chain(params: bytes | memoryview, load_addr: int) -> tuple[SetupDataEntry, ...]:
+    """Walk ``hdr.setup_data`` inside a boot-parameters segment loaded at ``load_addr`` (links
+    that leave the segment end the walk: the next kernel would follow them into other memory)."""
+    out: list[SetupDataEntry] = []
+    (at,) = struct.unpack_from("<Q", params, bz.FIELD_OFFSET["setup_data"])
+    while at and len(out) < 64:
+        off = at - load_addr
+        if not 0 <= off <= len(params) - bz.SETUP_DATA_SIZE:
+            break
+        nxt, kind, length = struct.unpack_from("<QII", params, off)
+        body = bytes(params[off + bz.SETUP_DATA_SIZE:off + bz.SETUP_DATA_SIZE + length])
+        if len(body) != length:
+            raise RuleError(f"setup_data entry at {at:#x} ({length} bytes) runs past the "
+                            "boot parameters", fmt="boot-params", field="setup_data.len",
+                            offset=off + 12)
+        out.append(SetupDataEntry(at, kind, body))
+        at = nxt
+    return tuple(out)
+
+
+def announced_ima(params: bytes | memoryview, load_addr: int) -> tuple[int, int] | None:
+    """(addr, size) of the SETUP_IMA entry, as the next kernel's ``parse_setup_data`` reads it."""
+    for e in setup_data_chain(params, load_addr):
+        if e.type == bz.SETUP_IMA and len(e.data) == bz.IMA_SETUP_DATA_SIZE:
+            addr, size = struct.unpack("<QQ", e.data)
+            return addr, size
+    return None
