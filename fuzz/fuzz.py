@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Random-mutation fuzzer for every kimagekit parser.
 
-    python fuzz/fuzz.py --target ima --runs 1000000      # targets: ima, dtb, image, purgatory
+    python fuzz/fuzz.py --target ima --runs 1000000   # targets: ima, dtb, image, purgatory, kernel
 
 Each target has seeds (synthetic files from testdata/ and its generators, plus small corpus files
 when present) and an ``exercise`` function that parses, walks and rebuilds. An input is a seed with
@@ -139,7 +139,41 @@ def exercise_image(data: bytes) -> None:
         read_image(data)
 
 
+def seeds_kernel() -> list[bytes]:
+    sys.path.insert(0, str(ROOT / "testdata"))
+    import make_kernels
+
+    vml = make_kernels.make_vmlinux()
+    return [vml, make_kernels.make_bzimage(), make_kernels.make_bzimage(compression="xz"),
+            make_kernels.make_arm64_image(), make_kernels.make_zboot()]
+
+
+def exercise_kernel(data: bytes) -> None:
+    from kimagekit import kernels, pe_file
+    from kimagekit import vmlinux as vm
+
+    # small output limit: a mutated payload must not be able to make the run slow or big
+    limit = 1 << 22
+    kind = kernels.kernel_kind(data[:4096])
+    with contextlib.suppress(KimageError):
+        if kind == "bzImage":
+            img = kernels.read_bzimage(data, decompress=True, limit=limit)
+            kernels.probe_bzimage64(data, img)
+        elif kind == "zboot":
+            kernels.read_zboot(data, decompress=True, limit=limit)
+        elif kind == "arm64-image":
+            kernels.read_arm64_image(data)
+        elif kind == "vmlinux":
+            vm.read_elf_kernel(data)
+    with contextlib.suppress(KimageError):
+        kernels.find_purgatory(data, limit=limit)
+    if pe_file.has_pe(data):
+        with contextlib.suppress(KimageError):
+            pe_file.parse_pe(data)
+
+
 TARGETS: dict[str, tuple[Callable[[], list[bytes]], Callable[[bytes], None]]] = {
+    "kernel": (seeds_kernel, exercise_kernel),
     "ima": (seeds_ima, exercise_ima),
     "dtb": (seeds_dtb, exercise_dtb),
     "purgatory": (seeds_purgatory, exercise_purgatory),

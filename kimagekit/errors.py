@@ -46,6 +46,15 @@ def about_file(err: KimageError, file: object) -> KimageError:
     return err
 
 
+@contextmanager
+def input_named(path: object) -> Iterator[None]:
+    """Errors raised inside name ``path`` as their file."""
+    try:
+        yield
+    except KimageError as err:
+        raise about_file(err, path) from err.__cause__
+
+
 class ParseError(KimageError):
     """The bytes do not follow the format: truncated, out of bounds, bad magic, bad value."""
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from kimagekit import dts, ima_kexec, ima_log, ppc_fdt
+from kimagekit import ima_kexec, ima_log, ppc_fdt
+from kimagekit.arch.x86_64 import announced_ima
 from kimagekit.devicetree import DeviceTree
-from kimagekit.errors import KimageError, RuleError
+from kimagekit.errors import KimageError, RuleError, UsageError, input_named
 from kimagekit.formats.ima import Endian
 from kimagekit.image import (
     HandoverStyle,
@@ -102,11 +104,6 @@ def embedded_tree(info: ImageInfo, view: memoryview | bytes) -> DeviceTree | Non
     return None if seg is None else DeviceTree.parse(content(view, seg))
 
 
-def chosen_items(tree: DeviceTree) -> dict[str, str]:
-    node = tree.find(ppc_fdt.CHOSEN)
-    return {} if node is None else {p.name: dts.value_text(p.value) for p in node.props()}
-
-
 def announcement(info: ImageInfo, tree: DeviceTree | None) -> Announcement | None:
     """The device tree's hand-over in the image's style, compared with the segment."""
     ho = info.segment(Role.HANDOVER)
@@ -119,6 +116,29 @@ def announcement(info: ImageInfo, tree: DeviceTree | None) -> Announcement | Non
                         (h.start, h.size) == (ho.mem, ho.memsz))
 
 
+def _announced(info: ImageInfo, view: memoryview | bytes) -> tuple[str, str] | None:
+    """What tells the next kernel where the hand-over is, and what it says (``start+size`` or
+    "nothing") when that differs from the segment; None when it matches or the style has no
+    announcement."""
+    ho = info.segment(Role.HANDOVER)
+    if ho is None:
+        return None
+    if info.handover_style in (HandoverStyle.SEED, HandoverStyle.IMA):
+        ann = announcement(info, embedded_tree(info, view))
+        if ann is not None and ann.matches:
+            return None
+        said = "nothing" if ann is None else f"{ann.start:#x}+{ann.size:#x}"
+        return "the device tree", f"announces {said} in {info.handover_style} style"
+    if info.handover_style == HandoverStyle.SETUP_DATA:
+        bp = info.segment(Role.BOOT_PARAMS)
+        at = None if bp is None else announced_ima(content(view, bp), bp.mem)
+        if at == (ho.mem, ho.memsz):
+            return None
+        said = "nothing" if at is None else f"{at[0]:#x}+{at[1]:#x}"
+        return "the boot parameters", f"announce {said} in their SETUP_IMA setup_data"
+    return None
+
+
 @dataclass(frozen=True)
 class PatchOutcome:
     result: PatchResult
@@ -127,22 +147,59 @@ class PatchOutcome:
 
 def patch(path: str | os.PathLike[str], data: bytes, *,
           out: str | os.PathLike[str] | None = None, reseal: bool = False) -> PatchOutcome:
-    """New hand-over contents, after checking the device tree announces the segment itself.
+    """New hand-over contents, after checking the image announces the segment itself.
 
-    Both styles announce the segment's mem and memsz (``-end`` = mem + memsz; the upstream
-    property holds memsz), and an update keeps both, so the device tree (a checksummed segment)
-    never needs rewriting. A tree that announced anything else would mislead the next kernel once
-    the contents change, so it is refused rather than patched around.
+    Every style announces the segment's mem and memsz (device tree: ``-end`` = mem + memsz, the
+    upstream property holds memsz; x86: the SETUP_IMA setup_data holds addr and size), and an
+    update keeps both, so the announcing segment (checksummed) never needs rewriting. An image
+    that announced anything else would mislead the next kernel once the contents change, so it
+    is refused rather than patched around.
     """
     with open_image(path) as (info, view):
-        if info.handover_style in (HandoverStyle.SEED, HandoverStyle.IMA):
-            ann = announcement(info, embedded_tree(info, view))
-            ho = info.segment(Role.HANDOVER)
-            if ho is not None and (ann is None or not ann.matches):
-                said = "nothing" if ann is None else f"{ann.start:#x}+{ann.size:#x}"
-                raise RuleError(f"the device tree announces {said} in {info.handover_style} "
-                                f"style, not the hand-over segment {ho.mem:#x}+{ho.memsz:#x}",
-                                fmt=FMT, field=f"segment[{ho.index}]")
+        wrong = _announced(info, view)
+        ho = info.segment(Role.HANDOVER)
+        if wrong is not None and ho is not None:
+            who, says = wrong
+            raise RuleError(f"{who} {says}, not the hand-over segment {ho.mem:#x}+{ho.memsz:#x}",
+                            fmt=FMT, field=f"segment[{ho.index}]")
         little = info.little
     res = patch_handover(path, data, out=out, reseal=reseal)
     return PatchOutcome(res, decode_ima(data, little))
+
+
+@dataclass(frozen=True)
+class ImagePatchResult:
+    output: str
+    segment: int
+    mem: int
+    memsz: int
+    old_bufsz: int
+    bufsz: int
+    resealed: bool
+    digest: str
+    ima: ImaContent | None  # the new buffer read back (from an IMA list only)
+
+
+def patch_file(image: str | os.PathLike[str], out: str | os.PathLike[str], *,
+               ima: str | os.PathLike[str] | None = None,
+               data: str | os.PathLike[str] | None = None,
+               reseal: bool = False) -> ImagePatchResult:
+    """:func:`patch` from files: ``data`` as is, or the IMA list ``ima`` built into a kexec
+    buffer in the image's byte order. ``out`` may be ``image`` itself (the write is atomic)."""
+    if (ima is None) == (data is None):
+        raise UsageError("give exactly one of an IMA list and raw contents", fmt=FMT)
+    if data is not None:
+        new = Path(data).read_bytes()
+    else:
+        assert ima is not None
+        with input_named(image), open_image(image) as (info, _):
+            little = info.little
+        with input_named(ima):
+            entries = ima_log.read_entries(ima)
+        new = ima_kexec.build_buffer(entries, endian=endian_of(little))
+    with input_named(image):
+        done = patch(image, new, out=out, reseal=reseal)
+    res = done.result
+    return ImagePatchResult(str(out), res.segment.index, res.segment.mem, res.segment.memsz,
+                            res.old_bufsz, res.segment.bufsz, res.resealed,
+                            res.verify.digest.hex(), done.ima if ima is not None else None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from kimagekit import decompress as dz
 from kimagekit import pe_file
 from kimagekit import vmlinux as vm
-from kimagekit.errors import KimageError, ParseError, RuleError
+from kimagekit.errors import KimageError, ParseError, RuleError, converted
 from kimagekit.formats import arm64 as a64
 from kimagekit.formats import bzimage as bz
 from kimagekit.formats import elf
@@ -261,13 +261,18 @@ def read_arm64_image(data: bytes | memoryview) -> Arm64Image:
                       vm.find_banner(bytes(data)))
 
 
+ZBOOT_COMP_TYPE_OFFSET = 24
+
+
 def read_zboot(data: bytes | memoryview, *, decompress: bool = False,
                limit: int = dz.DEFAULT_LIMIT) -> Zboot:
     f = "zboot"
     if len(data) < a64.ZBOOT_HEADER_SIZE:
         raise _err(f"file is {len(data)} bytes, shorter than the zboot header (64)",
                    "image_type", 4, f)
-    h = a64.zboot_header.parse(bytes(data[:a64.ZBOOT_HEADER_SIZE]))
+    # The length is checked above, so only comp_type (ASCII text) can fail to parse.
+    with converted(f, "comp_type", ZBOOT_COMP_TYPE_OFFSET):
+        h = a64.zboot_header.parse(bytes(data[:a64.ZBOOT_HEADER_SIZE]))
     if h.image_type != a64.ZBOOT_MAGIC:
         raise _err("no \"zimg\" image type", "image_type", 4, f)
     if h.payload_offset > len(data):

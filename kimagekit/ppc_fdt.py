@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from kimagekit import dts
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import RuleError, UsageError
 
@@ -159,6 +160,12 @@ def _covered(buf: Range, ram: tuple[Range, ...]) -> bool:
 def _ensure_chosen(tree: DeviceTree) -> None:
     if tree.find(CHOSEN) is None:
         tree.add_node("/", "chosen")
+
+
+def chosen_items(tree: DeviceTree) -> dict[str, str]:
+    """Every ``/chosen`` property, name -> value as dtc writes it (empty without the node)."""
+    node = tree.find(CHOSEN)
+    return {} if node is None else {p.name: dts.value_text(p.value) for p in node.props()}
 
 
 # -- hand-over buffer --------------------------------------------------------------------------

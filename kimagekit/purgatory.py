@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from kimagekit.elf_model import Section
 from kimagekit.errors import ParseError, RuleError, converted
 from kimagekit.formats import elf
 from kimagekit.formats.kexec import KEXEC_SEGMENT_MAX, SHA256_DIGEST_SIZE, purgatory_sha_regions
@@ -52,28 +53,6 @@ def hashes_role(policy: DigestPolicy, role: Role) -> bool:
     if role == Role.PURGATORY:
         return False
     return role != Role.HANDOVER or policy == DigestPolicy.UPSTREAM_4_10
-
-
-@dataclass(frozen=True)
-class Section:
-    index: int
-    name: str
-    sh_type: int
-    sh_flags: int
-    sh_addr: int
-    sh_offset: int
-    sh_size: int
-    sh_link: int
-    sh_info: int
-    sh_addralign: int
-
-    @property
-    def alloc(self) -> bool:
-        return bool(self.sh_flags & elf.SHF_ALLOC)
-
-    @property
-    def nobits(self) -> bool:
-        return self.sh_type == elf.SHT_NOBITS
 
 
 @dataclass(frozen=True)

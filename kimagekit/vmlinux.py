@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from kimagekit.elf_model import Load, Section
 from kimagekit.errors import ParseError, converted
 from kimagekit.formats import elf
 
@@ -34,29 +35,6 @@ class Searchable(Protocol):
 
 
 @dataclass(frozen=True)
-class Load:
-    p_offset: int
-    p_vaddr: int
-    p_paddr: int
-    p_filesz: int
-    p_memsz: int
-    p_flags: int
-    p_align: int
-
-
-@dataclass(frozen=True)
-class SectionHeader:
-    index: int
-    name: str
-    sh_type: int
-    sh_flags: int
-    sh_addr: int
-    sh_offset: int
-    sh_size: int
-    sh_link: int
-
-
-@dataclass(frozen=True)
 class ElfKernel:
     arch: str
     machine: int
@@ -64,14 +42,14 @@ class ElfKernel:
     e_type: int
     entry: int
     loads: tuple[Load, ...]
-    sections: tuple[SectionHeader, ...]
+    sections: tuple[Section, ...]
     build_id: str | None
     banner: str | None
     relocatable: bool
     symbol_count: int  # entries in .symtab (0 when stripped)
     size: int
 
-    def section(self, name: str) -> SectionHeader | None:
+    def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
 
 
@@ -160,7 +138,7 @@ def _program_headers(data: Searchable, eh: object, st: elf.ElfStructs,
 
 
 def _section_headers(data: Searchable, eh: object, st: elf.ElfStructs,
-                     size: int) -> tuple[SectionHeader, ...]:
+                     size: int) -> tuple[Section, ...]:
     shoff, shnum = eh.e_shoff, eh.e_shnum  # type: ignore[attr-defined]
     if shoff == 0 or shnum == 0:
         return ()
@@ -188,13 +166,13 @@ def _section_headers(data: Searchable, eh: object, st: elf.ElfStructs,
             at = strtab.sh_offset + sh.sh_name
             end = data.find(b"\0", at, strtab.sh_offset + strtab.sh_size)
             name = bytes(data[at:end if end >= 0 else at]).decode("ascii", "replace")
-        out.append(SectionHeader(i, name, sh.sh_type, sh.sh_flags, sh.sh_addr, sh.sh_offset,
-                                 sh.sh_size, sh.sh_link))
+        out.append(Section(i, name, sh.sh_type, sh.sh_flags, sh.sh_addr, sh.sh_offset,
+                           sh.sh_size, sh.sh_link, sh.sh_info, sh.sh_addralign))
     return tuple(out)
 
 
 def _build_id(data: Searchable, little: bool, notes: list[tuple[int, int]],
-              sections: tuple[SectionHeader, ...]) -> str | None:
+              sections: tuple[Section, ...]) -> str | None:
     areas = list(notes) or [(s.sh_offset, s.sh_size) for s in sections if s.sh_type == 7]
     order = "<" if little else ">"
     for start, length in areas:

@@ -225,3 +225,18 @@ def test_every_truncation_is_a_kimage_error() -> None:
         except KimageError:
             refused += 1
     assert refused == len(range(0, len(data), 97))
+
+
+def test_zboot_non_ascii_comp_type_is_a_parse_error() -> None:
+    # found by fuzz/fuzz.py (kernel target): construct's StringError escaped the choke point
+    from kimagekit import kernels
+    from kimagekit.errors import ParseError
+
+    z = bytearray(kgen.make_zboot())
+    assert z[24:28] == b"gzip"
+    z[24 + 31] = 0xFF
+    with pytest.raises(ParseError) as err:
+        kernels.read_zboot(bytes(z))
+    assert str(err.value) == (
+        "zboot: comp_type at offset 0x18: cannot use encoding 'ascii' to decode "
+        "b'gzip" + "\\x00" * 27 + "\\xff'")

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kimagekit.arch.common import add_ima_buffer
+from kimagekit.elf_model import Load
 from kimagekit.errors import ParseError, converted
 from kimagekit.formats import elf
 from kimagekit.image import ARCHES, HandoverStyle, KexecImage, seal
-from kimagekit.purgatory import DigestPolicy, PurgatoryObject, add_purgatory, hashes_role
+from kimagekit.purgatory import DigestPolicy, PurgatoryObject, add_purgatory
 from kimagekit.segments import U64_MAX, KexecBuf, Role, SegmentList, Target, add_buffer
 
 FMT = "vmlinux"
@@ -34,16 +36,7 @@ class DtRequest:
 DtHook = Callable[[DtRequest], bytes]
 
 
-@dataclass(frozen=True)
-class LoadHeader:
-    p_offset: int
-    p_paddr: int
-    p_filesz: int
-    p_memsz: int
-    p_align: int
-
-
-def kernel_loads(data: bytes | memoryview, arch: str) -> list[LoadHeader]:
+def kernel_loads(data: bytes | memoryview, arch: str) -> list[Load]:
     """The PT_LOAD headers of a ppc64 vmlinux, each checked against the file."""
     machine, little = ARCHES[arch]
     if len(data) < 64 or bytes(data[:4]) != elf.ELFMAG or data[4] != elf.ELFCLASS64:
@@ -70,7 +63,8 @@ def kernel_loads(data: bytes | memoryview, arch: str) -> list[LoadHeader]:
         if ph.p_offset + min(ph.p_filesz, ph.p_memsz) > len(data):
             raise ParseError("PT_LOAD content runs past the end of the file", fmt=FMT,
                              field=f"phdr[{i}].p_filesz", offset=off + 32)
-        out.append(LoadHeader(ph.p_offset, ph.p_paddr, ph.p_filesz, ph.p_memsz, ph.p_align))
+        out.append(Load(ph.p_offset, ph.p_vaddr, ph.p_paddr, ph.p_filesz, ph.p_memsz, ph.p_flags,
+                        ph.p_align))
     if not out:
         raise ParseError("no PT_LOAD segment", fmt=FMT, field="e_phnum", offset=56)
     return out
@@ -87,12 +81,7 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
     (``ppc64_rma_size``; default: the first RAM range)."""
     rma = rma_size if rma_size is not None else min(r.end for r in target.ram[:1])
     sl = SegmentList(target)
-    ho = None
-    if handover is not None:
-        memsz = max(handover_size or 0, len(handover))
-        sl, seg = add_buffer(sl, KexecBuf(handover, memsz, Role.HANDOVER, top_down=True,
-                                          checksummed=hashes_role(policy, Role.HANDOVER)))
-        ho = (seg.mem, seg.memsz)
+    sl, ho = add_ima_buffer(sl, handover, handover_size, policy)
     kernel_addr = U64_MAX
     for ph in kernel_loads(kernel, target.arch):
         size = min(ph.p_filesz, ph.p_memsz)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from kimagekit.arch.common import add_ima_buffer
 from kimagekit.errors import RuleError, UsageError
 from kimagekit.formats import bzimage as bz
 from kimagekit.formats.kexec import entry64_regs
@@ -22,7 +23,6 @@ from kimagekit.purgatory import (
     PurgatoryObject,
     add_purgatory,
     get_symbol,
-    hashes_role,
     set_symbol,
     symbol_address,
 )
@@ -166,12 +166,7 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
                         f"{MAX_ELFCOREHDR_STR_LEN} kept for elfcorehdr= it exceeds cmdline_size "
                         f"{limit}", fmt=FMT, field="setup_header.cmdline_size", offset=0x238)
     sl = SegmentList(target)
-    ima = None
-    if handover is not None:
-        memsz = max(handover_size or 0, len(handover))
-        sl, seg = add_buffer(sl, KexecBuf(handover, memsz, Role.HANDOVER, top_down=True,
-                                          checksummed=hashes_role(policy, Role.HANDOVER)))
-        ima = (seg.mem, seg.memsz)
+    sl, ima = add_ima_buffer(sl, handover, handover_size, policy)
     sl, lp = add_purgatory(sl, purgatory, buf_min=MIN_PURGATORY_ADDR, buf_max=U64_MAX,
                            top_down=True)
     lay = boot_params_layout(len(cmd), ima_kexec=ima_kexec)

@@ -6,12 +6,12 @@ import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kimagekit.errors import KimageError, about_file
+from kimagekit.errors import input_named
+
+__all__ = ["emit_json", "input_named", "jsonable", "out", "warn"]
 
 
 def jsonable(obj: Any) -> Any:
@@ -42,12 +42,3 @@ def out(text: str = "") -> None:
 
 def warn(text: str) -> None:
     sys.stderr.write(f"kimagekit: {text}\n")
-
-
-@contextmanager
-def input_named(path: Path | str) -> Iterator[None]:
-    """Errors raised inside name ``path`` as their file."""
-    try:
-        yield
-    except KimageError as err:
-        raise about_file(err, path) from err.__cause__

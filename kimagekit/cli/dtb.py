@@ -2,45 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from kimagekit import dts, ppc_fdt
+from kimagekit import dtb_file, dts
 from kimagekit.cli import handover as handover_cli
-from kimagekit.cli import image as image_cli
 from kimagekit.cli.common import emit_json, input_named, out
-from kimagekit.cli.inspect import Kind
-from kimagekit.devicetree import TYPES, DeviceTree, Header, Reservation, decode, encode
+from kimagekit.devicetree import TYPES, decode
+from kimagekit.dtb_file import DtbSummary, is_tree, load_tree
 from kimagekit.errors import UnrecognisedFormat, UsageError
-from kimagekit.fileio import atomic_write, mapped, read_head
-from kimagekit.formats.fdt import FDT_MAGIC
+from kimagekit.fileio import read_head
+from kimagekit.image_info import is_image
 
 app = typer.Typer(no_args_is_help=True, help="Flattened device trees: show, get, set.")
 
-_MAGIC = FDT_MAGIC.to_bytes(4, "big")
 DtbArg = typer.Argument(..., help="A .dtb, or .dts source (the content decides).")
 OutOpt = typer.Option(..., "-o", "--output", help="Where to write the new DTB (atomically).")
 ValuesArg = typer.Argument(..., help="Values (numbers: 0x.. or decimal).")
 PatchArg = typer.Argument(..., help="A DTB or DTS, or a kexec image (the content decides).")
 PackOpt = typer.Option(False, "--pack", help="Drop padding and gaps, as fdtput does.")
-
-
-def is_dtb(head: bytes) -> bool:
-    return head[:4] == _MAGIC
-
-
-def load_tree(path: Path) -> DeviceTree:
-    """A DTB, or DTS text compiled in memory; anything else is refused."""
-    head = read_head(path, 4096)
-    if is_dtb(head):
-        with mapped(path) as view:
-            return DeviceTree.parse(view)
-    if dts.looks_like_dts(head):
-        return dts.from_dts(path.read_text(encoding="latin-1"))
-    raise UnrecognisedFormat("not a device tree (no DTB magic, no /dts-v1/ tag)", fmt="dtb")
 
 
 def _int(text: str, what: str) -> int:
@@ -88,11 +69,7 @@ def get(
 ) -> None:
     """Print one property: as dtc would, or decoded as --type (one value per line)."""
     with input_named(file):
-        tree = load_tree(file)
-        tree.need(node)
-        raw = tree.get(node, prop)
-        if raw is None:
-            raise UsageError(f"no property {prop} in {node}", fmt="dtb")
+        raw = dtb_file.read_property(file, node, prop)
         if kind is None:
             out(dts.value_text(raw))
             return
@@ -117,42 +94,11 @@ def set_(
     pack: bool = PackOpt,
 ) -> None:
     """Set one property and write a new DTB; everything else keeps its bytes."""
-    with input_named(file):
-        tree = load_tree(file)
-        tree.set(node, prop, encode(kind, values))
-        data = tree.build(pack=pack)
-    atomic_write(output, data)
-    out(f"{output}: {node} {prop} set ({len(data)} bytes)")
+    size = dtb_file.set_property(file, output, node, prop, kind, values, pack=pack)
+    out(f"{output}: {node} {prop} set ({size} bytes)")
 
 
 # -- patch-handover ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PatchResult:
-    output: str
-    action: str  # "set" or "removed"
-    handovers: tuple[ppc_fdt.Handover, ...]
-    size: int
-
-
-def patch_handover_dtb(file: Path, output: Path, *, start: int | None = None,
-                       size: int | None = None, style: str = "seed", remove: bool = False,
-                       pack: bool = False) -> PatchResult:
-    """Set (or remove) the hand-over buffer in a DTB/DTS and write the result atomically."""
-    with input_named(file):
-        tree = load_tree(file)
-        if remove:
-            done = ppc_fdt.remove_handover(tree)
-            if not done:
-                raise UsageError("no hand-over buffer to remove", fmt="dtb")
-        else:
-            if start is None or size is None:
-                raise UsageError("--start and --size are needed (or --remove)")
-            done = (ppc_fdt.set_handover(tree, start, size, style),)
-        data = tree.build(pack=pack)
-    atomic_write(output, data)
-    return PatchResult(str(output), "removed" if remove else "set", done, len(data))
-
-
 def register(root: typer.Typer) -> None:
     @root.command("patch-handover")
     def patch_handover(
@@ -173,7 +119,7 @@ def register(root: typer.Typer) -> None:
         """Announce a hand-over buffer in a DTB (or remove it); or, for a kexec image, replace
         its hand-over contents as kexec_update_segment does."""
         head = read_head(file, 65536)
-        if image_cli.is_image(head, len(head)):
+        if is_image(head):
             if start is not None or size is not None or remove or pack:
                 raise UsageError("--start/--size/--remove/--pack are for device trees")
             handover_cli.patch_image(file, ima=ima, data=data, output=output,
@@ -185,11 +131,11 @@ def register(root: typer.Typer) -> None:
             raise UsageError("-o/--output is needed for a device tree")
         if remove and (start is not None or size is not None):
             raise UsageError("--remove takes no --start/--size")
-        if not (is_dtb(head) or dts.looks_like_dts(head)):
+        if not is_tree(head):
             with input_named(file):
                 raise UnrecognisedFormat("patch-handover reads a DTB, DTS or kexec image",
                                          fmt="patch-handover")
-        res = patch_handover_dtb(
+        res = dtb_file.patch_handover(
             file, output, start=None if start is None else _int(start, "--start"),
             size=None if size is None else _int(size, "--size"), style=style, remove=remove,
             pack=pack)
@@ -202,27 +148,7 @@ def register(root: typer.Typer) -> None:
 
 
 # -- inspect -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DtbSummary:
-    source: str
-    header: Header
-    reservations: tuple[Reservation, ...]
-    chosen: dict[str, str]
-    handovers: tuple[ppc_fdt.Handover, ...]
-    ram: tuple[ppc_fdt.Range, ...]
-    node_count: int
-
-
-def describe(path: Path) -> DtbSummary:
-    tree = load_tree(path)
-    chosen = tree.find(ppc_fdt.CHOSEN)
-    items = {p.name: dts.value_text(p.value) for p in chosen.props()} if chosen else {}
-    return DtbSummary("dtb" if is_dtb(read_head(path, 4)) else "dts", tree.header(),
-                      tuple(tree.reservations), items, ppc_fdt.handovers(tree),
-                      ppc_fdt.ram_ranges(tree), tree.node_count())
-
-
-def render(s: Any) -> list[str]:
+def render_summary(s: DtbSummary) -> list[str]:
     h = s.header
     lines = [f"version {h.version} (last compatible {h.last_comp_version}), totalsize "
              f"{h.totalsize:#x}, boot_cpuid_phys {h.boot_cpuid_phys}",
@@ -235,8 +161,3 @@ def render(s: Any) -> list[str]:
               f"{'reserved' if h.reserved else 'NOT reserved'}" for h in s.handovers]
     lines += [f"/chosen {k} = {v}" for k, v in s.chosen.items()]
     return lines
-
-
-def inspect_kinds() -> list[Kind]:
-    return [Kind("device-tree", lambda head, _size: is_dtb(head) or dts.looks_like_dts(head),
-                 describe, render)]

@@ -9,11 +9,9 @@ from typing import Any
 
 import typer
 
-from kimagekit import ima_ascii, ima_kexec, ima_log, pcrs
+from kimagekit import ima_ascii, ima_files, ima_log, pcrs
 from kimagekit.cli.common import emit_json, input_named, jsonable, out, warn
-from kimagekit.cli.inspect import Kind
-from kimagekit.errors import RuleError, UsageError
-from kimagekit.fileio import atomic_write
+from kimagekit.errors import UsageError
 from kimagekit.ima_log import ImaEntry, ListFormat
 
 app = typer.Typer(no_args_is_help=True, help="IMA measurement lists and kexec buffers.")
@@ -89,29 +87,22 @@ def check(
 ) -> None:
     """Recompute every template digest (never trusting the stored one); for a kexec buffer also
     apply the next kernel's restore rules. Exit 1 on any mismatch or refusal."""
-    with input_named(file), ima_log.open_list(file) as (fmt, view):
-        report = ima_log.analyse(view, fmt)
-        restore_error = None
-        if fmt.kind == "kexec-buffer":
-            try:
-                ima_kexec.restore(view, fmt.endian)
-            except RuleError as err:
-                restore_error = str(err)
+    res = ima_files.check_file(file)
+    fmt, report, restore_error = res.fmt, res.report, res.restore_error
     if as_json:
         emit_json({"file": str(file), "format": _format_json(fmt), "entries": report.entries,
                    "violations": report.violations, "mismatches": report.mismatches,
-                   "restore_error": restore_error,
-                   "ok": not report.mismatches and restore_error is None})
+                   "restore_error": restore_error, "ok": res.ok})
     else:
         for m in report.mismatches:
             out(f"entry {m.index} at offset {m.offset:#x} ({m.template_name}): template digest "
                 f"mismatch: stored {m.stored.hex()}, computed {m.computed.hex()}")
         if restore_error:
             out(f"the next kernel would refuse this buffer: {restore_error}")
-        verdict = "FAILED" if report.mismatches or restore_error else "OK"
+        verdict = "OK" if res.ok else "FAILED"
         out(f"{verdict}: {report.entries} entries, {report.violations} violations, "
             f"{len(report.mismatches)} template digest mismatches ({fmt.bank})")
-    if report.mismatches or restore_error:
+    if not res.ok:
         raise typer.Exit(1)
 
 
@@ -169,31 +160,16 @@ def convert(
                                     help="kexec-buffer without ima_kexec_hdr (2016 form)."),
 ) -> None:
     """Write the list in another form; the output is re-read and compared before success."""
-    if to not in ("ascii", "binary", "canonical", "kexec-buffer"):
+    if to not in ima_files.FORMS:
         raise UsageError(f"--to {to!r}: choose ascii, binary, canonical or kexec-buffer")
     if endian not in ("", "little", "big"):
         raise UsageError(f"--endian {endian!r}: choose little or big")
     if bank and bank not in ima_log.BANKS:
         raise UsageError(f"--bank {bank!r}: choose one of {', '.join(ima_log.BANKS)}")
-    with input_named(file):
-        entries = ima_log.read_entries(file)
-    src_endian = entries[0].endian if entries else "<"
-    e: ima_log.Endian = "<" if (to == "canonical" or endian == "little") else (
-        ">" if endian == "big" else src_endian)
-    if to == "ascii":
-        data = "".join(ima_ascii.render(entries)).encode("latin-1")
-    elif to == "kexec-buffer":
-        data = ima_kexec.build_buffer(entries, endian=e, header=not headerless)
-    else:
-        size = ima_log.DIGEST_SIZES[bank] if bank else (
-            len(entries[0].template_digest) if entries else 20)
-        data = ima_log.encode_list(entries, e, size)
-    atomic_write(output, data)
-    with input_named(output):
-        back = ima_log.read_entries(output)
-    if [(b.pcr, b.template_name) for b in back] != [(a.pcr, a.template_name) for a in entries]:
-        raise UsageError(f"{output}: re-reading the output gave different entries")
-    warn(f"wrote {output}: {len(back)} entries, {len(data)} bytes ({to})")
+    order: ima_log.Endian | None = "<" if endian == "little" else ">" if endian == "big" else None
+    w = ima_files.convert_file(file, output, to, endian=order,
+                               bank=bank or None, header=not headerless)
+    warn(f"wrote {output}: {w.entries} entries, {w.size} bytes ({to})")
 
 
 @app.command("append")
@@ -203,19 +179,11 @@ def append(
     output: Path = typer.Option(..., "-o", "--output"),
 ) -> None:
     """Append the entries of NEW to FILE (binary list or kexec buffer), in FILE's encoding."""
-    with input_named(new):
-        extra = ima_log.read_entries(new)
-    with input_named(file), ima_log.open_list(file) as (fmt, view):
-        if fmt.kind == "ascii":
-            raise UsageError("append writes binary lists and kexec buffers; convert first")
-        data = ima_kexec.append(bytes(view), extra, fmt)
-    atomic_write(output, data)
-    with input_named(output):
-        n = len(ima_log.read_entries(output))
-    warn(f"wrote {output}: {n} entries, {len(data)} bytes")
+    w = ima_files.append_file(file, new, output)
+    warn(f"wrote {output}: {w.entries} entries, {w.size} bytes")
 
 
-def _render_summary(s: ima_log.ListSummary) -> list[str]:
+def render_summary(s: ima_log.ListSummary) -> list[str]:
     digests = "all verify" if not s.digest_mismatches else (
         f"{s.digest_mismatches} MISMATCH (first at offset {s.first_mismatch or 0:#x})")
     lines = [f"encoding: {s.endian}-endian, {s.bank} template digests ({s.digest_size} bytes)",
@@ -232,17 +200,3 @@ def _render_summary(s: ima_log.ListSummary) -> list[str]:
         for pcr, value in table.items():
             lines.append(f"{bank} PCR-{pcr:02d}: {value}")
     return lines
-
-
-def inspect_kinds() -> list[Kind]:
-    def is_kind(kind: str) -> Any:
-        def test(head: bytes, size: int) -> bool:
-            fmt = ima_log.detect(head, size)
-            return fmt is not None and fmt.kind == kind
-        return test
-
-    return [
-        Kind("ima-kexec-buffer", is_kind("kexec-buffer"), ima_log.summarize, _render_summary),
-        Kind("ima-binary-list", is_kind("binary"), ima_log.summarize, _render_summary),
-        Kind("ima-ascii-list", is_kind("ascii"), ima_log.summarize, _render_summary),
-    ]

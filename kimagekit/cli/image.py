@@ -1,30 +1,14 @@
-"""``kimagekit verify|ls|extract IMAGE`` and the kexec-image view of ``inspect``."""
+"""``kimagekit verify|ls|extract IMAGE`` and the text of the kexec-image kind of ``inspect``."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
 from kimagekit.cli.common import emit_json, input_named, out
-from kimagekit.cli.inspect import Kind
-from kimagekit.errors import KimageError
-from kimagekit.formats import elf
-from kimagekit.formats.kexec import NOTE_OWNER
-from kimagekit.handover import Announcement, ImaContent, announcement, chosen_items, decode_ima
-from kimagekit.handover import embedded_tree as tree_of
-from kimagekit.image import (
-    ImageInfo,
-    VerifyResult,
-    content,
-    extract,
-    open_image,
-    segment_sha256,
-    verify,
-)
-from kimagekit.segments import Role
+from kimagekit.image import ImageInfo, extract, open_image, verify
+from kimagekit.image_info import HandoverSummary, ImageSummary
 
 
 def register(app: typer.Typer) -> None:
@@ -77,78 +61,7 @@ def ls_lines(info: ImageInfo) -> list[str]:
 
 # --- inspect -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SegmentView:
-    index: int
-    role: str
-    mem: int
-    memsz: int
-    bufsz: int
-    checksummed: bool
-    sha256: str  # of the content now (bufsz bytes)
-    unchanged: bool  # content + zeros still hash as recorded when written
-
-
-@dataclass(frozen=True)
-class HandoverView:
-    address: int
-    size: int
-    used: int
-    style: str
-    unchanged: bool
-    announced: Announcement | None  # as the embedded device tree announces it
-    ima: ImaContent  # the buffer read as the next kernel reads it
-
-
-@dataclass(frozen=True)
-class ImageSummary:
-    arch: str
-    entry: int
-    policy: str
-    cmdline: str
-    purgatory: bool
-    segments: tuple[SegmentView, ...]
-    regions: tuple[tuple[int, int], ...]
-    digest: str
-    digest_ok: bool
-    digest_status: str
-    handover: HandoverView | None
-    chosen: dict[str, str] | None  # the embedded device tree's /chosen (None: no DTB segment)
-    dtb_error: str | None  # why the embedded device tree could not be read
-
-
-def is_image(head: bytes, size: int) -> bool:
-    return (len(head) >= 64 and head[:4] == elf.ELFMAG and head[4] == elf.ELFCLASS64
-            and NOTE_OWNER.encode() + b"\0" in head)
-
-
-def describe(path: Path) -> ImageSummary:
-    res: VerifyResult = verify(path)
-    with open_image(path) as (info, view):
-        segs = []
-        for s in info.segments:
-            data = content(view, s)
-            segs.append(SegmentView(s.index, s.role.value, s.mem, s.memsz, s.bufsz,
-                                    s.checksummed, hashlib.sha256(data).hexdigest(),
-                                    segment_sha256(data, s.memsz) == s.sha256))
-        tree, chosen, dtb_error = None, None, None
-        try:
-            tree = tree_of(info, view)
-            chosen = None if tree is None else chosen_items(tree)
-            ann = announcement(info, tree)
-        except KimageError as err:
-            # A damaged tree is reported like damage anywhere else, not raised.
-            dtb_error, ann = str(err), None
-        ho = info.segment(Role.HANDOVER)
-        handover = None if ho is None else HandoverView(
-            ho.mem, ho.memsz, ho.bufsz, info.handover_style.value, segs[ho.index].unchanged,
-            ann, decode_ima(content(view, ho), info.little))
-    return ImageSummary(info.arch, info.entry, info.policy.value, info.cmdline,
-                        info.has_purgatory, tuple(segs), res.regions, res.digest.hex(), res.ok,
-                        res.reason, handover, chosen, dtb_error)
-
-
-def render(s: ImageSummary) -> list[str]:
+def render_summary(s: ImageSummary) -> list[str]:
     lines = [f"arch {s.arch}, entry {s.entry:#x}, digest policy {s.policy}, "
              f"purgatory {'yes' if s.purgatory else 'no (digest kept in the note)'}",
              f"cmdline {s.cmdline!r}", "segments:"]
@@ -170,7 +83,7 @@ def render(s: ImageSummary) -> list[str]:
     return lines
 
 
-def _handover_lines(h: HandoverView) -> list[str]:
+def _handover_lines(h: HandoverSummary) -> list[str]:
     lines = []
     a = h.announced
     if a is not None:
@@ -184,7 +97,3 @@ def _handover_lines(h: HandoverView) -> list[str]:
     lines += [f"  PCR 10 {bank} {value}" for bank, value in m.pcr10.items()]
     lines += [f"  DAMAGE: {d}" for d in m.damage]
     return lines
-
-
-def inspect_kinds() -> list[Kind]:
-    return [Kind("kexec image", is_image, describe, render)]

@@ -1,0 +1,181 @@
+"""``build``: a kexec image composed from files by an arch loader, written atomically, re-read and
+verified. The arch modules compose from bytes; this one reads the inputs, prepares the hand-over
+and the purgatory the same way for every arch, and reports what was written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kimagekit import ima_kexec, ima_log, kernels
+from kimagekit.arch import ppc64, ppc64_dt, x86_64
+from kimagekit.dtb_file import load_tree
+from kimagekit.errors import KimageError, UsageError, about_file, input_named
+from kimagekit.fileio import mapped
+from kimagekit.formats import bzimage as bz
+from kimagekit.formats.ima import Endian
+from kimagekit.image import ARCHES, HandoverStyle, ImageInfo, KexecImage, read_image, write_image
+from kimagekit.purgatory import DigestPolicy, PurgatoryObject, parse_purgatory
+from kimagekit.segments import DEFAULT_RAM, MemRange, Role, Target
+
+Pathish = str | os.PathLike[str]
+PPC_ARCHES = ("ppc64le", "ppc64")
+X86_PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What every arch takes. ``ima`` is a measurement list built into the hand-over (a kexec
+    buffer in the target's byte order); ``handover`` raw hand-over bytes instead (not x86-64);
+    ``handover_size`` the hand-over's memsz (default: as IMA sizes it)."""
+
+    kernel: Pathish
+    output: Pathish
+    initrd: Pathish | None = None
+    cmdline: str = ""
+    purgatory: Pathish | None = None
+    ima: Pathish | None = None
+    handover: Pathish | None = None
+    handover_size: int | None = None
+    policy: DigestPolicy = DigestPolicy.SEED
+
+
+@dataclass(frozen=True)
+class Ppc64BuildResult:
+    output: str
+    arch: str
+    page_size: int
+    policy: str
+    entry: int
+    digest: str
+    handover_entries: int | None  # IMA entries in the hand-over buffer (None: raw or none)
+
+
+@dataclass(frozen=True)
+class X86BuildResult:
+    output: str
+    arch: str
+    policy: str
+    entry: int  # the purgatory's
+    kernel_entry: int
+    boot_params: int
+    digest: str
+    handover_entries: int | None
+
+
+@dataclass(frozen=True)
+class Built:
+    result: Ppc64BuildResult | X86BuildResult
+    image: ImageInfo  # the written image, re-read
+
+
+def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
+                handover_style: HandoverStyle = HandoverStyle.SEED,
+                page_size: int = ppc64_dt.PPC64_PAGE_SIZE) -> Built:
+    """The powerpc ELF loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS)."""
+    if arch not in PPC_ARCHES:
+        raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
+                         field="arch")
+    ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size)
+    with input_named(dtb):
+        tree = load_tree(dtb)
+        target = ppc64_dt.target_from_tree(tree, arch, page_size)
+    purg = _purgatory(inputs.purgatory)
+    rd = _initrd(inputs.initrd)
+
+    def compose(kernel: memoryview) -> KexecImage:
+        return ppc64.build(target, kernel, tree.build(), ppc64_dt.chosen_hook(page_size),
+                           initrd=rd, handover=ho, handover_size=ho_size,
+                           handover_style=handover_style, cmdline=inputs.cmdline,
+                           purgatory=purg, policy=inputs.policy)
+
+    # Only the vmlinux's own faults name it; placement refusals are about the layout.
+    digest, info = _write_verified(inputs, compose, (ppc64.FMT,))
+    return Built(Ppc64BuildResult(str(inputs.output), arch, page_size, inputs.policy.value,
+                                  info.entry, digest, entries), info)
+
+
+def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
+                 ram: tuple[MemRange, ...] = DEFAULT_RAM) -> Built:
+    """The bzImage64 loader; the purgatory is ``inputs.purgatory`` or the one ``purgatory_from``
+    (a kernel) embeds; the IMA hand-over is announced by SETUP_IMA setup_data."""
+    if inputs.handover is not None:
+        raise UsageError("x86-64 hands over an IMA list only", fmt=x86_64.FMT, field="handover")
+    target = Target("x86_64", X86_PAGE_SIZE, ram)
+    if (inputs.purgatory is None) == (purgatory_from is None):
+        raise UsageError("x86-64 needs exactly one purgatory source", fmt=x86_64.FMT,
+                         field="purgatory")
+    if purgatory_from is not None:
+        with input_named(purgatory_from), mapped(purgatory_from) as view:
+            purg = parse_purgatory(kernels.find_purgatory(view).data)
+    else:
+        given = _purgatory(inputs.purgatory)
+        assert given is not None
+        purg = given
+    if inputs.handover_size is not None and inputs.ima is None:
+        raise UsageError("--handover-size needs --ima")
+    ho, entries, ho_size = _handover(inputs, "<", target.page_size)
+    rd = _initrd(inputs.initrd)
+
+    def compose(kernel: memoryview) -> KexecImage:
+        return x86_64.build(target, kernel, purg, initrd=rd, cmdline=inputs.cmdline,
+                            handover=ho, handover_size=ho_size, policy=inputs.policy)
+
+    digest, info = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"))
+    k, bp = info.segment(Role.KERNEL), info.segment(Role.BOOT_PARAMS)
+    assert k is not None and bp is not None
+    return Built(X86BuildResult(str(inputs.output), "x86_64", inputs.policy.value, info.entry,
+                                k.mem + bz.KERNEL_ENTRY64_OFFSET, bp.mem, digest, entries),
+                 info)
+
+
+def _endian(little: bool) -> Endian:
+    return "<" if little else ">"
+
+
+def _handover(inputs: BuildInputs, endian: Endian,
+              page_size: int) -> tuple[bytes | None, int | None, int | None]:
+    """The hand-over's bytes, the IMA entries in it (None for raw bytes), and its memsz."""
+    if inputs.ima is not None:
+        with input_named(inputs.ima):
+            listed = ima_log.read_entries(inputs.ima)
+        data, entries = ima_kexec.build_buffer(listed, endian=endian), len(listed)
+    elif inputs.handover is not None:
+        data, entries = Path(inputs.handover).read_bytes(), None
+    else:
+        return None, None, inputs.handover_size
+    size = inputs.handover_size
+    if size is not None and size < len(data):
+        raise UsageError(f"--handover-size {size} is smaller than the hand-over buffer "
+                         f"({len(data)} bytes)")
+    return data, entries, size or ima_kexec.segment_size(len(data), page_size=page_size)
+
+
+def _purgatory(path: Pathish | None) -> PurgatoryObject | None:
+    if path is None:
+        return None
+    with input_named(path):
+        return parse_purgatory(Path(path).read_bytes())
+
+
+def _initrd(path: Pathish | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def _write_verified(inputs: BuildInputs, compose: Callable[[memoryview], KexecImage],
+                    kernel_fmts: tuple[str, ...]) -> tuple[str, ImageInfo]:
+    """Compose from the mapped kernel, write atomically (verified), and re-read what was written:
+    the digest as stored, and the image."""
+    with mapped(inputs.kernel) as view:
+        try:
+            img = compose(view)
+        except KimageError as err:
+            if err.fmt in kernel_fmts:
+                raise about_file(err, inputs.kernel) from err.__cause__
+            raise
+        res = write_image(inputs.output, img)
+        del img  # its segments are views into the kernel's map
+    with mapped(inputs.output) as written:
+        return res.digest.hex(), read_image(written)

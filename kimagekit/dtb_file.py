@@ -1,0 +1,106 @@
+"""Device-tree files: a DTB or DTS read into a tree, what ``inspect`` reports about one, and the
+hand-over announcement written back to a new file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kimagekit import dts, ppc_fdt
+from kimagekit.devicetree import DeviceTree, Header, Reservation, encode
+from kimagekit.errors import UnrecognisedFormat, UsageError, input_named
+from kimagekit.fileio import atomic_write, mapped, read_head
+from kimagekit.formats.fdt import FDT_MAGIC
+
+Pathish = str | os.PathLike[str]
+_MAGIC = FDT_MAGIC.to_bytes(4, "big")
+
+
+def is_dtb(head: bytes) -> bool:
+    return head[:4] == _MAGIC
+
+
+def is_tree(head: bytes) -> bool:
+    """A DTB, or DTS source."""
+    return is_dtb(head) or dts.looks_like_dts(head)
+
+
+def load_tree(path: Pathish) -> DeviceTree:
+    """A DTB, or DTS text compiled in memory; anything else is refused."""
+    head = read_head(path, 4096)
+    if is_dtb(head):
+        with mapped(path) as view:
+            return DeviceTree.parse(view)
+    if dts.looks_like_dts(head):
+        return dts.from_dts(Path(path).read_text(encoding="latin-1"))
+    raise UnrecognisedFormat("not a device tree (no DTB magic, no /dts-v1/ tag)", fmt="dtb")
+
+
+def read_property(path: Pathish, node: str, prop: str) -> bytes:
+    """One property's raw value; a missing node or property is refused."""
+    tree = load_tree(path)
+    tree.need(node)
+    raw = tree.get(node, prop)
+    if raw is None:
+        raise UsageError(f"no property {prop} in {node}", fmt="dtb")
+    return raw
+
+
+def set_property(path: Pathish, output: Pathish, node: str, prop: str, kind: str,
+                 values: list[str], *, pack: bool = False) -> int:
+    """Set one property (the node must exist) to ``values`` encoded as ``kind`` (see
+    :func:`kimagekit.devicetree.encode`) and write the new DTB atomically; everything else keeps
+    its bytes. Returns the new DTB's size."""
+    with input_named(path):
+        tree = load_tree(path)
+        tree.set(node, prop, encode(kind, values))
+        data = tree.build(pack=pack)
+    atomic_write(output, data)
+    return len(data)
+
+
+@dataclass(frozen=True)
+class DtbSummary:
+    source: str
+    header: Header
+    reservations: tuple[Reservation, ...]
+    chosen: dict[str, str]
+    handovers: tuple[ppc_fdt.Handover, ...]
+    ram: tuple[ppc_fdt.Range, ...]
+    node_count: int
+
+
+def describe(path: Pathish) -> DtbSummary:
+    tree = load_tree(path)
+    return DtbSummary("dtb" if is_dtb(read_head(path, 4)) else "dts", tree.header(),
+                      tuple(tree.reservations), ppc_fdt.chosen_items(tree),
+                      ppc_fdt.handovers(tree), ppc_fdt.ram_ranges(tree), tree.node_count())
+
+
+@dataclass(frozen=True)
+class DtbPatchResult:
+    output: str
+    action: str  # "set" or "removed"
+    handovers: tuple[ppc_fdt.Handover, ...]
+    size: int
+
+
+def patch_handover(file: Pathish, output: Pathish, *, start: int | None = None,
+                   size: int | None = None, style: str = "seed", remove: bool = False,
+                   pack: bool = False) -> DtbPatchResult:
+    """Set the hand-over buffer (``start``, ``size``) in a DTB/DTS, or remove every one, and write
+    the result atomically."""
+    with input_named(file):
+        tree = load_tree(file)
+        if remove:
+            done = ppc_fdt.remove_handover(tree)
+            if not done:
+                raise UsageError("no hand-over buffer to remove", fmt="dtb")
+        else:
+            if start is None or size is None:
+                raise UsageError("--start and --size are needed (or --remove)")
+            done = (ppc_fdt.set_handover(tree, start, size, style),)
+        data = tree.build(pack=pack)
+    atomic_write(output, data)
+    return DtbPatchResult(str(output), "removed" if remove else "set", done, len(data))

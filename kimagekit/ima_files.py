@@ -1,0 +1,90 @@
+"""IMA list files as the ``ima check|convert|append`` commands use them: checked, rewritten in
+another form, or extended; every output written atomically and re-read before success."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from kimagekit import ima_ascii, ima_kexec, ima_log
+from kimagekit.errors import RuleError, UsageError, input_named
+from kimagekit.fileio import atomic_write
+from kimagekit.ima_log import ListFormat, ListReport
+
+Pathish = str | os.PathLike[str]
+Form = Literal["ascii", "binary", "canonical", "kexec-buffer"]
+FORMS: tuple[Form, ...] = ("ascii", "binary", "canonical", "kexec-buffer")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    fmt: ListFormat
+    report: ListReport
+    restore_error: str | None  # why the next kernel would refuse a kexec buffer
+
+    @property
+    def ok(self) -> bool:
+        return not self.report.mismatches and self.restore_error is None
+
+
+def check_file(path: Pathish) -> CheckResult:
+    """Every template digest recomputed; for a kexec buffer also the next kernel's restore rules
+    (a refusal is reported, not raised)."""
+    with input_named(path), ima_log.open_list(path) as (fmt, view):
+        report = ima_log.analyse(view, fmt)
+        restore_error = None
+        if fmt.kind == "kexec-buffer":
+            try:
+                ima_kexec.restore(view, fmt.endian)
+            except RuleError as err:
+                restore_error = str(err)
+    return CheckResult(fmt, report, restore_error)
+
+
+@dataclass(frozen=True)
+class Written:
+    output: str
+    entries: int  # as re-read from the output
+    size: int
+
+
+def convert_file(path: Pathish, output: Pathish, to: Form, *,
+                 endian: ima_log.Endian | None = None, bank: str | None = None,
+                 header: bool = True) -> Written:
+    """The list in another form. ``endian`` defaults to the source's (canonical: always little);
+    ``bank`` (binary forms) to the source's digest size; ``header=False`` writes the 2016
+    header-less kexec buffer. The output must re-read as the same entries."""
+    with input_named(path):
+        entries = ima_log.read_entries(path)
+    e: ima_log.Endian = "<" if to == "canonical" else (
+        endian or (entries[0].endian if entries else "<"))
+    if to == "ascii":
+        data = "".join(ima_ascii.render(entries)).encode("latin-1")
+    elif to == "kexec-buffer":
+        data = ima_kexec.build_buffer(entries, endian=e, header=header)
+    else:
+        size = ima_log.DIGEST_SIZES[bank] if bank else (
+            len(entries[0].template_digest) if entries else 20)
+        data = ima_log.encode_list(entries, e, size)
+    atomic_write(output, data)
+    with input_named(output):
+        back = ima_log.read_entries(output)
+    if [(b.pcr, b.template_name) for b in back] != [(a.pcr, a.template_name) for a in entries]:
+        raise UsageError(f"{output}: re-reading the output gave different entries")
+    return Written(str(output), len(back), len(data))
+
+
+def append_file(path: Pathish, new: Pathish, output: Pathish) -> Written:
+    """The entries of ``new`` appended to ``path`` (binary list or kexec buffer), in its
+    encoding."""
+    with input_named(new):
+        extra = ima_log.read_entries(new)
+    with input_named(path), ima_log.open_list(path) as (fmt, view):
+        if fmt.kind == "ascii":
+            raise UsageError("append writes binary lists and kexec buffers; convert first")
+        data = ima_kexec.append(bytes(view), extra, fmt)
+    atomic_write(output, data)
+    with input_named(output):
+        n = len(ima_log.read_entries(output))
+    return Written(str(output), n, len(data))

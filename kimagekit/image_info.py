@@ -1,0 +1,90 @@
+"""What ``inspect`` reports about a kexec image: every segment hashed as it is now, the digest
+checked, the hand-over read as the next kernel reads it, and the embedded ``/chosen``. Damage is
+reported in the summary, never raised."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from kimagekit.errors import KimageError
+from kimagekit.formats import elf
+from kimagekit.formats.kexec import NOTE_OWNER
+from kimagekit.handover import Announcement, ImaContent, announcement, decode_ima
+from kimagekit.handover import embedded_tree as tree_of
+from kimagekit.image import content, open_image, segment_sha256, verify
+from kimagekit.ppc_fdt import chosen_items
+from kimagekit.segments import Role
+
+
+@dataclass(frozen=True)
+class SegmentSummary:
+    index: int
+    role: str
+    mem: int
+    memsz: int
+    bufsz: int
+    checksummed: bool
+    sha256: str  # of the content now (bufsz bytes)
+    unchanged: bool  # content + zeros still hash as recorded when written
+
+
+@dataclass(frozen=True)
+class HandoverSummary:
+    address: int
+    size: int
+    used: int
+    style: str
+    unchanged: bool
+    announced: Announcement | None  # as the embedded device tree announces it
+    ima: ImaContent  # the buffer read as the next kernel reads it
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    arch: str
+    entry: int
+    policy: str
+    cmdline: str
+    purgatory: bool
+    segments: tuple[SegmentSummary, ...]
+    regions: tuple[tuple[int, int], ...]
+    digest: str
+    digest_ok: bool
+    digest_status: str
+    handover: HandoverSummary | None
+    chosen: dict[str, str] | None  # the embedded device tree's /chosen (None: no DTB segment)
+    dtb_error: str | None  # why the embedded device tree could not be read
+
+
+def is_image(head: bytes) -> bool:
+    """An ELF64 file carrying the kimagekit note (somewhere in ``head``)."""
+    return (len(head) >= 64 and head[:4] == elf.ELFMAG and head[4] == elf.ELFCLASS64
+            and NOTE_OWNER.encode() + b"\0" in head)
+
+
+def describe(path: str | os.PathLike[str]) -> ImageSummary:
+    res = verify(path)
+    with open_image(path) as (info, view):
+        segs = []
+        for s in info.segments:
+            data = content(view, s)
+            segs.append(SegmentSummary(s.index, s.role.value, s.mem, s.memsz, s.bufsz,
+                                       s.checksummed, hashlib.sha256(data).hexdigest(),
+                                       segment_sha256(data, s.memsz) == s.sha256))
+        tree, chosen, dtb_error = None, None, None
+        try:
+            tree = tree_of(info, view)
+            chosen = None if tree is None else chosen_items(tree)
+            ann = announcement(info, tree)
+        except KimageError as err:
+            # A damaged tree is reported like damage anywhere else, not raised.
+            dtb_error, ann = str(err), None
+        ho = info.segment(Role.HANDOVER)
+        handover = None if ho is None else HandoverSummary(
+            ho.mem, ho.memsz, ho.bufsz, info.handover_style.value, segs[ho.index].unchanged,
+            ann, decode_ima(content(view, ho), info.little))
+    return ImageSummary(info.arch, info.entry, info.policy.value, info.cmdline,
+                        info.has_purgatory, tuple(segs), res.regions, res.digest.hex(), res.ok,
+                        res.reason, handover, chosen, dtb_error)
