@@ -38,16 +38,17 @@ class SetupHeader:
     fields: tuple[HeaderField, ...]
 
     def __getitem__(self, name: str) -> int:
+        """A field the caller needs; its absence is the file's fault, so a ParseError."""
         for f in self.fields:
             if f.name == name and isinstance(f.value, int):
                 return f.value
-        raise KeyError(name)
+        off = next((o for n, o, _, _ in bz.SETUP_HEADER_FIELDS if n == name), None)
+        raise _err(f"the setup header (protocol {self.protocol}, ending at {self.end:#x} as its "
+                   f"jump says) has no {name}", f"setup_header.{name}", off)
 
     def get(self, name: str, default: int = 0) -> int:
-        try:
-            return self[name]
-        except KeyError:
-            return default
+        return next((f.value for f in self.fields if f.name == name
+                     and isinstance(f.value, int)), default)
 
     @property
     def protocol(self) -> str:

@@ -240,3 +240,17 @@ def test_zboot_non_ascii_comp_type_is_a_parse_error() -> None:
     assert str(err.value) == (
         "zboot: comp_type at offset 0x18: cannot use encoding 'ascii' to decode "
         "b'gzip" + "\\x00" * 27 + "\\xff'")
+
+
+def test_setup_header_cut_short_by_its_jump_names_the_missing_field() -> None:
+    # found by fuzz/fuzz.py (kernel target): a 2.15 header whose jump ends it at 0x202
+    from kimagekit import kernels
+    from kimagekit.errors import ParseError
+
+    data = bytearray(kgen.make_bzimage())
+    data[0x201] = 0
+    with pytest.raises(ParseError) as err:
+        kernels.read_bzimage(bytes(data), decompress=True)
+    assert str(err.value) == (
+        "bzImage: setup_header.payload_offset at offset 0x248: the setup header (protocol 2.15, "
+        "ending at 0x202 as its jump says) has no payload_offset")
