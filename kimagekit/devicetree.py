@@ -120,6 +120,9 @@ class DeviceTree:
     pad: bytes = b""  # strings end -> totalsize, as parsed
     trailer: bytes = b""  # file bytes after totalsize
     data_end: int = -1  # where the strings block ended when parsed
+    # libfdt's fdt_delprop never shrinks the strings block; a loader edit sets this to match it
+    # (by default a delete undoes the name its set appended, so set-then-delete is a no-op).
+    keep_deleted_names: bool = False
     _name_cache: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -187,7 +190,8 @@ class DeviceTree:
         for i, item in enumerate(node.items):
             if isinstance(item, Prop) and item.name == name:
                 del node.items[i]
-                self._drop_last_string(item)
+                if not self.keep_deleted_names:
+                    self._drop_last_string(item)
                 return True
         return False
 

@@ -26,6 +26,7 @@ INITRD_START = "linux,initrd-start"
 INITRD_END = "linux,initrd-end"
 ELFCOREHDR = "linux,elfcorehdr"
 USABLE_MEMORY = "linux,usable-memory-range"
+BOOTED_FROM_KEXEC = "linux,booted-from-kexec"  # empty; every kexec_file load sets it
 STYLES = ("seed", "ima")
 _U64 = struct.Struct(">Q")
 
@@ -157,9 +158,10 @@ def _covered(buf: Range, ram: tuple[Range, ...]) -> bool:
     return False
 
 
-def _ensure_chosen(tree: DeviceTree) -> None:
+def ensure_chosen(tree: DeviceTree) -> None:
     if tree.find(CHOSEN) is None:
         tree.add_node("/", "chosen")
+
 
 
 def chosen_items(tree: DeviceTree) -> dict[str, str]:
@@ -239,7 +241,7 @@ def set_handover(tree: DeviceTree, start: int, size: int, style: str = "seed",
     """Announce the buffer in ``style``: stale property and its reservation go first."""
     if style not in STYLES:
         raise UsageError(f"unknown hand-over style {style!r} (seed or ima)")
-    _ensure_chosen(tree)
+    ensure_chosen(tree)
     remove_handover(tree, style)
     if check:
         check_buffer(tree, start, size, "hand-over buffer")
@@ -293,7 +295,7 @@ def remove_initrd(tree: DeviceTree, page_size: int = 4096) -> Range | None:
 
 
 def set_initrd(tree: DeviceTree, start: int, size: int, page_size: int = 4096) -> Range:
-    _ensure_chosen(tree)
+    ensure_chosen(tree)
     remove_initrd(tree, page_size)
     tree.set(CHOSEN, INITRD_START, _U64.pack(start))
     tree.set(CHOSEN, INITRD_END, _U64.pack(start + size))
@@ -307,7 +309,7 @@ def get_bootargs(tree: DeviceTree) -> str | None:
 
 
 def set_bootargs(tree: DeviceTree, cmdline: str) -> None:
-    _ensure_chosen(tree)
+    ensure_chosen(tree)
     tree.set(CHOSEN, "bootargs", cmdline.encode("latin-1") + b"\0")
 
 
@@ -321,7 +323,7 @@ def get_elfcorehdr(tree: DeviceTree) -> Range | None:
 
 
 def set_elfcorehdr(tree: DeviceTree, start: int, size: int) -> Range:
-    _ensure_chosen(tree)
+    ensure_chosen(tree)
     remove_elfcorehdr(tree)
     tree.set(CHOSEN, ELFCOREHDR, _encode_ranges(tree, [(start, size)], ELFCOREHDR))
     tree.add_reservation(start, size)
@@ -346,7 +348,7 @@ def get_usable_memory(tree: DeviceTree) -> tuple[Range, ...]:
 
 def set_usable_memory(tree: DeviceTree, ranges: list[tuple[int, int]]) -> None:
     """Crash kernels: the crash region, then the low one if any. No reservation goes with it."""
-    _ensure_chosen(tree)
+    ensure_chosen(tree)
     tree.delete(CHOSEN, USABLE_MEMORY)
     tree.set(CHOSEN, USABLE_MEMORY, _encode_ranges(tree, ranges, USABLE_MEMORY))
 
@@ -360,7 +362,7 @@ def get_kaslr_seed(tree: DeviceTree) -> int | None:
 
 
 def set_kaslr_seed(tree: DeviceTree, seed: int) -> None:
-    _ensure_chosen(tree)
+    ensure_chosen(tree)
     tree.delete(CHOSEN, "kaslr-seed")  # the kernel deletes, then adds (so it moves first)
     tree.set(CHOSEN, "kaslr-seed", _U64.pack(seed))
 
@@ -374,7 +376,7 @@ def get_rng_seed(tree: DeviceTree) -> bytes | None:
 
 
 def set_rng_seed(tree: DeviceTree, seed: bytes) -> None:
-    _ensure_chosen(tree)
+    ensure_chosen(tree)
     tree.set(CHOSEN, "rng-seed", seed)
 
 

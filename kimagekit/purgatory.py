@@ -188,9 +188,32 @@ def layout(obj: PurgatoryObject) -> Layout:
     return Layout(bufsz, bufsz + bss_sz, max(buf_align, bss_align))
 
 
-def load(obj: PurgatoryObject, mem: int) -> LoadedPurgatory:
+class EntryRule(StrEnum):
+    """How the loader finds the purgatory's entry (``image->start``).
+
+    e-entry: ``e_entry`` inside the first executable section that holds it, rebased to where that
+    section lands (6.1.0 to 6.1.164; upstream until the 2026 "derive purgatory entry from symbol"
+    change). purgatory-start: the global symbol ``purgatory_start``, when an executable section
+    holds it, else the e-entry rule (that change; 6.1.165+ stable, so Debian's 6.1.176). The two
+    agree on the kernel's own purgatories.
+    """
+
+    E_ENTRY = "e-entry"
+    PURGATORY_START = "purgatory-start"
+
+
+def _entry_symbol(obj: PurgatoryObject) -> Symbol | None:
+    try:
+        return find_symbol(obj, "purgatory_start")
+    except RuleError:
+        return None
+
+
+def load(obj: PurgatoryObject, mem: int,
+         entry_rule: EntryRule = EntryRule.E_ENTRY) -> LoadedPurgatory:
     """``kexec_purgatory_setup_sechdrs`` then the relocations, for a buffer placed at ``mem``."""
     lay = layout(obj)
+    sym = _entry_symbol(obj) if entry_rule == EntryRule.PURGATORY_START else None
     # Section sizes are bounded by the file, but alignment padding is not: bound the buffer
     # before allocating it (real purgatories are tens of KiB).
     if lay.bufsz > len(obj.data) + MAX_ALIGN_PADDING:
@@ -211,6 +234,10 @@ def load(obj: PurgatoryObject, mem: int) -> LoadedPurgatory:
             bss_addr += s.sh_size
             continue
         offset = _align(offset, s.sh_addralign)
+        if (sym is not None and not moved and s.index == sym.st_shndx
+                and s.sh_flags & elf.SHF_EXECINSTR and sym.st_value < s.sh_size):
+            entry = mem + offset + sym.st_value
+            moved = True
         # The first executable section holding e_entry (with its original address) rebases it.
         if (s.sh_flags & elf.SHF_EXECINSTR and not moved
                 and s.sh_addr <= obj.e_entry < s.sh_addr + s.sh_size):
@@ -226,14 +253,15 @@ def load(obj: PurgatoryObject, mem: int) -> LoadedPurgatory:
 
 
 def add_purgatory(sl: SegmentList, obj: PurgatoryObject, *, buf_min: int = 0,
-                  buf_max: int = U64_MAX, top_down: bool = True) -> tuple[SegmentList,
-                                                                          LoadedPurgatory]:
+                  buf_max: int = U64_MAX, top_down: bool = True,
+                  entry_rule: EntryRule = EntryRule.E_ENTRY) -> tuple[SegmentList,
+                                                                      LoadedPurgatory]:
     """``kexec_load_purgatory``: place the buffer, then lay out and relocate it at that address."""
     lay = layout(obj)
     kb = KexecBuf(bytes(lay.bufsz), lay.memsz, Role.PURGATORY, buf_align=lay.buf_align,
                   buf_min=buf_min, buf_max=buf_max, top_down=top_down, checksummed=False)
     sl, seg = add_buffer(sl, kb)
-    lp = load(obj, seg.mem)
+    lp = load(obj, seg.mem, entry_rule)
     return replace_purgatory(sl, lp), lp
 
 

@@ -47,6 +47,18 @@ class MemRange:
 DEFAULT_RAM = (MemRange(0x100000, (4 << 30) - 0x100000),)
 
 
+class HoleSearch(StrEnum):
+    """Which kernel's generic hole search (``kexec_locate_mem_hole``, used by x86-64) to follow.
+
+    upstream-6.8: a top-down search walks RAM from the highest range and starts at the range's
+    last full page. pre-6.8 (6.1 and the other older kernels): it walks RAM upwards, takes the
+    first range with room, and starts one byte too low, so it lands a page under the top.
+    """
+
+    UPSTREAM_6_8 = "upstream-6.8"
+    PRE_6_8 = "pre-6.8"
+
+
 @dataclass(frozen=True)
 class Target:
     """Where the segments go and which kernel's placement rules apply.
@@ -83,6 +95,11 @@ class Target:
                 pieces = nxt
             out.extend(MemRange(s, e - s) for s, e in pieces if e > s)
         return tuple(out)
+
+    def with_hole_search(self, rules: HoleSearch) -> Target:
+        """This target with the generic hole search of ``rules``."""
+        old = rules == HoleSearch.PRE_6_8
+        return replace(self, reverse_top_down_walk=not old, legacy_top_down_bound=old)
 
 
 @dataclass(frozen=True)

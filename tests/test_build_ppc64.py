@@ -55,7 +55,7 @@ def test_readelf_lists_the_segments(ppc_seed_image: Path, ppc64le_vmlinux: Path,
         ["0x010000", "0x00000000fffe0000", "0x00000000fffe0000", "0x00c0c8", "0x020000"],
         ["0x030000", "0x0000000002ca0000", "0x0000000002ca0000", "0x2714ea4", "0x2880000"],
         ["0x2750000", "0x0000000000000000", "0x0000000000000000", "0x030d40", "0x040000"],
-        ["0x2790000", "0x00000000fffd0000", "0x00000000fffd0000", "0x0040c6", "0x010000"],
+        ["0x2790000", "0x00000000fffd0000", "0x00000000fffd0000", "0x0040ea", "0x010000"],
     ]
     got = load_lines(ppc_seed_image)
     assert [ln[1:6] for ln in got] == want

@@ -18,7 +18,7 @@ from kimagekit.formats import bzimage as bz
 from kimagekit.formats.ima import Endian
 from kimagekit.image import ARCHES, HandoverStyle, ImageInfo, KexecImage, read_image, write_image
 from kimagekit.purgatory import DigestPolicy, PurgatoryObject, parse_purgatory
-from kimagekit.segments import DEFAULT_RAM, MemRange, Role, Target
+from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
 
 Pathish = str | os.PathLike[str]
 PPC_ARCHES = ("ppc64le", "ppc64")
@@ -98,12 +98,16 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
 
 
 def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
-                 ram: tuple[MemRange, ...] = DEFAULT_RAM) -> Built:
+                 ram: tuple[MemRange, ...] = DEFAULT_RAM,
+                 hole_search: HoleSearch = HoleSearch.UPSTREAM_6_8,
+                 ima_kexec: bool = True) -> Built:
     """The bzImage64 loader; the purgatory is ``inputs.purgatory`` or the one ``purgatory_from``
-    (a kernel) embeds; the IMA hand-over is announced by SETUP_IMA setup_data."""
+    (a kernel) embeds; the IMA hand-over is announced by SETUP_IMA setup_data. ``hole_search``
+    and ``ima_kexec`` (CONFIG_IMA_KEXEC) describe the loading kernel."""
     if inputs.handover is not None:
         raise UsageError("x86-64 hands over an IMA list only", fmt=x86_64.FMT, field="handover")
-    target = Target("x86_64", X86_PAGE_SIZE, ram)
+    # The destination limit (MAXMEM - 1, set by the paging mode at run time) is not modelled.
+    target = Target("x86_64", X86_PAGE_SIZE, ram).with_hole_search(hole_search)
     if (inputs.purgatory is None) == (purgatory_from is None):
         raise UsageError("x86-64 needs exactly one purgatory source", fmt=x86_64.FMT,
                          field="purgatory")
@@ -121,7 +125,8 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
 
     def compose(kernel: memoryview) -> KexecImage:
         return x86_64.build(target, kernel, purg, initrd=rd, cmdline=inputs.cmdline,
-                            handover=ho, handover_size=ho_size, policy=inputs.policy)
+                            handover=ho, handover_size=ho_size, policy=inputs.policy,
+                            ima_kexec=ima_kexec)
 
     digest, info = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"))
     k, bp = info.segment(Role.KERNEL), info.segment(Role.BOOT_PARAMS)

@@ -83,22 +83,27 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
     sl = SegmentList(target)
     sl, ho = add_ima_buffer(sl, handover, handover_size, policy)
     kernel_addr = U64_MAX
+    # The loader reuses one kexec_buf: after the PT_LOADs its buf_min is still the last one's
+    # p_paddr, and the initrd and device tree are searched from there.
+    buf_min = 0
     for ph in kernel_loads(kernel, target.arch):
         size = min(ph.p_filesz, ph.p_memsz)
         body = memoryview(kernel)[ph.p_offset:ph.p_offset + size]
+        buf_min = ph.p_paddr
         sl, seg = add_buffer(sl, KexecBuf(body, ph.p_memsz, Role.KERNEL, buf_align=ph.p_align,
-                                          buf_min=ph.p_paddr, buf_max=rma))
+                                          buf_min=buf_min, buf_max=rma))
         kernel_addr = min(kernel_addr, seg.mem)
     loaded = None
     if purgatory is not None:
         sl, loaded = add_purgatory(sl, purgatory, buf_min=0, buf_max=rma, top_down=True)
     rd = None
     if initrd is not None:
-        sl, seg = add_buffer(sl, KexecBuf(initrd, len(initrd), Role.INITRD, buf_max=rma))
+        sl, seg = add_buffer(sl, KexecBuf(initrd, len(initrd), Role.INITRD, buf_min=buf_min,
+                                          buf_max=rma))
         rd = (seg.mem, len(initrd))
     new_dtb = dt_hook(DtRequest(dtb, rd, ho, handover_style, cmdline))
-    sl, _ = add_buffer(sl, KexecBuf(new_dtb, len(new_dtb), Role.DTB, buf_max=rma,
-                                    top_down=True))
+    sl, _ = add_buffer(sl, KexecBuf(new_dtb, len(new_dtb), Role.DTB, buf_min=buf_min,
+                                    buf_max=rma, top_down=True))
     # Without a purgatory the next kernel is entered at its load address.
     return seal(sl, policy, purgatory=loaded, entry=kernel_addr, cmdline=cmdline.encode(),
                 handover_style=handover_style)

@@ -1,10 +1,12 @@
-"""The x86-64 kexec_file bzImage loader (``arch/x86/kernel/kexec-bzimage64.c``), offline.
+"""The x86-64 kexec_file bzImage loader (``arch/x86/kernel/kexec-bzimage64.c`` as of 6.1), offline.
 
 Segment order as the kernel adds them: the IMA hand-over first (``ima_add_kexec_buffer`` runs
 before the image loader), then the purgatory, the boot parameters (boot_params + command line +
 room for the setup_data entries), the protected-mode kernel, the initrd. Every buffer is placed
 top-down. What the running kernel would copy from its own state (screen_info, EDD, EFI memory
 map, ACPI RSDP) is absent offline: those fields stay zero, as when the running kernel has none.
+The boot-parameters layout is 6.1's: no SETUP_DTB or SETUP_KEXEC_KHO room (newer kernels).
+Where the hole search differs between kernels, the target says which (``HoleSearch``).
 """
 
 from __future__ import annotations

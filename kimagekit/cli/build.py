@@ -22,7 +22,7 @@ from kimagekit.cli.image import ls_lines
 from kimagekit.errors import UsageError
 from kimagekit.image import HandoverStyle
 from kimagekit.purgatory import DigestPolicy
-from kimagekit.segments import DEFAULT_RAM, parse_mem_ranges
+from kimagekit.segments import DEFAULT_RAM, HoleSearch, parse_mem_ranges
 
 
 def _number(text: str | None, what: str) -> int | None:
@@ -62,6 +62,12 @@ def register(app: typer.Typer) -> None:
                                             help="Which segments the digest leaves out."),
         page_size: str | None = typer.Option(
             None, "--page-size", help=f"Target page size (default {ppc64_dt.PPC64_PAGE_SIZE})."),
+        hole_search: HoleSearch = typer.Option(
+            HoleSearch.UPSTREAM_6_8, "--hole-search",
+            help="x86_64: the loading kernel's hole search (pre-6.8 for 6.1)."),
+        ima_kexec: bool = typer.Option(
+            True, "--ima-kexec/--no-ima-kexec",
+            help="x86_64: the loading kernel has CONFIG_IMA_KEXEC (room for SETUP_IMA)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     ) -> None:
         """Place kernel, initrd, hand-over, device tree (and purgatory) as kexec_file_load does;
@@ -77,13 +83,17 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("x86_64 needs exactly one of --purgatory P and "
                                  "--purgatory-from KERNEL")
             built = build_x86_64(replace(inputs, handover_size=size),
-                                 purgatory_from=purgatory_from, ram=ram)
+                                 purgatory_from=purgatory_from, ram=ram,
+                                 hole_search=hole_search, ima_kexec=ima_kexec)
         else:
             if arch not in PPC_ARCHES:
                 raise UsageError(f"--arch {arch}: this build supports "
                                  f"{', '.join((*PPC_ARCHES, 'x86_64'))}")
             if dtb is None or purgatory_from is not None or mem is not None:
                 raise UsageError("ppc64 needs --dtb and takes no --purgatory-from or --mem")
+            if hole_search != HoleSearch.UPSTREAM_6_8 or not ima_kexec:
+                # powerpc has its own exclude-list search, the same in 6.1 and upstream.
+                raise UsageError("--hole-search and --no-ima-kexec are x86_64 options")
             if ima is not None and handover is not None:
                 raise UsageError("--ima and --handover exclude each other")
             if handover_style not in (HandoverStyle.SEED, HandoverStyle.IMA):
