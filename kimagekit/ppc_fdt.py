@@ -163,7 +163,6 @@ def ensure_chosen(tree: DeviceTree) -> None:
         tree.add_node("/", "chosen")
 
 
-
 def chosen_items(tree: DeviceTree) -> dict[str, str]:
     """Every ``/chosen`` property, name -> value as dtc writes it (empty without the node)."""
     node = tree.find(CHOSEN)
