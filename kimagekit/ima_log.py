@@ -297,11 +297,11 @@ def scan(buf: bytes | memoryview, fmt: ListFormat, *, fmt_name: str = FMT) -> It
                 raise ParseError(f"truncated ima template data: 24 bytes needed, {end - p} left",
                                  fmt=fmt_name, field=f"entry[{index}].template_data", offset=p)
             (n_len,) = unpack_u32(buf, p + 20)
-            if n_len > min(end - p - 24, schema.IMA_EVENT_NAME_LEN_MAX):
-                raise ParseError(f"name length {n_len} exceeds "
-                                 f"{min(end - p - 24, schema.IMA_EVENT_NAME_LEN_MAX)}",
-                                 fmt=fmt_name, field=f"entry[{index}].template_data.n_len",
-                                 offset=p + 20)
+            if n_len > schema.IMA_EVENT_NAME_LEN_MAX or n_len > end - p - 24:
+                why = (f"the {end - p - 24} bytes left" if n_len <= schema.IMA_EVENT_NAME_LEN_MAX
+                       else f"IMA_EVENT_NAME_LEN_MAX ({schema.IMA_EVENT_NAME_LEN_MAX})")
+                raise ParseError(f"name length {n_len} exceeds {why}", fmt=fmt_name,
+                                 field=f"entry[{index}].template_data.n_len", offset=p + 20)
             data_start, p = p, p + 24 + n_len
         else:
             if end - p < 4:

@@ -4,7 +4,6 @@ reported in the summary, never raised."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -26,7 +25,9 @@ class SegmentSummary:
     memsz: int
     bufsz: int
     checksummed: bool
-    sha256: str  # of the content now (bufsz bytes)
+    # of the segment as it lies in memory now (content, then zeros to memsz): the same hash the
+    # note records at write time and `ls` shows, so the two compare directly
+    sha256: str
     unchanged: bool  # content + zeros still hash as recorded when written
 
 
@@ -70,9 +71,9 @@ def describe(path: str | os.PathLike[str]) -> ImageSummary:
         segs = []
         for s in info.segments:
             data = content(view, s)
+            now = segment_sha256(data, s.memsz)
             segs.append(SegmentSummary(s.index, s.role.value, s.mem, s.memsz, s.bufsz,
-                                       s.checksummed, hashlib.sha256(data).hexdigest(),
-                                       segment_sha256(data, s.memsz) == s.sha256))
+                                       s.checksummed, now.hex(), now == s.sha256))
         tree, chosen, dtb_error = None, None, None
         try:
             tree = tree_of(info, view)

@@ -130,8 +130,10 @@ def reserved_ranges(tree: DeviceTree) -> tuple[Range, ...]:
     return tuple(out)
 
 
-def check_buffer(tree: DeviceTree, start: int, size: int, what: str = "buffer") -> None:
-    """The kernel's checks: a non-empty range inside RAM, clear of every reservation."""
+def check_buffer(tree: DeviceTree, start: int, size: int, what: str = "buffer",
+                 ignore: tuple[int, int] | None = None) -> None:
+    """The kernel's checks: a non-empty range inside RAM, clear of every reservation (but the
+    one ``/memreserve/`` entry equal to ``ignore``: a stale one the caller is about to drop)."""
     if size <= 0:
         raise _err(f"{what} size is 0")
     if start < 0 or start + size > 1 << 64:
@@ -143,7 +145,12 @@ def check_buffer(tree: DeviceTree, start: int, size: int, what: str = "buffer") 
     if not _covered(buf, ram):
         listed = ", ".join(r.text() for r in ram)
         raise _err(f"{what} {buf.text()} is not inside RAM ({listed})")
+    skip = ignore
     for r in reserved_ranges(tree):
+        if skip is not None and r.source.startswith("/memreserve/") \
+                and (r.start, r.size) == skip:
+            skip = None
+            continue
         if r.start < buf.end and buf.start < r.end:
             raise _err(f"{what} {buf.text()} overlaps reservation {r.text()} ({r.source})")
 
@@ -240,10 +247,16 @@ def set_handover(tree: DeviceTree, start: int, size: int, style: str = "seed",
     """Announce the buffer in ``style``: stale property and its reservation go first."""
     if style not in STYLES:
         raise UsageError(f"unknown hand-over style {style!r} (seed or ima)")
+    if check:
+        # Checked before any edit, so a refusal leaves the caller's tree as it was; the stale
+        # announcement's reservation does not count, since it goes with the stale property.
+        try:
+            stale = _ima_range(tree) if style == "ima" else _seed_range(tree)
+        except RuleError:
+            stale = None
+        check_buffer(tree, start, size, "hand-over buffer", ignore=stale)
     ensure_chosen(tree)
     remove_handover(tree, style)
-    if check:
-        check_buffer(tree, start, size, "hand-over buffer")
     if style == "ima":
         tree.set(CHOSEN, IMA_BUFFER, _encode_ranges(tree, [(start, size)], IMA_BUFFER))
     else:

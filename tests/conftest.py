@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,17 @@ def need_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed, and CI must install it")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+def need_module(name: str) -> Any:
+    """Import a test-only Python dependency (pyproject's ``test`` extra): skipped when it is
+    missing, a failure under CI, like :func:`need_tool`."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"Python module {name} is not installed, and CI must install it")
+        pytest.skip(f"Python module {name} is not installed")
 
 
 def debian_artifact(name: str) -> Path:

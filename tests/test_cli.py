@@ -42,5 +42,11 @@ def test_debug_shows_the_traceback_on_bad_input(tmp_path, capsys) -> None:  # ty
 
 def test_console_script_exit_codes() -> None:
     run = [sys.executable, "-m", "kimagekit"]
-    assert subprocess.run([*run, "nosuchcmd"], capture_output=True, check=False).returncode == 2
-    assert subprocess.run([*run, "--help"], capture_output=True, check=False).returncode == 0
+    bad = subprocess.run([*run, "nosuchcmd"], capture_output=True, text=True, check=False)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.startswith("Usage: kimagekit [OPTIONS] COMMAND [ARGS]...\n"
+                                 "Try 'kimagekit --help' for help.\n")
+    assert "No such command 'nosuchcmd'." in bad.stderr and "Traceback" not in bad.stderr
+    ok = subprocess.run([*run, "--help"], capture_output=True, text=True, check=False)
+    assert (ok.returncode, ok.stderr) == (0, "")
+    assert "Usage: kimagekit [OPTIONS] COMMAND [ARGS]..." in ok.stdout

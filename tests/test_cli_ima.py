@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from ima_helpers import IMA_DIR
+from ima_helpers import IMA_DIR, make_ima
 
+from kimagekit import ima_ascii, ima_log
 from kimagekit.cli import main
 
 SMALL = IMA_DIR / "small-le.bin"
@@ -86,22 +88,28 @@ def test_check_ok_and_tampered(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 def test_check_kexec_buffer_applies_restore_rules(capsys: pytest.CaptureFixture[str],
                                                  tmp_path: Path) -> None:
     code, out, _ = run(capsys, "ima", "check", IMA_DIR / "small-le.kexec")
-    assert code == 0
+    assert (code, out) == (0, "OK: 8 entries, 1 violations, 0 template digest mismatches "
+                              "(sha1)\n")
     data = bytearray((IMA_DIR / "small-le.kexec").read_bytes())
     data[16] = 3  # count 3: the third entry must end the buffer
     bad = tmp_path / "count.kexec"
     bad.write_bytes(bytes(data))
     code, out, _ = run(capsys, "ima", "check", bad)
-    assert code == 1
-    assert out.splitlines()[0].startswith("the next kernel would refuse this buffer: "
-                                          "ima-kexec-buffer: entry[2] at offset ")
+    # entries 0..2 of the list start at 0, 101 and 215; after the 24-byte header: 0xef, and the
+    # third ends at 24 + 314 = 0x152 (make_ima's layout)
+    assert (code, out) == (1, "the next kernel would refuse this buffer: ima-kexec-buffer: "
+                              "entry[2] at offset 0xef: last entry (count 3) ends at 0x152, "
+                              "buffer_size is 0x3b4\n"
+                              "FAILED: 8 entries, 1 violations, 0 template digest mismatches "
+                              "(sha1)\n")
 
 
 def test_show_ascii_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "ima", "show", "--ascii", SMALL)
     assert code == 0
-    assert len(out.splitlines()) == 9
-    assert out.splitlines()[2].endswith("/bin/sh ")
+    lines = out.splitlines()
+    assert [" ".join(line.split(" ")[:3]) for line in lines] == _ascii_heads("<")
+    assert lines[2].endswith(" /bin/sh ")  # the empty signature keeps its space
     code, out, _ = run(capsys, "ima", "show", "--json", SMALL)
     doc = json.loads(out)
     assert doc["format"] == {"kind": "binary", "endian": "little", "bank": "sha1",
@@ -116,12 +124,30 @@ def test_show_ascii_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(e["digest_ok"] for i, e in enumerate(doc["entries"]) if i != 6)
 
 
+def _ascii_heads(endian: str) -> list[str]:
+    """"PCR template-hash template-name" of every line of small-*.bin, from make_ima's entries
+    and its own digest (zeros for the violation)."""
+    items = [*make_ima.sample(endian),
+             (10, "ima", [hashlib.sha1(b"old").digest(), b"/sbin/old"], False)]
+    return [f"{pcr} {(bytes(20) if v else make_ima.tdigest(n, f, endian, 'sha1')).hex()} {n}"
+            for pcr, n, f, v in items]
+
+
 def test_convert_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     src = IMA_DIR / "small-be.bin"
     asc = tmp_path / "l.ascii"
-    assert run(capsys, "ima", "convert", src, "--to", "ascii", "-o", asc)[0] == 0
+    assert run(capsys, "ima", "convert", src, "--to", "ascii", "-o", asc) == (
+        0, "", f"kimagekit: wrote {asc}: 9 entries, 1336 bytes (ascii)\n")
+    text = asc.read_bytes()
+    assert len(text) == 1336
+    assert [" ".join(line.split(" ")[:3]) for line in text.decode().splitlines()] == \
+        _ascii_heads(">")
+    # nothing lost: read back in the list's byte order, the ASCII gives the binary list again
+    assert ima_log.encode_list(ima_ascii.parse_ascii(text, endian=">"), ">", 20) == \
+        src.read_bytes()
     canon = tmp_path / "l.canon"
-    assert run(capsys, "ima", "convert", src, "--to", "canonical", "-o", canon)[0] == 0
+    assert run(capsys, "ima", "convert", src, "--to", "canonical", "-o", canon) == (
+        0, "", f"kimagekit: wrote {canon}: 9 entries, 988 bytes (canonical)\n")
     assert canon.read_bytes() == (IMA_DIR / "small-le.bin").read_bytes()
     kx = tmp_path / "l.kexec"
     code, _, err = run(capsys, "ima", "convert", IMA_DIR / "small-le-sha256.bin",
@@ -129,7 +155,8 @@ def test_convert_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert code == 0
     assert err == f"kimagekit: wrote {kx}: 9 entries, 1012 bytes (kexec-buffer)\n"
     back = tmp_path / "back.bin"
-    assert run(capsys, "ima", "convert", kx, "--to", "binary", "-o", back)[0] == 0
+    assert run(capsys, "ima", "convert", kx, "--to", "binary", "-o", back) == (
+        0, "", f"kimagekit: wrote {back}: 9 entries, 988 bytes (binary)\n")
     assert back.read_bytes() == (IMA_DIR / "small-le.bin").read_bytes()
     code, _, err = run(capsys, "ima", "convert", src, "--to", "json", "-o", back)
     assert (code, err) == (2, "kimagekit: error: --to 'json': choose ascii, binary, canonical "
@@ -138,15 +165,21 @@ def test_convert_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 
 def test_append(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "more.kexec"
-    code, _, _ = run(capsys, "ima", "append", IMA_DIR / "small-le.kexec",
-                     IMA_DIR / "small-2016.kexec", "-o", out)
-    assert code == 0
+    old = (IMA_DIR / "small-le.kexec").read_bytes()
+    new = (IMA_DIR / "small-2016.kexec").read_bytes()
+    assert run(capsys, "ima", "append", IMA_DIR / "small-le.kexec",
+               IMA_DIR / "small-2016.kexec", "-o", out) == (
+        0, "", f"kimagekit: wrote {out}: 16 entries, 1872 bytes\n")
+    # ima_kexec_hdr with the new size and count, the old entries, the new ones: byte for byte
+    body = old[24:] + new
+    assert out.read_bytes() == make_ima.kexec_buffer(body, 16, "<")
     code, text, _ = run(capsys, "ima", "check", out)
     assert (code, text) == (0, "OK: 16 entries, 2 violations, 0 template digest mismatches "
                                "(sha1)\n")
     # an ima-template entry appended to a kexec buffer: the next kernel would refuse it
-    code, _, _ = run(capsys, "ima", "append", IMA_DIR / "small-le.kexec", SMALL, "-o", out)
-    assert code == 0
+    assert run(capsys, "ima", "append", IMA_DIR / "small-le.kexec", SMALL, "-o", out) == (
+        0, "", f"kimagekit: wrote {out}: 17 entries, 1936 bytes\n")
+    assert out.read_bytes() == make_ima.kexec_buffer(old[24:] + SMALL.read_bytes(), 17, "<")
     code, text, _ = run(capsys, "ima", "check", out)
     assert code == 1
     assert text.splitlines()[0] == ("the next kernel would refuse this buffer: ima-kexec-buffer: "
@@ -165,12 +198,15 @@ def test_inspect_detects_by_content(capsys: pytest.CaptureFixture[str], tmp_path
     assert (s["kind"], s["endian"], s["entries"], s["violations"]) == ("kexec-buffer", "big", 8, 1)
     assert s["kexec_header"] == {"version": 1, "buffer_size": 948, "count": 8}
     assert s["restore_error"] is None
-    assert set(s["pcrs"]) == {"sha1", "sha256", "sha384", "sha512"}
+    # every bank replayed, as make_ima replays the buffer's entries (the list's minus "ima")
+    assert s["pcrs"] == make_ima.replay(make_ima.sample(">"), ">")
     junk = tmp_path / "junk"
     junk.write_bytes(b"\x7fnot anything kimagekit knows" * 10)
     code, _, err = run(capsys, "inspect", junk)
-    assert code == 2
-    assert err.startswith(f"kimagekit: error: {junk}: inspect: unrecognised format")
+    assert (code, err) == (2, f"kimagekit: error: {junk}: inspect: unrecognised format (known: "
+                              "bzImage, arm64 zboot, arm64 Image, vmlinux, kexec image, "
+                              "device-tree, ima-kexec-buffer, ima-binary-list, "
+                              "ima-ascii-list)\n")
     code, _, err = run(capsys, "inspect", tmp_path / "missing")
     assert code == 2
     assert err == f"kimagekit: error: {tmp_path / 'missing'}: file: {tmp_path / 'missing'}: " \

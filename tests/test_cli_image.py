@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,10 +21,31 @@ def image(tmp_path: Path) -> Path:
     return p
 
 
+# (role, mem, memsz, bufsz, checksummed, file offset): the table test_ls_golden pins
+LAYOUT = [("purgatory", 0x7FFFE000, 0x2000, 0x1000, False, 0x1000),
+          ("boot-params", 0x7FFFC000, 0x2000, 0x1800, True, 0x2000),
+          ("kernel", 0x1000000, 0xC000, 0x6000, True, 0x4000),
+          ("initrd", 0x7FFF7000, 0x5000, 0x5000, True, 0xA000),
+          ("handover", 0x7FFF3000, 0x4000, 0x320, False, 0xF000)]
+
+
+def _padded(data: bytes, offset: int, bufsz: int, memsz: int) -> bytes:
+    return data[offset:offset + bufsz] + bytes(memsz - bufsz)
+
+
+def _purgatory_digest(data: bytes) -> str:
+    """The purgatory's SHA-256, recomputed from the file's bytes: the checksummed segments in
+    order, each content then zeros up to memsz."""
+    h = hashlib.sha256()
+    for _role, _mem, memsz, bufsz, summed, offset in LAYOUT:
+        if summed:
+            h.update(_padded(data, offset, bufsz, memsz))
+    return h.hexdigest()
+
+
 def test_verify_ok(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", str(image)]) == 0
-    digest = read_image(image.read_bytes()).digest.hex()
-    assert capsys.readouterr().out == f"ok {digest}\n"
+    assert capsys.readouterr().out == f"ok {_purgatory_digest(image.read_bytes())}\n"
 
 
 def test_verify_fails_naming_segment(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,9 +82,20 @@ def test_ls_golden(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_ls_json(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ls", str(image), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [s["role"] for s in doc["segments"]] == ["purgatory", "boot-params", "kernel",
-                                                    "initrd", "handover"]
-    assert doc["policy"] == "seed" and doc["handover_style"] == "seed"
+    data = image.read_bytes()
+    # sha256: as recorded in the note at write time, over the content padded to memsz
+    assert doc["segments"] == [
+        {"index": i, "role": role, "mem": mem, "memsz": memsz, "bufsz": bufsz,
+         "checksummed": summed, "offset": offset,
+         "sha256": hashlib.sha256(_padded(data, offset, bufsz, memsz)).hexdigest()}
+        for i, (role, mem, memsz, bufsz, summed, offset) in enumerate(LAYOUT)]
+    assert doc["regions"] == [[mem, memsz] for _, mem, memsz, _, summed, _ in LAYOUT if summed]
+    assert doc["digest"] == _purgatory_digest(data)
+    assert {k: doc[k] for k in ("arch", "machine", "little", "page_size", "entry", "policy",
+                                "handover_style", "has_purgatory", "cmdline", "file_size")} == {
+        "arch": "x86_64", "machine": 62, "little": True, "page_size": 4096,
+        "entry": 0x7FFFE010, "policy": "seed", "handover_style": "seed", "has_purgatory": True,
+        "cmdline": "console=ttyS0 root=/dev/vda", "file_size": len(data)}
 
 
 def test_extract(image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,7 +104,9 @@ def test_extract(image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert out.read_bytes() == gen.filler(0x5000, 3)
     assert capsys.readouterr().out == f"segment 3 (initrd): 20480 bytes -> {out}\n"
     assert main(["extract", str(image), "9", "-o", str(out)]) == 2
-    assert "segment 9 does not exist (the image has 5)" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"kimagekit: error: {image}: image: segment: segment 9 "
+                                       "does not exist (the image has 5)\n")
+    assert out.read_bytes() == gen.filler(0x5000, 3)  # the refused extract left it alone
 
 
 def test_inspect_reports_handover_damage(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,12 +119,46 @@ def test_inspect_reports_handover_damage(image: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     assert main(["inspect", str(image)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith(f"{image}: kexec image\n")
-    assert ("  hand-over: 0x7fff3000 size 0x4000 used 0x320 style seed (content changed since "
-            "written)\n") in text
-    assert ": ok\n" in text
+    # sha256 here: of each segment as it lies in memory now (content, then zeros to memsz)
+    now = [hashlib.sha256(_padded(bytes(data), o, b, m)).hexdigest()
+           for _, _, m, b, _, o in LAYOUT]
+    assert text == (
+        f"{image}: kexec image\n"
+        "  arch x86_64, entry 0x7fffe010, digest policy seed, purgatory yes\n"
+        "  cmdline 'console=ttyS0 root=/dev/vda'\n"
+        "  segments:\n"
+        f"     0 purgatory   mem 0x7fffe000 memsz 0x2000 bufsz 0x1000 not checksummed sha256 "
+        f"{now[0]}\n"
+        f"     1 boot-params mem 0x7fffc000 memsz 0x2000 bufsz 0x1800 checksummed sha256 "
+        f"{now[1]}\n"
+        f"     2 kernel      mem 0x1000000 memsz 0xc000 bufsz 0x6000 checksummed sha256 "
+        f"{now[2]}\n"
+        f"     3 initrd      mem 0x7fff7000 memsz 0x5000 bufsz 0x5000 checksummed sha256 "
+        f"{now[3]}\n"
+        f"     4 handover    mem 0x7fff3000 memsz 0x4000 bufsz 0x320 not checksummed sha256 "
+        f"{now[4]} (changed since written)\n"
+        "  regions: 0x7fffc000+0x2000, 0x1000000+0xc000, 0x7fff7000+0x5000\n"
+        f"  digest {_purgatory_digest(data)}: ok\n"
+        "  hand-over: 0x7fff3000 size 0x4000 used 0x320 style seed (content changed since "
+        "written)\n"
+        "    IMA unknown: 0 entries, restore FAILED\n"
+        "    DAMAGE: the next kernel would refuse it: ima-kexec-buffer: header.version at offset "
+        "0x0: version 16712 is not 1: incompatible measurement list\n"
+        "    DAMAGE: entries cannot be read: ima-list: entry[0].template_name_len at offset "
+        "0x30: template_name_len 1145979208 exceeds the 748 bytes left\n")
     assert main(["inspect", "--json", str(image)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["format"] == "kexec image"
-    assert doc["summary"]["handover"]["unchanged"] is False
-    assert doc["summary"]["digest_ok"] is True
+    s = doc["summary"]
+    assert [(g["sha256"], g["unchanged"]) for g in s["segments"]] == [
+        (h, i != 4) for i, h in enumerate(now)]
+    assert (s["digest"], s["digest_ok"], s["digest_status"]) == (_purgatory_digest(data), True,
+                                                                  "ok")
+    assert {k: v for k, v in s["handover"].items() if k != "ima"} == {
+        "address": 0x7FFF3000, "size": 0x4000, "used": 0x320, "style": "seed",
+        "unchanged": False, "announced": None}
+    assert s["handover"]["ima"]["damage"] == [
+        "the next kernel would refuse it: ima-kexec-buffer: header.version at offset 0x0: "
+        "version 16712 is not 1: incompatible measurement list",
+        "entries cannot be read: ima-list: entry[0].template_name_len at offset 0x30: "
+        "template_name_len 1145979208 exceeds the 748 bytes left"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import TESTDATA, need_tool
+from conftest import TESTDATA, need_module, need_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -148,10 +147,12 @@ def test_edit_places_like_libfdt() -> None:
     assert [c.name for c in tree.root.children()] == ["zz", "memory@0", "chosen", "cpus"]
     assert tree.remove_node("/zz") and not tree.remove_node("/zz")
     assert tree.find("/cpus/cpu") is tree.find("/cpus/cpu@0") is not None
-    with pytest.raises(UsageError, match="already exists"):
+    with pytest.raises(UsageError) as exists:
         tree.add_node("/", "chosen")
-    with pytest.raises(UsageError, match="no node /nope"):
+    assert str(exists.value) == "dtb: node /chosen already exists"
+    with pytest.raises(UsageError) as missing:
         tree.set("/nope", "x", b"")
+    assert str(missing.value) == "dtb: no node /nope"
 
 
 def _fdtput_pair(src: bytes, tmp: Path, args: list[str]) -> bytes:
@@ -206,10 +207,12 @@ def test_typed_values() -> None:
     assert decode("u64", bytes.fromhex("0000000000000002")) == (2,)
     assert decode("strings", b"a\0bc\0") == ("a", "bc")
     assert decode("string", b"abc\0") == "abc"
-    with pytest.raises(UsageError, match="6 bytes are not a whole number of u32 values"):
+    with pytest.raises(UsageError) as ragged:
         decode("u32", bytes(6))
-    with pytest.raises(UsageError, match="unknown type 'u16'"):
+    assert str(ragged.value) == "6 bytes are not a whole number of u32 values"
+    with pytest.raises(UsageError) as unknown:
         encode("u16", [1])
+    assert str(unknown.value) == "unknown type 'u16' (one of u32, u64, string, strings, bytes)"
 
 
 # -- random trees: write them, and dtc and kimagekit must read the same tree back ------------
@@ -242,10 +245,7 @@ def trees(draw: st.DrawFn) -> DeviceTree:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tree=trees(), pack=st.booleans())
 def test_random_trees_read_the_same_by_dtc(tree: DeviceTree, pack: bool) -> None:
-    dtc = shutil.which("dtc")
-    if dtc is None:
-        need_tool("dtc")
-        return
+    dtc = need_tool("dtc")
     blob = tree.build(pack=pack)
     again = DeviceTree.parse(blob)
     assert again.build(pack=pack) == blob
@@ -260,5 +260,5 @@ def test_random_trees_read_the_same_by_dtc(tree: DeviceTree, pack: bool) -> None
 
 
 def libfdt_full_check(blob: bytes) -> int:
-    libfdt = pytest.importorskip("libfdt")
+    libfdt = need_module("libfdt")
     return int(libfdt.fdt_check_full(bytearray(blob), len(blob)))

@@ -46,12 +46,22 @@ def test_corrupt_sample_exact_error(defect: str) -> None:
 def test_no_header(data: bytes, message: str) -> None:
     with pytest.raises(ParseError) as info:
         DeviceTree.parse(data)
-    assert info.value.message == message
-    assert info.value.field == "header.magic"
+    assert str(info.value) == f"dtb: header.magic at offset 0x0: {message}"
 
 
 def test_every_truncation_of_a_good_blob_is_refused_cleanly() -> None:
     good = (TESTDATA / "dtb" / "small.dtb").read_bytes()
+    assert len(good) == 0x176  # totalsize is the whole file: any cut falls short of it
     for n in range(len(good)):
-        with pytest.raises(ParseError):
+        with pytest.raises(ParseError) as info:
             DeviceTree.parse(good[:n])
+        if n < 4:
+            want = ("header.magic", 0, f"truncated header: {n} bytes, a DTB header needs at "
+                                       "least 36")
+        elif n < 40:
+            want = ("header", 0, f"truncated header: {n} bytes, a version 17 header needs 40")
+        else:
+            want = ("header.totalsize", 4, f"totalsize 0x176 is beyond the end of the file "
+                                           f"({n:#x} bytes)")
+        err = info.value
+        assert (err.fmt, err.field, err.offset, err.message) == ("dtb", *want), n

@@ -67,10 +67,16 @@ def test_patch_keeps_the_setup_ima_announcement(x86_image: Path, tmp_path: Path,
     raw.write_bytes(b"new hand-over bytes")
     out = tmp_path / "patched.img"
     assert main(["patch-handover", str(x86_image), "--data", str(raw), "-o", str(out)]) == 0
-    assert capsys.readouterr().out.startswith(
-        f"{out}: hand-over segment 0 at {segment[0]:#x}: ")
+    assert segment == (0xFFFFF000, 0x1000)  # the top page under 4 GiB
+    # The hand-over is left out of the digest: it is the built image's, unchanged
+    with open_image(x86_image) as (info, _):
+        digest = info.digest.hex()
+    assert capsys.readouterr().out == (
+        f"{out}: hand-over segment 0 at 0xfffff000: 1012 -> 19 of 4096 bytes; verified, digest "
+        f"{digest}\n")
     assert _announcement(out)[:2] == (segment, segment)
     assert main(["verify", str(out)]) == 0
+    assert capsys.readouterr().out == f"ok {digest}\n"
 
 
 @pytest.mark.parametrize(("how", "said"), [("bufsz", "0xfffff000+0x3f4"), ("gone", "nothing")])

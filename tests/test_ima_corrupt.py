@@ -11,7 +11,7 @@ from ima_helpers import IMA_DIR
 
 from kimagekit import ima_kexec, ima_log
 from kimagekit.cli import main
-from kimagekit.errors import KimageError, ParseError
+from kimagekit.errors import KimageError, ParseError, RuleError
 
 SMALL = (IMA_DIR / "small-le.bin").read_bytes()
 ENTRIES = ima_log.read_entries(IMA_DIR / "small-le.bin")
@@ -22,6 +22,44 @@ def _entry_at(offset: int) -> int:
     return max(i for i, start in enumerate(BOUNDARIES[:-1]) if start <= offset)
 
 
+def _truncation_error(cut: int) -> tuple[str, int, str]:
+    """(field, offset, message) for ``SMALL[:cut]``, from the entry layout (28-byte header:
+    pcr, 20-byte digest, name length; then the name; then a data length and the data, or for
+    the "ima" template a 20-byte digest and a name length), independently of the scanner."""
+    if cut < 4:
+        return "entry[0]", 0, ("not an IMA measurement list: no byte order and digest size "
+                               "(20/32/48/64) gives a valid first entry, and it is not ASCII")
+    index = _entry_at(cut)
+    e = ENTRIES[index]
+    start, rel, name_len = e.offset, cut - e.offset, len(e.template_name)
+    after_name = 28 + name_len
+    where = f"entry[{index}]"
+    if rel < 28:
+        field, offset, msg = where, start, f"truncated entry header: 28 bytes needed, {rel} left"
+    elif rel < after_name:
+        field, offset, msg = (f"{where}.template_name_len", start + 24,
+                              f"template_name_len {name_len} exceeds the {rel - 28} bytes left")
+    elif e.template_name == "ima" and rel < after_name + 24:
+        field, offset, msg = (f"{where}.template_data", start + after_name,
+                              f"truncated ima template data: 24 bytes needed, "
+                              f"{rel - after_name} left")
+    elif e.template_name == "ima":
+        name = len(e.template_data) - 24
+        field, offset, msg = (f"{where}.template_data.n_len", start + after_name + 20,
+                              f"name length {name} exceeds the {rel - after_name - 24} bytes "
+                              f"left")
+    elif rel < after_name + 4:
+        field, offset, msg = (f"{where}.template_data_len", start + after_name,
+                              f"truncated template_data_len: 4 bytes needed, "
+                              f"{rel - after_name} left")
+    else:
+        field, offset, msg = (f"{where}.template_data_len", start + after_name,
+                              f"template_data_len {len(e.template_data)} exceeds the "
+                              f"{rel - after_name - 4} bytes left")
+    # the first entry decides detection: reported as not a valid list, at the same field
+    return field, offset, ("not a valid IMA list: " + msg if index == 0 else msg)
+
+
 @pytest.mark.parametrize("cut", range(1, len(SMALL)))
 def test_truncated_at_every_offset(cut: int) -> None:
     data = SMALL[:cut]
@@ -30,11 +68,10 @@ def test_truncated_at_every_offset(cut: int) -> None:
         return
     with pytest.raises(ParseError) as err:
         list(ima_log.iter_entries(data))
+    field, offset, message = _truncation_error(cut)
     e = err.value
-    assert e.fmt == "ima-list"
-    index = _entry_at(cut)
-    assert e.field is not None and e.field.startswith(f"entry[{index}]")
-    assert e.offset is not None and BOUNDARIES[index] <= e.offset <= cut
+    assert (e.fmt, e.field, e.offset, e.message) == ("ima-list", field, offset, message)
+    assert str(e) == f"ima-list: {field} at offset {offset:#x}: {message}"
 
 
 def _with_u32(data: bytes, offset: int, value: int) -> bytes:
@@ -90,21 +127,32 @@ def test_no_allocation_sized_by_a_bad_length() -> None:
     data = _with_u32(SMALL, ENTRIES[3].offset + 24, 0xFFFFFFFF)
     tracemalloc.start()
     try:
-        with pytest.raises(ParseError):
+        with pytest.raises(ParseError) as walked:
             list(ima_log.iter_entries(data))
-        with pytest.raises(ParseError):
+        with pytest.raises(ParseError) as analysed:
             ima_log.analyse(data, banks=ima_log.BANKS)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < len(data) + 64 * 1024
+    want = (f"ima-list: entry[3].template_name_len at offset {ENTRIES[3].offset + 24:#x}: "
+            f"template_name_len 4294967295 exceeds the {len(SMALL) - ENTRIES[3].offset - 28} "
+            "bytes left")
+    assert (str(walked.value), str(analysed.value)) == (want, want)
 
 
-@pytest.mark.parametrize("cut", [1, 10, 23, 24, 40, 200])
+@pytest.mark.parametrize("cut", [1, 10, 23, 24, 40, 200, 947])
 def test_truncated_kexec_buffer(cut: int) -> None:
-    buf = (IMA_DIR / "small-le.kexec").read_bytes()[:cut]
-    with pytest.raises(KimageError):
+    full = (IMA_DIR / "small-le.kexec").read_bytes()
+    buf = full[:cut]
+    with pytest.raises(RuleError) as err:
         ima_kexec.restore(buf)
+    if cut < 24:
+        assert str(err.value) == (f"ima-kexec-buffer: header at offset 0x0: buffer of {cut} "
+                                  "bytes is shorter than the 24-byte header")
+    else:  # the header still claims the whole buffer
+        assert str(err.value) == (f"ima-kexec-buffer: header.buffer_size at offset 0x8: "
+                                  f"buffer_size {len(full)} exceeds the {cut} bytes of the buffer")
 
 
 def test_cli_exits_2_with_one_line(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -117,3 +165,14 @@ def test_cli_exits_2_with_one_line(tmp_path, capsys) -> None:  # type: ignore[no
         assert err == (f"kimagekit: error: {bad}: ima-list: entry[2].template_name_len at offset "
                        f"{ENTRIES[2].offset + 24:#x}: template_name_len 4294967295 exceeds the "
                        f"{len(SMALL) - ENTRIES[2].offset - 28} bytes left\n")
+
+
+def test_ima_template_name_longer_than_the_kernel_allows() -> None:
+    e = ENTRIES[8]  # the ima template: digest, n_len, name
+    assert e.template_name == "ima"
+    at = e.offset + 4 + 20 + 4 + 3 + 20
+    data = _with_u32(SMALL, at, 256) + bytes(300)
+    with pytest.raises(ParseError) as err:
+        list(ima_log.iter_entries(data))
+    assert str(err.value) == (f"ima-list: entry[8].template_data.n_len at offset {at:#x}: "
+                              "name length 256 exceeds IMA_EVENT_NAME_LEN_MAX (255)")

@@ -53,17 +53,30 @@ def test_evmctl_agrees_with_our_replay(corpus: Path, tmp_path: Path, name: str) 
     assert "Matched per TPM bank calculated digest(s)." in p.stdout + p.stderr
     wrong = {b: {k: bytes(len(v)) for k, v in t.items()} for b, t in report.pcrs.items()}
     p = _evmctl(tmp_path, lst, wrong)
-    assert p.returncode != 0
+    assert p.returncode == 1
+    assert "Failed to match per TPM bank or SHA1 padded TPM digest(s)." in p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("name", REJECTED)
-def test_lists_evmctl_rejects(corpus: Path, tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(("name", "why"), [
+    (REJECTED[0], 'Mixed measurement list containing "ima" and other template formats not '
+                  "supported."),
+    (REJECTED[1], "ERROR: event name too long!"),  # 32-byte digests read as 20
+    (REJECTED[2], "ERROR: event name too long!"),
+])
+def test_lists_evmctl_rejects(corpus: Path, tmp_path: Path, name: str, why: str) -> None:
     lst = corpus / "ima/binary" / name
     zero = {"sha1": {10: bytes(20)}, "sha256": {10: bytes(32)}}
-    assert _evmctl(tmp_path, lst, zero).returncode != 0
+    p = _evmctl(tmp_path, lst, zero)
+    assert p.returncode == 1
+    assert why in p.stderr
     # kimagekit reads the first two (mixed templates; a per-bank list), and rejects the third
     if name.startswith("embrave-b77d7a9"):
-        with pytest.raises(ima_log.ParseError):
+        with pytest.raises(ima_log.ParseError) as err:
             ima_log.analyse(lst.read_bytes())
+        assert str(err.value) == (
+            "ima-list: entry[0].template_name_len at offset 0x18: not a valid IMA list: "
+            "template_name_len 3604958496 exceeds the 185258 bytes left")
     else:
-        assert ima_log.analyse(lst.read_bytes()).mismatches == []
+        report = ima_log.analyse(lst.read_bytes())
+        assert (report.mismatches, report.entries) == ([], {REJECTED[0]: 17,
+                                                           REJECTED[1]: 3524}[name])

@@ -27,8 +27,7 @@ def test_headerless_2016_form_is_the_bare_classic_list() -> None:
     entries = _without_ima(ima_log.read_entries(IMA_DIR / "small-le.bin"))
     data = ima_kexec.build_buffer(entries, header=False)
     assert data == (IMA_DIR / "small-2016.kexec").read_bytes()
-    fmt = ima_log.detect(data, len(data))
-    assert fmt is not None and fmt.kind == "binary"
+    assert ima_log.detect(data, len(data)) == ima_log.ListFormat("binary", "<", 20, 0, len(data))
 
 
 def test_per_bank_list_to_buffer_to_list_keeps_entries(corpus: Path) -> None:

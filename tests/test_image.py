@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import subprocess
 from pathlib import Path
@@ -125,25 +126,48 @@ def test_patch_handover_needs_reseal_when_hashed(tmp_path: Path) -> None:
     assert str(e.value) == ("image: segment[4]: the upstream-4.10 digest policy hashes the "
                             "hand-over segment: it can only change with a reseal")
     assert p.read_bytes() == before
+    assert verify(p).digest == expected_digest(b"HANDOVER" * 100)
     res = patch_handover(p, b"new", reseal=True)
     assert res.resealed and res.verify.ok
-    assert res.verify.digest != verify_digest_of(before)
+    assert res.verify.digest == res.verify.computed == expected_digest(b"new")
+    assert verify(p).digest == expected_digest(b"new")
     readelf(p)
 
 
-def verify_digest_of(data: bytes) -> bytes:
-    return read_image(data).digest
+def expected_digest(handover: bytes | None = None) -> bytes:
+    """The digest of gen.x86_like_image, from its generator's contents alone: boot-params
+    (filler 1, 0x1800 of 0x2000), kernel (filler 2, 0x6000 of 0xc000), initrd (filler 3,
+    0x5000), then, when the policy hashes it, the hand-over (of 0x4000), zero-padded."""
+    data = (gen.filler(0x1800, 1) + bytes(0x800) + gen.filler(0x6000, 2) + bytes(0x6000)
+            + gen.filler(0x5000, 3))
+    if handover is not None:
+        data += handover + bytes(0x4000 - len(handover))
+    return hashlib.sha256(data).digest()
+
+
+def test_seed_digest_is_the_generators(tmp_path: Path) -> None:
+    r = verify(written(tmp_path))
+    assert (r.ok, r.digest, r.computed) == (True, expected_digest(), expected_digest())
+    assert r.regions == ((0x7FFFC000, 0x2000), (0x1000000, 0xC000), (0x7FFF7000, 0x5000))
 
 
 def test_reseal_without_purgatory(tmp_path: Path) -> None:
     p = written(tmp_path, policy=DigestPolicy.UPSTREAM_4_10, purgatory=False)
     res = patch_handover(p, b"other", reseal=True)
     assert res.verify.ok and res.resealed
+    # without a purgatory the note holds the digest
+    assert res.verify.digest == read_image(p.read_bytes()).digest == expected_digest(b"other")
 
 
 def test_old_symbol_names_image(tmp_path: Path) -> None:
     p = written(tmp_path, old_names=True)
-    assert verify(p).ok
+    r = verify(p)
+    assert (r.ok, r.digest) == (True, expected_digest())
+    info = read_image(p.read_bytes())
+    purg, sym = info.segment(Role.PURGATORY), info.symbol("sha256_digest")
+    assert purg is not None and sym is not None and info.symbol("purgatory_sha256_digest") is None
+    at = purg.offset + sym.value - purg.mem
+    assert p.read_bytes()[at:at + 32] == expected_digest()
 
 
 def test_ppc64le_build_without_purgatory(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import need_module
 from image_helpers import PURGATORY_CORPUS, gen
 from kernel_helpers import kgen
 
@@ -32,7 +33,7 @@ def _libfdt_chosen(blob: bytes, initrd: tuple[int, int] | None, ima: tuple[int, 
     """The 6.1 sequence replayed with libfdt itself, minus what an offline tool cannot do (the
     fresh kaslr-seed and rng-seed: the stale ones are deleted; the running tree's own
     reservation, whose address is unknown)."""
-    libfdt = pytest.importorskip("libfdt")
+    libfdt = need_module("libfdt")
     f = libfdt.Fdt(bytearray(blob))
     f.resize(len(blob) + len(cmdline) + 0x1000)  # + FDT_EXTRA_SPACE
     raw = f._fdt

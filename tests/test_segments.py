@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kimagekit.errors import RuleError, UsageError
@@ -163,12 +165,28 @@ def test_parse_mem_ranges() -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 8 * MiB), st.booleans(),
                           st.sampled_from([0, 0x10000, 0x200000])), min_size=1, max_size=16))
+@example([(8 * MiB, i % 2 == 0, 0) for i in range(16)])
 def test_placements_always_pass_sanity(reqs: list[tuple[int, bool, int]]) -> None:
-    """Whatever is requested, what add_buffer places passes the kernel's checks, inside RAM."""
+    """Whatever is requested, what add_buffer places passes the kernel's checks, inside RAM;
+    only the total can break the kernel's half-of-RAM rule, which add_buffer does not apply."""
     s = sl()
     for size, top, align in reqs:
         s, _ = add_buffer(s, KexecBuf(b"", size, Role.OTHER, top_down=top, buf_align=align))
-    sanity_check(s)
-    for g in s.segments:
-        assert g.mem % 0x1000 == 0 and g.memsz % 0x1000 == 0
-        assert any(r.start <= g.mem and g.end <= r.end for r in RAM)
+    assert len(s.segments) == len(reqs)
+    totals = list(itertools.accumulate(-(-size // 0x1000) for size, _, _ in reqs))
+    over = next((i for i, t in enumerate(totals) if t > 65280 // 2), None)
+    if over is None:
+        sanity_check(s)
+    else:  # e.g. 16 requests of 8 MiB: 32768 pages of 65280
+        with pytest.raises(RuleError) as e:
+            sanity_check(s)
+        assert str(e.value) == (f"kexec: segment[{over}]: segments take more than half of RAM "
+                                "(65280 pages)")
+    for g, (size, _top, align) in zip(s.segments, reqs, strict=True):
+        # memsz is the request rounded up to a page; mem honours the alignment asked for
+        assert g.memsz == -(-size // 0x1000) * 0x1000
+        assert g.mem % max(align, 0x1000) == 0
+        assert any(r.start <= g.mem and g.mem + g.memsz <= r.end for r in RAM)
+    # checked here, not by sanity_check: no two segments share a byte
+    spans = sorted((g.mem, g.mem + g.memsz) for g in s.segments)
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-pytest.importorskip("unicorn")
-
-from x86_emu import run_image
+from conftest import need_module
 
 from kimagekit import ima_kexec, ima_log
 from kimagekit.arch.x86_64 import announced_ima
@@ -41,6 +39,14 @@ def images(amd64_vmlinuz: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     assert main([*base, "--initrd", str(initrd), "--cmdline", "console=ttyS0 ro",
                  "--ima", str(IMA_LIST), "-o", str(full)]) == 0
     return {"plain": plain, "full": full}
+
+
+def run_image(path: Path) -> Any:
+    """x86_emu.run_image; unicorn (a test dependency) is required under CI, as tools are."""
+    need_module("unicorn")
+    from x86_emu import run_image as run
+
+    return run(path)
 
 
 def _segment(path: Path, role: Role) -> tuple[int, int, bytes]:
