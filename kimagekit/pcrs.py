@@ -48,7 +48,8 @@ def parse_expect(spec: str) -> tuple[str, int, bytes]:
     pcr, bank, hexval = int(m.group(1)), m.group(2), m.group(3)
     if bank not in DIGEST_SIZES:
         raise UsageError(f"--expect {spec!r}: unknown bank {bank!r}")
-    return _digest(hexval, bank, "--expect")[0], pcr, _digest(hexval, bank, "--expect")[1]
+    bank, value = _digest(hexval, bank, "--expect")
+    return bank, pcr, value
 
 
 def parse_pcr_file(path: Path) -> Expected:
@@ -62,8 +63,10 @@ def parse_pcr_file(path: Path) -> Expected:
             raise UsageError(f"--pcrs: unknown bank {bank!r}")
     try:
         text = Path(text_path).read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--pcrs {text_path}: cannot read: {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"--pcrs {text_path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--pcrs {text_path}: not UTF-8 text (byte {exc.start})") from exc
     out: Expected = {}
     if text.lstrip().startswith("{"):
         try:

@@ -105,3 +105,25 @@ def test_line_reader_across_chunk_boundaries() -> None:
     for chunk in range(1, len(data) + 2):
         assert list(_lines(data, chunk)) == expected
         assert list(_lines(data + b"\n", chunk)) == expected
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    (b"10 " + b"a" * 42 + b" ima-ng sha1:" + b"0" * 40 + b" /x\n",
+     "ima-ascii: line[0].template_digest at offset 0x0: template digest has 42 hex digits"),
+    (b"10 sha256:" + b"a" * 40 + b" ima-ng sha1:" + b"0" * 40 + b" /x\n",
+     "ima-ascii: line[0].template_digest at offset 0x0: template digest prefix 'sha256' does "
+     "not match its 20 bytes"),
+    (b"10 " + b"a" * 40 + b" ima " + b"0" * 38 + b" /x\n",
+     "ima-ascii: line[0].template_data.d at offset 0x0: ima template digest has 19 bytes, "
+     "20 expected"),
+])
+def test_bad_digests_in_ascii_lines(line: bytes, message: str) -> None:
+    good = b"10 " + b"b" * 40 + b" ima-ng sha1:" + b"0" * 40 + b" /ok\n"
+    with pytest.raises(ParseError) as err:
+        list(ima_ascii.parse_ascii(line))
+    assert str(err.value) == message
+    # a bad line after a good one is named by its index and where it starts
+    with pytest.raises(ParseError) as err:
+        list(ima_ascii.parse_ascii(good + line))
+    assert str(err.value) == message.replace("line[0]", "line[1]").replace(
+        "offset 0x0", f"offset {len(good):#x}")

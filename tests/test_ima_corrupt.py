@@ -176,3 +176,23 @@ def test_ima_template_name_longer_than_the_kernel_allows() -> None:
         list(ima_log.iter_entries(data))
     assert str(err.value) == (f"ima-list: entry[8].template_data.n_len at offset {at:#x}: "
                               "name length 256 exceeds IMA_EVENT_NAME_LEN_MAX (255)")
+
+
+def test_template_name_with_bytes_no_kernel_writes() -> None:
+    e = ENTRIES[3]
+    at = e.offset + 28
+    data = SMALL[:at] + b"ima buf" + SMALL[at + 7:]  # "ima-buf" with a space
+    with pytest.raises(ParseError) as err:
+        list(ima_log.iter_entries(data))
+    assert str(err.value) == (f"ima-list: entry[3].template_name at offset {at:#x}: "
+                              "template name b'ima buf' is not a template name")
+
+
+def test_kexec_template_data_that_does_not_split() -> None:
+    buf = bytearray((IMA_DIR / "small-le.kexec").read_bytes())
+    first = 24 + 4 + 20 + 4 + len("ima-ng") + 4  # entry 0's template data
+    struct.pack_into("<I", buf, first, 0xFFFF)  # its first field length
+    with pytest.raises(KimageError) as err:
+        ima_kexec.restore(bytes(buf))
+    assert str(err.value) == (f"ima-kexec-buffer: entry[0].template_data at offset {first:#x}: "
+                              "template data does not split into 2 fields")
