@@ -67,6 +67,13 @@ class RuleError(KimageError):
     """Well-formed input that a kernel rule rejects (restore limits, placement, hand-over)."""
 
 
+class Refused(RuleError):
+    """An output the next kernel would refuse (a hand-over its restore rules reject, a template
+    digest that does not match): a failed check, exit 1. ``--force`` writes it anyway."""
+
+    exit_code = 1
+
+
 class UsageError(KimageError):
     """An argument value that cannot be used (bad hex, unknown bank, malformed expectation)."""
 
