@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from kimagekit import dts, ppc_fdt
 from kimagekit.devicetree import DeviceTree, Header, Reservation, encode
 from kimagekit.errors import UnrecognisedFormat, UsageError, input_named
-from kimagekit.fileio import atomic_write, mapped, read_head
+from kimagekit.fileio import atomic_write, mapped, read_head, read_input
 from kimagekit.formats.fdt import FDT_MAGIC
 
 Pathish = str | os.PathLike[str]
@@ -33,7 +32,7 @@ def load_tree(path: Pathish) -> DeviceTree:
         with mapped(path) as view:
             return DeviceTree.parse(view)
     if dts.looks_like_dts(head):
-        return dts.from_dts(Path(path).read_text(encoding="latin-1"))
+        return dts.from_dts(read_input(path).decode("latin-1"))
     raise UnrecognisedFormat("not a device tree (no DTB magic, no /dts-v1/ tag)", fmt="dtb")
 
 
@@ -56,7 +55,7 @@ def set_property(path: Pathish, output: Pathish, node: str, prop: str, kind: str
         tree = load_tree(path)
         tree.set(node, prop, encode(kind, values))
         data = tree.build(pack=pack)
-    atomic_write(output, data)
+    atomic_write(output, data, inputs=(path,))
     return len(data)
 
 
@@ -102,5 +101,5 @@ def patch_handover(file: Pathish, output: Pathish, *, start: int | None = None,
                 raise UsageError("--start and --size are needed (or --remove)")
             done = (ppc_fdt.set_handover(tree, start, size, style),)
         data = tree.build(pack=pack)
-    atomic_write(output, data)
+    atomic_write(output, data, inputs=(file,))
     return DtbPatchResult(str(output), "removed" if remove else "set", done, len(data))

@@ -7,9 +7,25 @@ gives the single line the CLI prints.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 in a file name (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` safe for one line of a terminal: control characters, line separators and
+    undecodable file-name bytes shown as ``\\xNN`` / ``\\uNNNN``."""
+    return _UNSAFE.sub(lambda m: _escaped(m.group()), text)
 
 
 class KimageError(Exception):
@@ -36,7 +52,7 @@ class KimageError(Exception):
         where = ": ".join(p for p in (self.fmt, self.field) if p)
         if self.offset is not None:
             where = f"{where} at offset {self.offset:#x}" if where else f"offset {self.offset:#x}"
-        return f"{where}: {self.message}" if where else self.message
+        return escape(f"{where}: {self.message}" if where else self.message)
 
 
 def about_file(err: KimageError, file: object) -> KimageError:

@@ -1,83 +1,69 @@
-"""Reading untrusted inputs without slurping them, and writing outputs atomically."""
+"""Reading untrusted inputs and writing outputs: the names every module uses.
+
+The reader is :mod:`kimagekit.input_files` (files mapped, pipes and stdin bounded, devices and
+writerless FIFOs refused); the writer is :mod:`kimagekit.output_files` (atomic, never over an
+input, stdout for ``-``, locked in place).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from kimagekit.errors import OutputError, ParseError
+from kimagekit.input_files import open_input
+from kimagekit.output_files import check_output, is_stdout, locked, write_output
+
+__all__ = ["Buffer", "atomic_write", "check_output", "is_stdout", "locked", "map_file", "mapped",
+           "read_head", "read_input", "reread"]
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 @contextmanager
-def map_file(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap | None, memoryview]]:
-    """Map ``path`` read-only: yield the map (``None`` for an empty file, which cannot be mapped)
-    and a memoryview of it. Callers that stream through big files may ``madvise`` the map."""
-    p = Path(path)
-    try:
-        f = p.open("rb")
-    except OSError as exc:
-        raise ParseError(f"cannot open: {exc.strerror}", fmt="file", field=str(p)) from exc
-    with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            yield None, memoryview(b"")
-            return
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        view = memoryview(mm)
-        try:
-            yield mm, view
-        finally:
-            view.release()
-            # a caller may keep a slice alive; then the map goes with the GC
-            with contextlib.suppress(BufferError):
-                mm.close()
+def map_file(path: str | os.PathLike[str],
+             what: str = "file") -> Iterator[tuple[mmap.mmap | None, memoryview]]:
+    """Map ``path`` read-only: yield the map (``None`` when there is none: an empty file, or a
+    pipe read whole) and a memoryview. Callers that stream through big files may ``madvise``
+    the map. ``what`` (an option name, or ``file``) names the input in errors."""
+    with open_input(path, what) as (mm, view):
+        yield mm, view
 
 
 @contextmanager
-def mapped(path: str | os.PathLike[str]) -> Iterator[memoryview]:
+def mapped(path: str | os.PathLike[str], what: str = "file") -> Iterator[memoryview]:
     """Map ``path`` read-only and yield a memoryview of it (empty files give an empty view)."""
-    with map_file(path) as (_, view):
+    with open_input(path, what) as (_, view):
         yield view
 
 
-def read_head(path: str | os.PathLike[str], size: int = 4096) -> bytes:
+def read_input(path: str | os.PathLike[str], what: str = "file") -> bytes:
+    """All of ``path`` as bytes (for the small side inputs that are kept whole)."""
+    with open_input(path, what) as (_, view):
+        return bytes(view)
+
+
+def read_head(path: str | os.PathLike[str], size: int = 4096, what: str = "file") -> bytes:
     """The first ``size`` bytes of ``path``: enough for format detection."""
-    try:
-        with Path(path).open("rb") as f:
-            return f.read(size)
-    except OSError as exc:
-        raise ParseError(f"cannot open: {exc.strerror}", fmt="file", field=str(path)) from exc
+    with open_input(path, what) as (_, view):
+        return bytes(view[:size])
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
+@contextmanager
+def reread(path: str | os.PathLike[str],
+           data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+    """What was just written to ``path``, read back: the file mapped again, or ``data`` itself
+    when it went to stdout (which cannot be read back)."""
+    if is_stdout(path):
+        yield memoryview(data)
+        return
+    with open_input(path) as (_, view):
+        yield view
 
-    The result is re-read and compared before the rename, so a short write never replaces a file.
-    """
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot create a file in {folder}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if Path(tmp).read_bytes() != bytes(data):
-            raise OutputError(f"{target}: read-back differs from what was written")
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o7777)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *,
+                 inputs: Iterable[object | None] = (), in_place: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically, re-read and compared before the rename; ``-`` or
+    ``/dev/stdout`` is stdout. Refused when ``path`` is one of ``inputs`` unless ``in_place``."""
+    write_output(path, data, inputs=inputs, in_place=in_place)

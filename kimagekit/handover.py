@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from kimagekit import ima_kexec, ima_log, ppc_fdt
 from kimagekit.arch.x86_64 import announced_ima
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import KimageError, RuleError, UsageError, input_named
+from kimagekit.fileio import read_input
 from kimagekit.formats.ima import Endian
 from kimagekit.image import (
     HandoverStyle,
@@ -180,16 +180,16 @@ class ImagePatchResult:
     ima: ImaContent | None  # the new buffer read back (from an IMA list only)
 
 
-def patch_file(image: str | os.PathLike[str], out: str | os.PathLike[str], *,
+def patch_file(image: str | os.PathLike[str], out: str | os.PathLike[str] | None, *,
                ima: str | os.PathLike[str] | None = None,
                data: str | os.PathLike[str] | None = None,
                reseal: bool = False) -> ImagePatchResult:
     """:func:`patch` from files: ``data`` as is, or the IMA list ``ima`` built into a kexec
-    buffer in the image's byte order. ``out`` may be ``image`` itself (the write is atomic)."""
+    buffer in the image's byte order. ``out`` None patches ``image`` in place (locked)."""
     if (ima is None) == (data is None):
         raise UsageError("give exactly one of an IMA list and raw contents", fmt=FMT)
     if data is not None:
-        new = Path(data).read_bytes()
+        new = read_input(data, "--data")
     else:
         assert ima is not None
         with input_named(image), open_image(image) as (info, _):
@@ -200,6 +200,7 @@ def patch_file(image: str | os.PathLike[str], out: str | os.PathLike[str], *,
     with input_named(image):
         done = patch(image, new, out=out, reseal=reseal)
     res = done.result
-    return ImagePatchResult(str(out), res.segment.index, res.segment.mem, res.segment.memsz,
-                            res.old_bufsz, res.segment.bufsz, res.resealed,
+    return ImagePatchResult(str(image if out is None else out), res.segment.index,
+                            res.segment.mem, res.segment.memsz, res.old_bufsz,
+                            res.segment.bufsz, res.resealed,
                             res.verify.digest.hex(), done.ima if ima is not None else None)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from kimagekit import ima_ascii, ima_kexec, ima_log
 from kimagekit.errors import RuleError, UsageError, input_named
-from kimagekit.fileio import atomic_write
+from kimagekit.fileio import atomic_write, reread
 from kimagekit.ima_log import ListFormat, ListReport
 
 Pathish = str | os.PathLike[str]
@@ -67,9 +67,9 @@ def convert_file(path: Pathish, output: Pathish, to: Form, *,
         size = ima_log.DIGEST_SIZES[bank] if bank else (
             len(entries[0].template_digest) if entries else 20)
         data = ima_log.encode_list(entries, e, size)
-    atomic_write(output, data)
-    with input_named(output):
-        back = ima_log.read_entries(output)
+    atomic_write(output, data, inputs=(path,))
+    with input_named(output), reread(output, data) as view:
+        back = list(ima_log.iter_entries(view))
     if [(b.pcr, b.template_name) for b in back] != [(a.pcr, a.template_name) for a in entries]:
         raise UsageError(f"{output}: re-reading the output gave different entries")
     return Written(str(output), len(back), len(data))
@@ -84,7 +84,7 @@ def append_file(path: Pathish, new: Pathish, output: Pathish) -> Written:
         if fmt.kind == "ascii":
             raise UsageError("append writes binary lists and kexec buffers; convert first")
         data = ima_kexec.append(bytes(view), extra, fmt)
-    atomic_write(output, data)
-    with input_named(output):
-        n = len(ima_log.read_entries(output))
+    atomic_write(output, data, inputs=(path, new))
+    with input_named(output), reread(output, data) as view:
+        n = sum(1 for _ in ima_log.iter_entries(view))
     return Written(str(output), n, len(data))

@@ -12,13 +12,13 @@ import hashlib
 import mmap
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 from kimagekit.errors import OutputError, ParseError, RuleError, UsageError, converted
-from kimagekit.fileio import atomic_write, map_file, mapped
+from kimagekit.fileio import atomic_write, check_output, locked, map_file, mapped
 from kimagekit.formats import elf
 from kimagekit.formats import kexec as kx
 from kimagekit.purgatory import (
@@ -538,7 +538,7 @@ def extract(path: str | os.PathLike[str], which: str, out: str | os.PathLike[str
     """Write one segment's content (bufsz bytes) to ``out``."""
     with open_image(path) as (info, view):
         seg = select_segment(info, which)
-        atomic_write(out, bytes(content(view, seg)))
+        atomic_write(out, bytes(content(view, seg)), inputs=(path,))
     return seg
 
 
@@ -555,8 +555,16 @@ def patch_handover(path: str | os.PathLike[str], data: bytes, *,
     """The offline ``kexec_update_segment`` on the hand-over segment: same mem and memsz, new
     content. Refused when too large, or when the policy hashes the hand-over unless ``reseal``
     (then the digest is recomputed and stored into the purgatory and the note). The output is
-    written atomically and verified; on any refusal nothing is written."""
+    written atomically and verified; on any refusal nothing is written. ``out`` None: in place,
+    under an exclusive lock from the read to the verify, so no concurrent update is lost."""
     target = Path(out) if out is not None else Path(path)
+    check_output(target, (path,), in_place=out is None, stdout=False)
+    with locked(path) if out is None else nullcontext():
+        return _patch_handover(path, data, target, reseal, in_place=out is None)
+
+
+def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, reseal: bool, *,
+                    in_place: bool) -> PatchResult:
     with mapped(path) as view:
         info = read_image(view)
         ho = info.segment(Role.HANDOVER)
@@ -571,7 +579,7 @@ def patch_handover(path: str | os.PathLike[str], data: bytes, *,
                             f"than the hand-over's memsz {ho.memsz}", fmt=FMT,
                             field=f"segment[{ho.index}]")
         img = _rebuilt(info, view, ho.index, data, reseal)
-        atomic_write(target, b"".join(image_chunks(img)))
+        atomic_write(target, b"".join(image_chunks(img)), inputs=(path,), in_place=in_place)
     res = verify(target)
     if not res.ok:
         raise OutputError(f"{target}: the patched image does not verify: {res.reason}")

@@ -185,6 +185,6 @@ def extract_purgatory(kernel: Pathish, output: Pathish) -> ExtractResult:
     """Write the purgatory object a kexec_file kernel embeds to ``output`` (atomically)."""
     with input_named(kernel), mapped(kernel) as view:
         found = kernels.find_purgatory(view)
-    atomic_write(output, found.data)
+    atomic_write(output, found.data, inputs=(kernel,))
     return ExtractResult(str(output), len(found.data), hashlib.sha256(found.data).hexdigest(),
                          found.offset, found.how, found.vmlinux_from)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kimagekit.errors import UsageError
+from kimagekit.fileio import read_input
 from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES
 
 Expected = dict[str, dict[int, bytes]]
@@ -61,10 +62,9 @@ def parse_pcr_file(path: Path) -> Expected:
         bank, _, text_path = text_path.partition(",")
         if bank not in DIGEST_SIZES:
             raise UsageError(f"--pcrs: unknown bank {bank!r}")
+    raw = read_input(text_path, "--pcrs")  # names the file and why on failure
     try:
-        text = Path(text_path).read_text("utf-8")
-    except OSError as exc:
-        raise UsageError(f"--pcrs {text_path}: cannot read: {exc.strerror}") from exc
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"--pcrs {text_path}: not UTF-8 text (byte {exc.start})") from exc
     out: Expected = {}

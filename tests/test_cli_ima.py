@@ -209,7 +209,7 @@ def test_inspect_detects_by_content(capsys: pytest.CaptureFixture[str], tmp_path
                               "ima-ascii-list)\n")
     code, _, err = run(capsys, "inspect", tmp_path / "missing")
     assert code == 2
-    assert err == f"kimagekit: error: {tmp_path / 'missing'}: file: {tmp_path / 'missing'}: " \
+    assert err == f"kimagekit: error: {tmp_path / 'missing'}: file: " \
                   "cannot open: No such file or directory\n"
 
 

@@ -68,7 +68,8 @@ def test_bank_prefix(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         pcrs.parse_pcr_file(tmp_path / "missing")
     missing = tmp_path / "missing"
-    assert str(err.value) == f"--pcrs {missing}: cannot read: No such file or directory"
+    assert (str(err.value), err.value.file) == ("--pcrs: cannot open: No such file or directory",
+                                                str(missing))
     binary = tmp_path / "binary"
     binary.write_bytes(b"PCR-10: \xff\n")
     with pytest.raises(UsageError) as err:

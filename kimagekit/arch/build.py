@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from kimagekit import ima_kexec, ima_log, kernels
 from kimagekit.arch import ppc64, ppc64_dt, x86_64
 from kimagekit.dtb_file import load_tree
 from kimagekit.errors import KimageError, UsageError, about_file, input_named
-from kimagekit.fileio import mapped
+from kimagekit.fileio import check_output, mapped, read_input
 from kimagekit.formats import bzimage as bz
 from kimagekit.formats.ima import Endian
 from kimagekit.image import ARCHES, HandoverStyle, ImageInfo, KexecImage, read_image, write_image
@@ -78,6 +77,7 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     if arch not in PPC_ARCHES:
         raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
                          field="arch")
+    check_output(inputs.output, (*_inputs(inputs), dtb), stdout=False)
     ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size)
     with input_named(dtb):
         tree = load_tree(dtb)
@@ -106,13 +106,14 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     and ``ima_kexec`` (CONFIG_IMA_KEXEC) describe the loading kernel."""
     if inputs.handover is not None:
         raise UsageError("x86-64 hands over an IMA list only", fmt=x86_64.FMT, field="handover")
+    check_output(inputs.output, (*_inputs(inputs), purgatory_from), stdout=False)
     # The destination limit (MAXMEM - 1, set by the paging mode at run time) is not modelled.
     target = Target("x86_64", X86_PAGE_SIZE, ram).with_hole_search(hole_search)
     if (inputs.purgatory is None) == (purgatory_from is None):
         raise UsageError("x86-64 needs exactly one purgatory source", fmt=x86_64.FMT,
                          field="purgatory")
     if purgatory_from is not None:
-        with input_named(purgatory_from), mapped(purgatory_from) as view:
+        with input_named(purgatory_from), mapped(purgatory_from, "--purgatory-from") as view:
             purg = parse_purgatory(kernels.find_purgatory(view).data)
     else:
         given = _purgatory(inputs.purgatory)
@@ -136,6 +137,10 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
                  info)
 
 
+def _inputs(i: BuildInputs) -> tuple[Pathish | None, ...]:
+    return i.kernel, i.initrd, i.purgatory, i.ima, i.handover
+
+
 def _endian(little: bool) -> Endian:
     return "<" if little else ">"
 
@@ -148,7 +153,7 @@ def _handover(inputs: BuildInputs, endian: Endian,
             listed = ima_log.read_entries(inputs.ima)
         data, entries = ima_kexec.build_buffer(listed, endian=endian), len(listed)
     elif inputs.handover is not None:
-        data, entries = Path(inputs.handover).read_bytes(), None
+        data, entries = read_input(inputs.handover, "--handover"), None
     else:
         return None, None, inputs.handover_size
     size = inputs.handover_size
@@ -162,18 +167,18 @@ def _purgatory(path: Pathish | None) -> PurgatoryObject | None:
     if path is None:
         return None
     with input_named(path):
-        return parse_purgatory(Path(path).read_bytes())
+        return parse_purgatory(read_input(path, "--purgatory"))
 
 
 def _initrd(path: Pathish | None) -> bytes | None:
-    return None if path is None else Path(path).read_bytes()
+    return None if path is None else read_input(path, "--initrd")
 
 
 def _write_verified(inputs: BuildInputs, compose: Callable[[memoryview], KexecImage],
                     kernel_fmts: tuple[str, ...]) -> tuple[str, ImageInfo]:
     """Compose from the mapped kernel, write atomically (verified), and re-read what was written:
     the digest as stored, and the image."""
-    with mapped(inputs.kernel) as view:
+    with mapped(inputs.kernel, "--kernel") as view:
         try:
             img = compose(view)
         except KimageError as err:

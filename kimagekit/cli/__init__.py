@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import traceback
 
 import typer
 
+from kimagekit import output_files
 from kimagekit.cli import build as build_cli
 from kimagekit.cli import dtb as dtb_cli
 from kimagekit.cli import ima as ima_cli
 from kimagekit.cli import image as image_cli
 from kimagekit.cli import inspect as inspect_cli
 from kimagekit.cli import kernel as kernel_cli
-from kimagekit.errors import KimageError
+from kimagekit.errors import KimageError, escape
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -39,8 +42,14 @@ def _root(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code. typer/click handle usage errors themselves (usage
-    line, exit 2); a KimageError from the library becomes one line on stderr."""
+    line, exit 2); a KimageError from the library becomes one line on stderr.
+
+    As a program (``argv`` None) a closed stdout ends it by SIGPIPE, as it ends any filter
+    (the shell's 141), before click can turn the broken pipe into an exit 1."""
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = list(sys.argv[1:] if argv is None else argv)
+    output_files.state.wrote_stdout = False
     debug = "--debug" in args
     try:
         app(args=args, prog_name="kimagekit")
@@ -50,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     except KimageError as err:
         if debug:
             traceback.print_exc()
-        prefix = f"{err.file}: " if err.file else ""
+        prefix = f"{escape(err.file)}: " if err.file else ""
         sys.stderr.write(f"kimagekit: error: {prefix}{err}\n")
         return err.exit_code
     except BrokenPipeError:
-        return 0
+        # stdout is gone: nothing more to say, and nothing left to flush at exit
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+        return 128 + int(getattr(signal, "SIGPIPE", 13))
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kimagekit.errors import input_named
+from kimagekit.output_files import state
 
 __all__ = ["emit_json", "input_named", "jsonable", "out", "warn"]
 
@@ -32,12 +33,17 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def _report() -> Any:
+    """Where a command's report goes: stdout, unless its output (``-o -``) went there."""
+    return sys.stderr if state.wrote_stdout else sys.stdout
+
+
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
+    _report().write(json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    _report().write(text + "\n")
 
 
 def warn(text: str) -> None:

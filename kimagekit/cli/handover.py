@@ -18,7 +18,7 @@ def patch_image(image: Path, *, ima: Path | None, data: Path | None, output: Pat
     if (ima is None) == (data is None):
         raise UsageError("give exactly one of --ima LIST and --data FILE")
     target = output if output is not None else image
-    result = patch_file(image, target, ima=ima, data=data, reseal=reseal)
+    result = patch_file(image, output, ima=ima, data=data, reseal=reseal)
     if as_json:
         emit_json(result)
         return

@@ -1,0 +1,215 @@
+"""Writing outputs: atomically, never over an input, through symlinks, to stdout, locked in place.
+
+A file is written into an unnamed ``O_TMPFILE`` in the target's folder, synced, re-read and
+compared, then given a name and renamed over the target, so a kill leaves at most a
+``.NAME.kimagekit-tmp.PID`` file for the instant between the two; the next write into that folder
+removes those whose process is gone. Filesystems without ``O_TMPFILE`` get that name from the
+start. New files get ``0666 & ~umask``; a replaced file keeps its mode (and, in place, its owner).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import stat
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from kimagekit.errors import OutputError
+
+STDOUT_NAMES = ("-", "/dev/stdout")
+_TMP = re.compile(r"\..*\.kimagekit-tmp\.(\d+)\Z")
+_CHUNK = 1 << 20
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
+
+
+class _State:
+    wrote_stdout = False  # the CLI then prints its report to stderr
+
+
+state = _State()
+
+
+def is_stdout(path: object) -> bool:
+    return os.fspath(path) in STDOUT_NAMES  # type: ignore[call-overload]
+
+
+def _out_error(path: object, why: str) -> OutputError:
+    err = OutputError(why, field="-o")
+    err.file = str(path)
+    return err
+
+
+def check_output(path: object, inputs: Iterable[object | None] = (), *, in_place: bool = False,
+                 stdout: bool = True) -> None:
+    """Refuse an output that is not a regular file (stdout aside) or that is one of ``inputs``
+    (same inode) unless ``in_place``. ``stdout=False``: the command must re-read its output."""
+    if is_stdout(path):
+        if not stdout:
+            raise _out_error(path, "stdout is refused here: the output is re-read and verified "
+                                   "after it is written, so it must be a file")
+        return
+    try:
+        st = os.stat(os.fspath(path))  # type: ignore[call-overload]
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _out_error(path, f"cannot write: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise _out_error(path, "not a regular file: refused (-o writes files, or - for stdout)")
+    if in_place:
+        return
+    for given in inputs:
+        if given is None or is_stdout(given):
+            continue
+        try:
+            other = os.stat(os.fspath(given))  # type: ignore[call-overload]
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            raise _out_error(path, f"the same file as the input {given}: refused (inputs are "
+                                   "never overwritten; patch-handover has --in-place)")
+
+
+def sweep(folder: str) -> None:
+    """Remove temporary files left in ``folder`` by kimagekit processes that no longer run."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            m = _TMP.match(entry.name)
+            if m is None or int(m.group(1)) == os.getpid():
+                continue
+            try:
+                os.kill(int(m.group(1)), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            except OSError:
+                pass  # alive, but someone else's
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    done = 0
+    while done < len(data):
+        done += os.write(fd, data[done:done + _CHUNK])
+
+
+def _same_as_written(fd: int, data: memoryview) -> bool:
+    for pos in range(0, len(data), _CHUNK):
+        if os.pread(fd, _CHUNK, pos) != data[pos:pos + _CHUNK]:
+            return False
+    return os.pread(fd, 1, len(data)) == b""
+
+
+def _create(folder: str, name: str) -> tuple[int, str | None]:
+    """An unnamed file in ``folder`` (name None), else one named for :func:`sweep`."""
+    if os.path.isdir("/proc/self/fd"):
+        try:
+            return os.open(folder, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o666), None
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+    tmp = os.path.join(folder, f".{name}.kimagekit-tmp.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    return os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o666), tmp
+
+
+def _link(fd: int, name: str) -> None:
+    """Give the unnamed file ``fd`` the name ``name`` (linkat through /proc, which needs no
+    privilege, unlike AT_EMPTY_PATH)."""
+    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), name, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+def _to_stdout(data: memoryview) -> None:
+    sys.stdout.flush()
+    _write_all(1, data)
+    state.wrote_stdout = True
+
+
+def write_output(path: object, data: bytes | bytearray | memoryview, *,
+                 inputs: Iterable[object | None] = (), in_place: bool = False) -> None:
+    """Write ``data`` to ``path`` as the module docstring says (``-``: stdout)."""
+    check_output(path, inputs, in_place=in_place)
+    view = memoryview(data).cast("B")
+    if is_stdout(path):
+        _to_stdout(view)
+        return
+    target = os.path.realpath(os.fspath(path))  # type: ignore[call-overload]
+    folder, name = os.path.split(target)
+    sweep(folder)
+    try:
+        old: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    tmp: str | None = None
+    try:
+        fd, tmp = _create(folder, name)
+    except OSError as exc:
+        raise _out_error(path, f"cannot create a file in {folder}: {exc.strerror}") from exc
+    try:
+        if old is not None:
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            if in_place and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                try:
+                    os.fchown(fd, old.st_uid, old.st_gid)
+                except OSError as exc:
+                    raise _out_error(path, f"cannot keep the owner {old.st_uid}:{old.st_gid} "
+                                           f"in place: {exc.strerror}") from exc
+                os.fchmod(fd, stat.S_IMODE(old.st_mode))  # chown drops set-id bits
+        _write_all(fd, view)
+        os.fsync(fd)
+        if not _same_as_written(fd, view):
+            raise _out_error(path, "read-back differs from what was written")
+        if tmp is None:
+            tmp = os.path.join(folder, f".{name}.kimagekit-tmp.{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            _link(fd, tmp)
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise _out_error(path, f"cannot write: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+@contextmanager
+def locked(path: object) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file at ``path`` (a read-modify-write in place): a
+    second holder is refused at once rather than left waiting. A file replaced while the lock
+    was taken is locked again, so the lock is always on what the path names."""
+    name = os.fspath(path)  # type: ignore[call-overload]
+    for _ in range(100):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _out_error(path, f"cannot open: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _out_error(path, "being rewritten in place by another process (locked): "
+                                   "try again when it has finished") from None
+        try:
+            now, held = os.stat(name), os.fstat(fd)
+        except OSError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            try:
+                yield
+            finally:
+                os.close(fd)
+            return
+        os.close(fd)
+    raise _out_error(path, "replaced again and again while being locked")
