@@ -15,7 +15,7 @@ from typing import Any
 
 from kimagekit import dtb_file, ima_log, image_info, kernel_info, kernels
 from kimagekit.errors import UnrecognisedFormat
-from kimagekit.fileio import read_head
+from kimagekit.fileio import input_size, read_head
 
 HEAD_SIZE = 65536
 
@@ -55,7 +55,7 @@ KINDS: tuple[Kind, ...] = (
 def detect(path: str | os.PathLike[str]) -> Kind:
     """The first kind whose detector takes the file's first bytes."""
     head = read_head(path, HEAD_SIZE)
-    size = os.stat(path).st_size
+    size = input_size(path)
     for kind in KINDS:
         if kind.detect(head, size):
             return kind

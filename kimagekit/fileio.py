@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from kimagekit.input_files import open_input
 from kimagekit.output_files import check_output, is_stdout, locked, write_output
 
-__all__ = ["Buffer", "atomic_write", "check_output", "is_stdout", "locked", "map_file", "mapped",
-           "read_head", "read_input", "reread"]
+__all__ = ["Buffer", "atomic_write", "check_output", "input_size", "is_stdout", "locked",
+           "map_file", "mapped", "read_head", "read_input", "reread"]
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
@@ -42,6 +42,12 @@ def read_input(path: str | os.PathLike[str], what: str = "file") -> bytes:
     """All of ``path`` as bytes (for the small side inputs that are kept whole)."""
     with open_input(path, what) as (_, view):
         return bytes(view)
+
+
+def input_size(path: str | os.PathLike[str], what: str = "file") -> int:
+    """How many bytes ``path`` holds (a pipe: what it gave)."""
+    with open_input(path, what) as (_, view):
+        return len(view)
 
 
 def read_head(path: str | os.PathLike[str], size: int = 4096, what: str = "file") -> bytes:

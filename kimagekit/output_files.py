@@ -38,8 +38,8 @@ def is_stdout(path: object) -> bool:
     return os.fspath(path) in STDOUT_NAMES  # type: ignore[call-overload]
 
 
-def _out_error(path: object, why: str) -> OutputError:
-    err = OutputError(why, field="-o")
+def _out_error(path: object, why: str, what: str = "-o") -> OutputError:
+    err = OutputError(why, field=what)
     err.file = str(path)
     return err
 
@@ -194,13 +194,13 @@ def locked(path: object) -> Iterator[None]:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as exc:
-            raise _out_error(path, f"cannot open: {exc.strerror}") from exc
+            raise _out_error(path, f"cannot open: {exc.strerror}", "--in-place") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise _out_error(path, "being rewritten in place by another process (locked): "
-                                   "try again when it has finished") from None
+                                   "try again when it has finished", "--in-place") from None
         try:
             now, held = os.stat(name), os.fstat(fd)
         except OSError:
@@ -212,4 +212,4 @@ def locked(path: object) -> Iterator[None]:
                 os.close(fd)
             return
         os.close(fd)
-    raise _out_error(path, "replaced again and again while being locked")
+    raise _out_error(path, "replaced again and again while being locked", "--in-place")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from kimagekit import ima_log
 from kimagekit.cli import main
+from kimagekit.errors import ParseError
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ROOT / "testdata" / "ima" / "small-le.bin"
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
@@ -50,3 +58,35 @@ def test_console_script_exit_codes() -> None:
     ok = subprocess.run([*run, "--help"], capture_output=True, text=True, check=False)
     assert (ok.returncode, ok.stderr) == (0, "")
     assert "Usage: kimagekit [OPTIONS] COMMAND [ARGS]..." in ok.stdout
+
+
+def test_error_lines_escape_control_characters(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """File names, arguments and text quoted from the input never break the one-line error."""
+    name = tmp_path / "a\nb\x1b[31m\x7f\u2028" / os.fsdecode(b"\xff")
+    assert main(["inspect", str(name)]) == 2
+    assert capsys.readouterr().err == (
+        f"kimagekit: error: {tmp_path}/a\\x0ab\\x1b[31m\\x7f\\u2028/\\xff: file: cannot open: "
+        "No such file or directory\n")
+    dtb = ROOT / "testdata" / "dtb" / "small.dtb"
+    assert main(["dtb", "get", str(dtb), "/chosen", "pr\rop\tx"]) == 2
+    assert capsys.readouterr().err == (f"kimagekit: error: {dtb}: dtb: no property "
+                                       "pr\\x0dop\\x09x in /chosen\n")
+    err = ParseError("name 'a\nb'\x00", fmt="ima\x85", field="entry[0].\x1bname", offset=16)
+    assert str(err) == "ima\\x85: entry[0].\\x1bname at offset 0x10: name 'a\\x0ab'\\x00"
+
+
+def test_closed_stdout_exits_by_sigpipe_quietly(tmp_path: Path) -> None:
+    """``kimagekit ima show BIG | head -1``: the shell sees 141 (128 + SIGPIPE), no message."""
+    entries = ima_log.read_entries(SMALL)
+    big = tmp_path / "big.bin"
+    big.write_bytes(ima_log.encode_list(entries * 2000, "<", 20))
+    script = (f"{shlex.quote(sys.executable)} -m kimagekit ima show {shlex.quote(str(big))} "
+              f"2>{shlex.quote(str(tmp_path / 'err'))} | head -1; "
+              'echo "${PIPESTATUS[0]}"')
+    p = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                       check=False)
+    lines = p.stdout.splitlines()
+    assert (len(lines), lines[-1], p.stderr) == (2, "141", "")
+    assert lines[0].startswith(f"{big}: binary list, little-endian")
+    assert (tmp_path / "err").read_text() == ""
