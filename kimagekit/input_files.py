@@ -58,9 +58,10 @@ def _kind(mode: int) -> str | None:
 
 def _fifo_wait() -> float:
     try:
-        return float(os.environ.get("KIMAGEKIT_FIFO_WAIT", FIFO_WAIT))
+        wait = float(os.environ.get("KIMAGEKIT_FIFO_WAIT", FIFO_WAIT))
     except ValueError:
         return FIFO_WAIT
+    return wait if 0 <= wait <= 3600 else FIFO_WAIT  # also refuses nan
 
 
 def _read_bounded(fd: int, path: object, what: str) -> bytes:
