@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from kimagekit.input_files import open_input
+from kimagekit.input_files import open_input, too_big
 from kimagekit.output_files import check_output, is_stdout, locked, write_output
 
 __all__ = ["Buffer", "atomic_write", "check_output", "input_size", "is_stdout", "locked",
@@ -39,8 +39,10 @@ def mapped(path: str | os.PathLike[str], what: str = "file") -> Iterator[memoryv
 
 
 def read_input(path: str | os.PathLike[str], what: str = "file") -> bytes:
-    """All of ``path`` as bytes (for the small side inputs that are kept whole)."""
+    """All of ``path`` as bytes (for the side inputs that are kept whole): a file too is held to
+    ``what``'s bound before it is copied."""
     with open_input(path, what) as (_, view):
+        too_big(path, what, len(view))
         return bytes(view)
 
 

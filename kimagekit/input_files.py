@@ -37,6 +37,13 @@ def bound_for(what: str) -> int:
     return BOUNDS.get(what, DEFAULT_BOUND)
 
 
+def too_big(path: object, what: str, size: int) -> None:
+    """Refuse a file of ``size`` bytes that is to be read whole past ``what``'s bound."""
+    if size > bound_for(what):
+        raise _refuse(path, what, f"{size} bytes, more than the bound for {what} "
+                                  f"({bound_for(what)} bytes)")
+
+
 def _refuse(path: object, what: str, why: str) -> UsageError:
     err = UsageError(why, field=what)
     err.file = str(path)

@@ -140,3 +140,17 @@ def test_stdin_regular_file_is_mapped_and_terminal_refused() -> None:
         p = subprocess.run([sys.executable, "-m", "kimagekit", "ima", "check", "-"], stdin=null,
                            capture_output=True, timeout=60, check=False)
     assert (p.returncode, p.stderr.decode()) == (2, f"kimagekit: error: -: file: {DEVICE}\n")
+
+
+@pytest.mark.parametrize(("what", "bound"), [("--pcrs", 1 << 20), ("--initrd", 2**31 - 1)])
+def test_files_read_whole_are_held_to_the_bound(files: Path, tmp_path: Path, what: str,
+                                                 bound: int,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Sparse, so nothing is read: the size alone is refused (for an initrd, as
+    kexec_file_load refuses a file past INT_MAX)."""
+    big = tmp_path / "big"
+    with big.open("wb") as f:
+        f.truncate(bound + 1)
+    assert main([str(a) for a in command(files, what, big)]) == 2
+    assert capsys.readouterr() == ("", f"kimagekit: error: {big}: {what}: {bound + 1} bytes, "
+                                       f"more than the bound for {what} ({bound} bytes)\n")
