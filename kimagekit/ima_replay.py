@@ -50,6 +50,14 @@ class Replayed:
     reached: dict[tuple[str, int, str], int] = field(default_factory=dict)
     #: PCR -> index of the last entry extending it (the PCRs the list touches).
     last: dict[int, int] = field(default_factory=dict)
+    #: The bank whose digests the list stores (None for an unusual digest size).
+    own: str | None = None
+
+
+def check_banks(banks: Iterable[str]) -> None:
+    """A UsageError for a bank that cannot be replayed here (unknown, or no SM3 in hashlib)."""
+    for b in banks:
+        hash_factory(b)
 
 
 def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, check: bool = True,
@@ -119,7 +127,8 @@ def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, che
             pvalue = ptable[pcr] = h(ptable.get(pcr, z) + pd).digest()
             if wanted is not None and pvalue == wanted:
                 reached.setdefault((b, pcr, PADDED), index)
-    return Replayed(count, violations, dict(templates), mismatches, pcrs, padded, reached, last)
+    return Replayed(count, violations, dict(templates), mismatches, pcrs, padded, reached, last,
+                    BANK_BY_SIZE.get(fmt.digest_size))
 
 
 Status = Literal["match", "prefix", "mismatch", "untouched"]
@@ -132,6 +141,8 @@ class PcrVerdict:
     ``match``: the whole list reproduces it; ``prefix``: the list reached it after entry
     ``reached_at`` and then went on (it grew after the quote); ``mismatch``: never reached;
     ``untouched``: the list never extends that PCR, so it says nothing about it (not compared).
+    ``method`` says what the matching replay extended: ``stored`` (the list's own bank under
+    ``per-bank``), ``recomputed`` or ``sha1-padded``.
     """
 
     bank: str
@@ -155,15 +166,16 @@ def judge(expected: Mapping[str, Mapping[int, bytes]], r: Replayed,
                 out.append(PcrVerdict(bank, pcr, want, None, "untouched", None, None, None))
                 continue
             final = r.pcrs[bank][pcr]
+            label = "stored" if method == "per-bank" and bank == r.own else "recomputed"
             pfinal = r.padded.get(bank, {}).get(pcr)
             if final == want:
-                v = PcrVerdict(bank, pcr, want, final, "match", method,
+                v = PcrVerdict(bank, pcr, want, final, "match", label,
                                r.reached.get((bank, pcr, method)), last)
             elif pfinal == want:
                 v = PcrVerdict(bank, pcr, want, pfinal, "match", PADDED,
                                r.reached.get((bank, pcr, PADDED)), last)
             elif (bank, pcr, method) in r.reached:
-                v = PcrVerdict(bank, pcr, want, final, "prefix", method,
+                v = PcrVerdict(bank, pcr, want, final, "prefix", label,
                                r.reached[(bank, pcr, method)], last)
             elif (bank, pcr, PADDED) in r.reached:
                 v = PcrVerdict(bank, pcr, want, pfinal, "prefix", PADDED,

@@ -13,7 +13,7 @@ from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES
 
 Expected = dict[str, dict[int, bytes]]
 
-_EXPECT = re.compile(r"(\d+):([a-z0-9]+)=([0-9a-fA-F]+)\Z")
+_EXPECT = re.compile(r"(\d+):([a-z0-9_]+)=([0-9a-fA-F]+)\Z")
 _LINE = re.compile(r"\s*PCR[- ]?(\d+)\s*:\s*([0-9a-fA-F ]+?)\s*\Z")
 
 
