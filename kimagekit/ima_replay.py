@@ -7,7 +7,8 @@ What each bank is extended with, per entry (``method``):
   a ``_<algo>`` list) that is the stored template digest; the other banks' digests are not in the
   list, so they get the template hash recomputed in that bank, which is what the kernel extends.
 - ``recomputed``: every bank, the own one included, gets the recomputed template hash.
-- ``sha1-padded`` is always replayed beside either, for the banks other than sha1: kernels
+- ``sha1-padded`` is replayed beside either on request (``legacy``; ``ima replay`` always asks),
+  for the banks other than sha1: kernels
   before 5.8 extended every bank with the SHA-1 template digest zero-padded to the bank's size
   (the stored one in a SHA-1 list, else recomputed). evmctl tries it too.
 
@@ -62,42 +63,47 @@ def check_banks(banks: Iterable[str]) -> None:
 
 def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, check: bool = True,
         method: Method = "per-bank", expected: Mapping[str, Mapping[int, bytes]] | None = None,
-        ) -> Replayed:
+        legacy: bool = False) -> Replayed:
     """Replay ``records`` into ``banks``; recheck each template digest against its stored one
-    (``check``); note when each ``expected`` value is reached."""
+    (``check``); note when each ``expected`` value is reached; with ``legacy``, also replay the
+    non-SHA-1 banks as ``sha1-padded``."""
     if method not in METHODS:
         raise ValueError(method)
     sha1 = hash_factory("sha1")
+    stored_own = method == "per-bank"
     plan = []
     pcrs: Tables = {b: {} for b in banks}
-    padded: Tables = {b: {} for b in banks if b != "sha1"}
+    padded: Tables = {b: {} for b in banks if b != "sha1"} if legacy else {}
     for b in banks:
         h = hash_factory(b)  # refuses an unknown bank before anything is read
         size = DIGEST_SIZES[b]
         plan.append((b, h, size, pcrs[b], padded.get(b), bytes(size),
                      b"\xff" * size, (b"\xff" * TPM_DIGEST_SIZE).ljust(size, b"\0"),
-                     expected.get(b) if expected else None))
+                     expected.get(b) or None if expected else None))
     reached: dict[tuple[str, int, str], int] = {}
     last: dict[int, int] = {}
     mismatches: list[DigestMismatch] = []
     templates: defaultdict[str, int] = defaultdict(int)
     violations = count = 0
-    zeros: dict[int, bytes] = {}
+    size = -1
+    zero = b""
+    own: str | None = None
+    own_hash = None
     for index, offset, pcr, stored, name, blob, data in records:
         count = index + 1
         templates[name] += 1
         last[pcr] = index
-        size = len(stored)
-        zero = zeros.get(size)
-        if zero is None:
-            zero = zeros[size] = bytes(size)
-        own = BANK_BY_SIZE.get(size)
+        if len(stored) != size:  # once per list, but an ASCII list may mix sizes
+            size = len(stored)
+            zero = bytes(size)
+            own = BANK_BY_SIZE.get(size)
+            own_hash = hash_factory(own) if own is not None else None
         violation = stored == zero
+        got = None
         if violation:
             violations += 1
-        computed: dict[str, bytes] = {}
-        if check and own is not None and not violation:
-            got = computed[own] = hash_factory(own)(blob).digest()
+        elif check and own_hash is not None:
+            got = own_hash(blob).digest()
             if got != stored:
                 entry = ImaEntry(pcr, stored, name, bytes(data), fmt.endian, index, offset)
                 mismatches.append(DigestMismatch(index, offset, name, stored, got,
@@ -106,13 +112,14 @@ def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, che
         for b, h, bsize, table, ptable, z, ff, pff, want in plan:
             if violation:
                 d = ff
-            elif b == own and method == "per-bank":
-                d = stored
+            elif b == own:
+                d = stored if stored_own else (got or h(blob).digest())
             else:
-                d = computed.get(b) or h(blob).digest()
-                computed[b] = d
+                d = h(blob).digest()
+                if b == "sha1":
+                    sha1_digest = d
             value = table[pcr] = h(table.get(pcr, z) + d).digest()
-            wanted = want.get(pcr) if want else None
+            wanted = want.get(pcr) if want is not None else None
             if wanted is not None and value == wanted:
                 reached.setdefault((b, pcr, method), index)
             if ptable is None:
@@ -121,8 +128,7 @@ def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, che
                 pd = pff
             else:
                 if sha1_digest is None:
-                    sha1_digest = stored if own == "sha1" else (
-                        computed.get("sha1") or sha1(blob).digest())
+                    sha1_digest = stored if own == "sha1" else sha1(blob).digest()
                 pd = sha1_digest.ljust(bsize, b"\0")
             pvalue = ptable[pcr] = h(ptable.get(pcr, z) + pd).digest()
             if wanted is not None and pvalue == wanted:

@@ -183,3 +183,28 @@ def test_no_expected_pcr_extended_is_not_ok(capsys: pytest.CaptureFixture[str]) 
     assert out.splitlines()[-2:] == [
         "not compared, the list never extends them: sha1 PCR-12",
         "FAILED: the list extends none of the 1 PCRs expected"]
+
+
+def test_per_bank_list_replays_its_own_stored_digests(capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path) -> None:
+    # a _sha256 list stores sha256 digests: that bank replays them; sha1 is not in the list, so
+    # it gets the SHA-1 hash of the (edited) data, which is not what the TPM saw
+    data, path = _edit_path((IMA_DIR / "small-le-sha256.bin").read_bytes(), 2)
+    edited = tmp_path / "edited-sha256.bin"
+    edited.write_bytes(data)
+    want = {b: _replay(SAMPLE, b)[10] for b in ("sha1", "sha256")}
+    edited_sample = [*SAMPLE]
+    fields = edited_sample[2][2]
+    edited_sample[2] = (10, "ima-sig", [fields[0], b"/bin/si\0", fields[2]], False)
+    replayed_sha1 = _replay(edited_sample, "sha1")[10]
+    code, out, _ = run(capsys, "ima", "replay", edited, "--bank", "sha1", "--bank", "sha256",
+                       *(f"--expect=10:{b}={v.hex()}" for b, v in want.items()))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[4:6] == [
+        f"MISMATCH sha1 PCR-10: expected {want['sha1'].hex()}, replayed {replayed_sha1.hex()}",
+        "sha256 PCR-10: matches the quote after entry 8 (stored template digests)"]
+    assert lines[6].startswith(f"entry 2 ({path}) altered: template digest stored ")
+    assert lines[7:] == [
+        "FAILED: chain does not match the quote: 1 of 2 expected PCR values differ; 1 entry "
+        "altered"]

@@ -137,7 +137,8 @@ def replay(
     ima_replay.check_banks(banks)
     method: ima_replay.Method = "recomputed" if recomputed else "per-bank"
     with input_named(file), ima_log.open_list(file) as (fmt, view):
-        report = ima_log.analyse(view, fmt, banks=banks, method=method, expected=expected)
+        report = ima_log.analyse(view, fmt, banks=banks, method=method, expected=expected,
+                                 legacy=True)
     assert report.replayed is not None
     verdicts = ima_replay.judge(expected, report.replayed, method)
     differ = [v for v in verdicts
