@@ -55,7 +55,7 @@ def test_replay_evmctl_pcr_file_and_expect(capsys: pytest.CaptureFixture[str],
     assert out.splitlines()[-2:] == [
         "MISMATCH sha1 PCR-10: expected " + "00" * 20
         + ", replayed 9be6bac02bf18d09d17e726c2df00bca4e8831ea",
-        "FAILED: chain does not match the quote: 1 of 1 expected PCR value differ"]
+        "FAILED: chain does not match the quote: 1 of 1 expected PCR value not reproduced"]
 
 
 def test_replay_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -210,7 +210,8 @@ def _replay_summary(verdicts: list[ima_replay.PcrVerdict], differ: list[ima_repl
     if not compared:
         return f"FAILED: the list extends none of the {len(verdicts)} PCRs expected"
     if differ:
-        return (f"FAILED: chain does not match the quote: {len(differ)} of {values} differ"
+        return (f"FAILED: chain does not match the quote: {len(differ)} of {values} not "
+                "reproduced"
                 + (f"; {entries}" if altered else ""))
     if altered:
         return f"FAILED: chain matches the quote ({values} reproduced), but {entries}"
