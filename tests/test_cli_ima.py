@@ -98,6 +98,17 @@ def test_check_ok_and_tampered(capsys: pytest.CaptureFixture[str], tmp_path: Pat
                      "stored 38680a16550a5746a2d4c151cdb9c98b997e0129, computed "
                      "5b81a35ddc382944a871bf88bdd54459d08fec31")
     assert last == "FAILED: 9 entries, 1 violations, 1 template digest mismatches (sha1)"
+    code, out, _ = run(capsys, "ima", "check", bad, "--json")
+    assert code == 1
+    assert json.loads(out) == {
+        "file": str(bad),
+        "format": {"kind": "binary", "endian": "little", "bank": "sha1", "digest_size": 20},
+        "entries": 9, "violations": 1,
+        "mismatches": [{"index": 8, "offset": 0x39c, "template_name": "ima",
+                        "stored": "38680a16550a5746a2d4c151cdb9c98b997e0129",
+                        "computed": "5b81a35ddc382944a871bf88bdd54459d08fec31",
+                        "path": "/sbin/olD"}],
+        "restore_error": None, "ok": False}
 
 
 def test_check_kexec_buffer_applies_restore_rules(capsys: pytest.CaptureFixture[str],
