@@ -95,7 +95,8 @@ def parse_pcr_file(path: Path) -> Expected:
 
 def compare(expected: Expected, replayed: dict[str, dict[int, bytes]]) -> list[PcrMismatch]:
     """Every expected value that the replay does not reproduce; a PCR the list never extends
-    replays as all zeros."""
+    replays as all zeros. ``ima replay`` judges with :func:`kimagekit.ima_replay.judge` instead,
+    which leaves such PCRs uncompared and knows prefixes and the SHA-1-padded banks."""
     bad = []
     for bank, table in expected.items():
         got = replayed.get(bank, {})
