@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 
 from kimagekit.errors import ParseError
 from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES, Endian
+from kimagekit.ima_binary import ImaEntry, Releaser, u32_codec
 from kimagekit.ima_fields import field_from_ascii, template_field_ids
-from kimagekit.ima_log import ImaEntry, _u32
 
 FMT = "ima-ascii"
 _LINE = re.compile(r"\s*(\d+) (?:([a-z0-9]+):)?([0-9a-fA-F]+) (\S+)(?: (.*))?\Z")
@@ -47,19 +47,49 @@ def parse_ascii(data: bytes | memoryview, *, endian: Endian = "<") -> Iterator[I
         index += 1
 
 
+#: The longest line accepted. The largest field a kernel measures from user space is a key
+#: payload in an ``ima-buf`` entry (``add_key`` takes less than 1 MiB), printed as hex (2 MiB);
+#: with two signatures of at most ``XATTR_SIZE_MAX`` (64 KiB, 128 KiB as hex each) and the fixed
+#: fields, 4 MiB bounds every line a kernel writes, and bounds what a line can make us hold.
+MAX_LINE = 4 << 20
+
+
 def _lines(data: bytes | memoryview, chunk: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
-    """(offset, line without its newline), reading ``chunk`` bytes at a time."""
-    pos, end, start = 0, len(data), 0
-    carry = b""
+    """(offset, line without its newline), reading ``chunk`` bytes at a time: linear in the
+    input, and never holding more than ``chunk`` plus one line of at most :data:`MAX_LINE`."""
+    end, pos, start = len(data), 0, 0
+    pending = bytearray()  # the start of a line that runs past the current block
+    release = Releaser(data)
     while pos < end:
-        lines = (carry + bytes(data[pos:pos + chunk])).split(b"\n")
-        pos += chunk
-        carry = lines.pop()  # unfinished until the next block says otherwise
-        for line in lines:
+        if pos >= release.at:
+            release(pos)
+        block = bytes(data[pos:pos + chunk])
+        pos += len(block)
+        i = 0
+        while True:
+            nl = block.find(b"\n", i)
+            if nl < 0:
+                pending += block[i:]
+                _check_length(len(pending), start)
+                break
+            if pending:
+                pending += block[i:nl]
+                line = bytes(pending)
+                pending.clear()
+            else:
+                line = block[i:nl]
+            _check_length(len(line), start)
             yield start, line
             start += len(line) + 1
-    if carry:
-        yield start, carry
+            i = nl + 1
+    if pending:
+        yield start, bytes(pending)
+
+
+def _check_length(size: int, offset: int) -> None:
+    if size > MAX_LINE:
+        raise ParseError(f"line longer than {MAX_LINE} bytes (MAX_LINE): no kernel writes one",
+                         fmt=FMT, field="line", offset=offset)
 
 
 def _parse_line(text: str, index: int, offset: int, endian: Endian) -> ImaEntry:
@@ -95,9 +125,9 @@ def _parse_line(text: str, index: int, offset: int, endian: Endian) -> ImaEntry:
         if len(d) != 20:
             raise ParseError(f"ima template digest has {len(d)} bytes, 20 expected", fmt=FMT,
                              field=f"{where}.template_data.d", offset=offset)
-        data = d + _u32(endian).pack(len(n)) + n
+        data = d + u32_codec(endian).pack(len(n)) + n
     else:
-        u32 = _u32(endian)
+        u32 = u32_codec(endian)
         data = b"".join(u32.pack(len(x)) + x for x in datas)
     return ImaEntry(int(pcr_s), bytes.fromhex(digest_hex), name, data, endian, index, offset)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kimagekit import ima_ascii, ima_kexec, ima_log
-from kimagekit.errors import RuleError, UsageError, input_named
+from kimagekit.errors import Refused, RuleError, UsageError, about_file, input_named
 from kimagekit.fileio import atomic_write, reread
 from kimagekit.ima_log import ListFormat, ListReport
 
@@ -75,15 +75,24 @@ def convert_file(path: Pathish, output: Pathish, to: Form, *,
     return Written(str(output), len(back), len(data))
 
 
-def append_file(path: Pathish, new: Pathish, output: Pathish) -> Written:
+def append_file(path: Pathish, new: Pathish, output: Pathish, *, force: bool = False) -> Written:
     """The entries of ``new`` appended to ``path`` (binary list or kexec buffer), in its
-    encoding."""
+    encoding. A kexec buffer the next kernel would refuse (its restore rules, e.g. an ``ima``
+    template entry) is :class:`Refused` unless ``force``."""
     with input_named(new):
         extra = ima_log.read_entries(new)
     with input_named(path), ima_log.open_list(path) as (fmt, view):
         if fmt.kind == "ascii":
             raise UsageError("append writes binary lists and kexec buffers; convert first")
         data = ima_kexec.append(bytes(view), extra, fmt)
+    if fmt.kind == "kexec-buffer" and not force:
+        try:
+            ima_kexec.restore(data, fmt.endian)
+        except RuleError as err:
+            refused = Refused(f"not written: the next kernel would refuse it: {err.message} "
+                              "(--force writes it anyway)", fmt=err.fmt, field=err.field,
+                              offset=err.offset)
+            raise about_file(refused, output) from err
     atomic_write(output, data, inputs=(path, new))
     with input_named(output), reread(output, data) as view:
         n = sum(1 for _ in ima_log.iter_entries(view))

@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from kimagekit.errors import RuleError
 from kimagekit.formats import ima as schema
 from kimagekit.formats.ima import Endian
+from kimagekit.ima_binary import (
+    ImaEntry,
+    ListFormat,
+    encode_entry,
+    iter_binary,
+    kexec_header_codec,
+    u32_codec,
+)
 from kimagekit.ima_fields import template_field_ids, walk_fields
-from kimagekit.ima_log import ImaEntry, ListFormat, _khdr, _u32, encode_entry, iter_entries
 
 FMT = "ima-kexec-buffer"
 HDR_SIZE = 24  # sizeof(struct ima_kexec_hdr)
@@ -66,7 +73,7 @@ def restore(buf: bytes | memoryview, endian: Endian = "<") -> RestoredList:
     Differences the kernel does not make but an offline tool must: ``buffer_size`` may not point
     past the bytes we have (the kernel trusts it), and each refusal says why and where.
     """
-    k = _khdr(endian)
+    k = kexec_header_codec(endian)
     if len(buf) < k.size:
         raise RuleError(f"buffer of {len(buf)} bytes is shorter than the {k.size}-byte header",
                         fmt=FMT, field="header", offset=0)
@@ -79,7 +86,7 @@ def restore(buf: bytes | memoryview, endian: Endian = "<") -> RestoredList:
     if buffer_size > len(buf):
         raise RuleError(f"buffer_size {buffer_size} exceeds the {len(buf)} bytes of the buffer",
                         fmt=FMT, field="header.buffer_size", offset=8)
-    u32 = _u32(endian)
+    u32 = u32_codec(endian)
     end = buffer_size
     pos = k.size
     entries: list[ImaEntry] = []
@@ -154,6 +161,6 @@ def append(buf: bytes, new: Sequence[ImaEntry], fmt: ListFormat) -> bytes:
     if fmt.kind != "kexec-buffer":
         return buf + body
     end = fmt.end if fmt.end is not None else len(buf)
-    count = sum(1 for _ in iter_entries(buf, fmt)) + len(new)
+    count = sum(1 for _ in iter_binary(buf, fmt)) + len(new)
     entries = buf[HDR_SIZE:end] + body
     return _header(fmt.endian, HDR_SIZE + len(entries), count) + entries

@@ -14,7 +14,7 @@ from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES
 
 Expected = dict[str, dict[int, bytes]]
 
-_EXPECT = re.compile(r"(\d+):([a-z0-9]+)=([0-9a-fA-F]+)\Z")
+_EXPECT = re.compile(r"(\d+):([a-z0-9_]+)=([0-9a-fA-F]+)\Z")
 _LINE = re.compile(r"\s*PCR[- ]?(\d+)\s*:\s*([0-9a-fA-F ]+?)\s*\Z")
 
 
@@ -95,7 +95,8 @@ def parse_pcr_file(path: Path) -> Expected:
 
 def compare(expected: Expected, replayed: dict[str, dict[int, bytes]]) -> list[PcrMismatch]:
     """Every expected value that the replay does not reproduce; a PCR the list never extends
-    replays as all zeros."""
+    replays as all zeros. ``ima replay`` judges with :func:`kimagekit.ima_replay.judge` instead,
+    which leaves such PCRs uncompared and knows prefixes and the SHA-1-padded banks."""
     bad = []
     for bank, table in expected.items():
         got = replayed.get(bank, {})

@@ -28,7 +28,12 @@ def test_replay_against_ibmtss_tpm_values(capsys: pytest.CaptureFixture[str],
                            corpus / f"ima/binary/ibmtss-31443b7-ima-{bank}.log",
                            "--pcrs", corpus / "ima/binary/ibmtss-imakvtpcr10.txt")
         assert code == 0
-        assert out.splitlines()[-1] == "OK: 4 expected PCR values reproduced"
+        own = {"sha1": 0, "sha256": 1, "sha384": 2, "sha512": 3}[bank]
+        assert out.splitlines()[-5:] == [
+            f"{b} PCR-10: matches the quote after entry 361 "
+            f"({'stored' if i == own else 'recomputed'} template digests)"
+            for i, b in enumerate(("sha1", "sha256", "sha384", "sha512"))
+        ] + ["OK: chain matches the quote, 4 expected PCR values reproduced"]
 
 
 def test_replay_evmctl_pcr_file_and_expect(capsys: pytest.CaptureFixture[str],
@@ -37,13 +42,20 @@ def test_replay_evmctl_pcr_file_and_expect(capsys: pytest.CaptureFixture[str],
     code, out, _ = run(capsys, "ima", "replay", lst, "--bank", "sha256",
                        "--pcrs", f"sha256,{corpus / 'evmctl/ibmtss-pcrs-sha256.txt'}")
     assert code == 0
+    # PCR-00..09 are the file's zero fillers: the list never extends them, so they are not
+    # counted as reproduced
+    untouched = ", ".join(f"sha256 PCR-{i:02d}" for i in range(10))
     assert out == ("sha256 PCR-10: 7fac48c81837d6d29046008aef0cdad8c2745cc98c3340cbba9bfdf39b4124b8"
-                   "\nOK: 11 expected PCR values reproduced\n")
+                   "\nsha256 PCR-10: matches the quote after entry 361 (recomputed template "
+                   f"digests)\nnot compared, the list never extends them: {untouched}"
+                   "\nOK: chain matches the quote, 1 expected PCR value reproduced\n")
     wrong = "10:sha1=" + "00" * 20
     code, out, _ = run(capsys, "ima", "replay", lst, "--bank", "sha1", "--expect", wrong)
     assert code == 1
-    assert out.splitlines()[-1] == ("MISMATCH sha1 PCR-10: expected " + "00" * 20
-                                    + ", replayed 9be6bac02bf18d09d17e726c2df00bca4e8831ea")
+    assert out.splitlines()[-2:] == [
+        "MISMATCH sha1 PCR-10: expected " + "00" * 20
+        + ", replayed 9be6bac02bf18d09d17e726c2df00bca4e8831ea",
+        "FAILED: chain does not match the quote: 1 of 1 expected PCR value not reproduced"]
 
 
 def test_replay_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,8 +63,9 @@ def test_replay_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     doc = json.loads(out)
     expected = json.loads((IMA_DIR / "small-le.pcrs.json").read_text())
-    assert doc == {"file": str(SMALL), "pcrs": {"sha1": expected["sha1"]}, "mismatches": [],
-                   "ok": True}
+    assert doc == {"file": str(SMALL), "method": "per-bank", "pcrs": {"sha1": expected["sha1"]},
+                   "pcrs_sha1_padded": {}, "verdicts": [], "mismatches": [], "altered": [],
+                   "chain_matches": None, "ok": True}
 
 
 @pytest.mark.parametrize(("arg", "message"), [
@@ -80,9 +93,22 @@ def test_check_ok_and_tampered(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     code, out, _ = run(capsys, "ima", "check", bad)
     assert code == 1
     first, last = out.splitlines()
-    assert first.startswith("entry 8 at offset 0x39c (ima): template digest mismatch: stored "
-                            "38680a16550a5746a2d4c151cdb9c98b997e0129, computed ")
+    # the line names the entry's file, as altered ("/sbin/old" with its last bit flipped)
+    assert first == ("entry 8 (/sbin/olD) at offset 0x39c (ima): template digest mismatch: "
+                     "stored 38680a16550a5746a2d4c151cdb9c98b997e0129, computed "
+                     "5b81a35ddc382944a871bf88bdd54459d08fec31")
     assert last == "FAILED: 9 entries, 1 violations, 1 template digest mismatches (sha1)"
+    code, out, _ = run(capsys, "ima", "check", bad, "--json")
+    assert code == 1
+    assert json.loads(out) == {
+        "file": str(bad),
+        "format": {"kind": "binary", "endian": "little", "bank": "sha1", "digest_size": 20},
+        "entries": 9, "violations": 1,
+        "mismatches": [{"index": 8, "offset": 0x39c, "template_name": "ima",
+                        "stored": "38680a16550a5746a2d4c151cdb9c98b997e0129",
+                        "computed": "5b81a35ddc382944a871bf88bdd54459d08fec31",
+                        "path": "/sbin/olD"}],
+        "restore_error": None, "ok": False}
 
 
 def test_check_kexec_buffer_applies_restore_rules(capsys: pytest.CaptureFixture[str],
@@ -176,15 +202,39 @@ def test_append(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, text, _ = run(capsys, "ima", "check", out)
     assert (code, text) == (0, "OK: 16 entries, 2 violations, 0 template digest mismatches "
                                "(sha1)\n")
-    # an ima-template entry appended to a kexec buffer: the next kernel would refuse it
-    assert run(capsys, "ima", "append", IMA_DIR / "small-le.kexec", SMALL, "-o", out) == (
-        0, "", f"kimagekit: wrote {out}: 17 entries, 1936 bytes\n")
+    # an ima-template entry appended to a kexec buffer: the next kernel would refuse it, so it
+    # is not written (exit 1) unless --force
+    refused = tmp_path / "refused.kexec"
+    assert run(capsys, "ima", "append", IMA_DIR / "small-le.kexec", SMALL, "-o", refused) == (
+        1, "", f"kimagekit: error: {refused}: ima-kexec-buffer: entry[16] at offset 0x750: not "
+               "written: the next kernel would refuse it: entry header: nr of fields mismatch: "
+               "expected 4, found 3 (--force writes it anyway)\n")
+    assert not refused.exists()
+    assert run(capsys, "ima", "append", IMA_DIR / "small-le.kexec", SMALL, "-o", out,
+               "--force") == (0, "", f"kimagekit: wrote {out}: 17 entries, 1936 bytes\n")
     assert out.read_bytes() == make_ima.kexec_buffer(old[24:] + SMALL.read_bytes(), 17, "<")
     code, text, _ = run(capsys, "ima", "check", out)
     assert code == 1
     assert text.splitlines()[0] == ("the next kernel would refuse this buffer: ima-kexec-buffer: "
                                     "entry[16] at offset 0x750: entry header: nr of fields "
                                     "mismatch: expected 4, found 3")
+
+
+def test_inspect_labels_an_ascii_list_with_its_bank(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:
+    ascii_list = tmp_path / "sha256.txt"
+    ascii_list.write_text("".join(ima_ascii.render(
+        ima_log.read_entries(IMA_DIR / "small-le-sha256.bin"))))
+    code, out, _ = run(capsys, "inspect", ascii_list, "--json")
+    assert code == 0
+    s = json.loads(out)["summary"]
+    assert (s["kind"], s["bank"], s["digest_size"], s["entries"], s["digest_mismatches"]) == (
+        "ascii", "sha256", 32, 9, 0)
+    # its own bank replays the stored digests: as make_ima computes the sha256 bank
+    expected = json.loads((IMA_DIR / "small-le.pcrs.json").read_text())
+    assert s["pcrs"]["sha256"] == expected["sha256"]
+    code, out, _ = run(capsys, "inspect", ascii_list)
+    assert out.splitlines()[1] == "  encoding: little-endian, sha256 template digests (32 bytes)"
 
 
 def test_inspect_detects_by_content(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -127,3 +127,26 @@ def test_bad_digests_in_ascii_lines(line: bytes, message: str) -> None:
         list(ima_ascii.parse_ascii(good + line))
     assert str(err.value) == message.replace("line[0]", "line[1]").replace(
         "offset 0x0", f"offset {len(good):#x}")
+
+
+def test_last_line_without_newline_parses() -> None:
+    entries = ima_log.read_entries(IMA_DIR / "small-le.bin")
+    text = "".join(ima_ascii.render(entries)).encode("latin-1")
+    assert text.endswith(b"\n")
+    back = list(ima_ascii.parse_ascii(text[:-1]))
+    assert len(back) == 9
+    assert [(e.pcr, e.template_digest, e.template_data) for e in back] == [
+        (e.pcr, e.template_digest, e.template_data) for e in entries]
+
+
+def test_line_longer_than_any_kernel_writes_is_refused() -> None:
+    assert ima_ascii.MAX_LINE == 4 << 20
+    good = b"10 " + b"b" * 40 + b" ima-ng sha1:" + b"0" * 40 + b" /ok\n"
+    longest = b"x" * ima_ascii.MAX_LINE
+    assert [len(line) for _, line in ima_ascii._lines(good + longest)] == [len(good) - 1,
+                                                                          ima_ascii.MAX_LINE]
+    for tail in (b"", b"\n", b"y" * 1000):
+        with pytest.raises(ParseError) as err:
+            list(ima_ascii.parse_ascii(good + longest + b"x" + tail))
+        assert str(err.value) == (f"ima-ascii: line at offset {len(good):#x}: line longer than "
+                                  "4194304 bytes (MAX_LINE): no kernel writes one")

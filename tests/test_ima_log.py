@@ -10,7 +10,7 @@ import pytest
 from construct import GreedyRange
 from ima_helpers import IMA_DIR, make_ima
 
-from kimagekit import ima_log
+from kimagekit import ima_binary, ima_log
 from kimagekit.errors import ParseError
 from kimagekit.formats import ima as schema
 
@@ -181,13 +181,13 @@ def test_unknown_bank_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError) as err:
         ima_log.analyse(b"", ima_log.ListFormat("binary"), banks=["md5"])
-    assert str(err.value) == "unknown bank 'md5' (known: sha1, sha256, sha384, sha512)"
+    assert str(err.value) == "unknown bank 'md5' (known: sha1, sha256, sha384, sha512, sm3_256)"
 
 
 def test_mapped_list_larger_than_release_step_streams(tmp_path: Path) -> None:
     one = make_ima.entry(10, "ima-ng", [make_ima.d_ng("sha256", bytes(range(32))),
                                         make_ima.n_ng("/usr/lib/a-rather-long-library-name.so")])
-    n = (ima_log._RELEASE_STEP * 2) // len(one) + 7
+    n = (ima_binary.RELEASE_STEP * 2) // len(one) + 7
     path = tmp_path / "big.bin"
     path.write_bytes(one * n)
     with ima_log.open_list(path) as (fmt, view):

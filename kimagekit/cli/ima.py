@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from kimagekit import ima_ascii, ima_files, ima_log, pcrs
+from kimagekit import ima_ascii, ima_files, ima_log, ima_replay, pcrs
 from kimagekit.cli.common import emit_json, input_named, jsonable, out, warn
 from kimagekit.errors import UsageError
 from kimagekit.ima_log import ImaEntry, ListFormat
@@ -95,8 +95,9 @@ def check(
                    "restore_error": restore_error, "ok": res.ok})
     else:
         for m in report.mismatches:
-            out(f"entry {m.index} at offset {m.offset:#x} ({m.template_name}): template digest "
-                f"mismatch: stored {m.stored.hex()}, computed {m.computed.hex()}")
+            out(f"entry {m.index} ({m.path or 'no file name'}) at offset {m.offset:#x} "
+                f"({m.template_name}): template digest mismatch: stored {m.stored.hex()}, "
+                f"computed {m.computed.hex()}")
         if restore_error:
             out(f"the next kernel would refuse this buffer: {restore_error}")
         verdict = "OK" if res.ok else "FAILED"
@@ -109,14 +110,19 @@ def check(
 @app.command("replay")
 def replay(
     file: Path = ListArg,
-    bank: list[str] = typer.Option([], "--bank", help="sha1, sha256, sha384 or sha512 "
-                                   "(default all)."),
+    bank: list[str] = typer.Option([], "--bank", help="sha1, sha256, sha384, sha512 or sm3_256 "
+                                   "(default: the first four)."),
     expect: list[str] = typer.Option([], "--expect", help="PCR:BANK=HEX, repeatable."),
     pcrs_file: list[Path] = typer.Option([], "--pcrs", help="Expected values: evmctl "
                                          "'PCR-NN: hex' (optionally BANK,FILE) or JSON."),
+    recomputed: bool = typer.Option(False, "--recomputed", help="Extend every bank with the "
+                                    "recomputed template hash, even where the list stores it."),
+    prefix: bool = typer.Option(False, "--prefix", help="Accept a quote that a prefix of the "
+                                "list reaches (the list grew after the quote)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Replay the list into PCR values for every bank and PCR index; compare with expectations."""
+    """Replay the list into PCR values (stored digests in the list's own bank), recheck every
+    template digest, and compare with the expected (quoted) values."""
     expected: pcrs.Expected = {}
     for spec in expect:
         b, pcr, value = pcrs.parse_expect(spec)
@@ -128,25 +134,88 @@ def replay(
     for b in expected:
         if b not in banks:
             banks.append(b)
+    ima_replay.check_banks(banks)
+    method: ima_replay.Method = "recomputed" if recomputed else "per-bank"
     with input_named(file), ima_log.open_list(file) as (fmt, view):
-        report = ima_log.analyse(view, fmt, banks=banks, check=False)
-    mismatches = pcrs.compare(expected, report.pcrs)
+        report = ima_log.analyse(view, fmt, banks=banks, method=method, expected=expected,
+                                 legacy=True)
+    assert report.replayed is not None
+    verdicts = ima_replay.judge(expected, report.replayed, method)
+    differ = [v for v in verdicts
+              if v.status == "mismatch" or (v.status == "prefix" and not prefix)]
+    compared = [v for v in verdicts if v.status != "untouched"]
+    altered = report.mismatches
+    chain = None if not expected else bool(compared) and not differ
+    ok = not altered and chain is not False
     if as_json:
-        emit_json({"file": str(file), "pcrs": {b: {str(p): v.hex() for p, v in sorted(t.items())}
-                                               for b, t in report.pcrs.items()},
-                   "mismatches": jsonable(mismatches), "ok": not mismatches})
+        emit_json({"file": str(file), "method": method,
+                   "pcrs": _tables(report.pcrs), "pcrs_sha1_padded": _tables(report.padded),
+                   "verdicts": jsonable(verdicts),
+                   "mismatches": [{"bank": v.bank, "pcr": v.pcr, "expected": v.expected.hex(),
+                                   "replayed": (v.replayed or b"").hex()} for v in differ],
+                   "altered": jsonable(altered), "chain_matches": chain, "ok": ok})
     else:
         for b in banks:
             for p, v in sorted(report.pcrs[b].items()):
                 out(f"{b} PCR-{p:02d}: {v.hex()}")
-        for m in mismatches:
-            out(f"MISMATCH {m.bank} PCR-{m.pcr:02d}: expected {m.expected.hex()}, "
-                f"replayed {m.replayed.hex()}")
-        if expected and not mismatches:
-            n = sum(len(t) for t in expected.values())
-            out(f"OK: {n} expected PCR value{'s' if n != 1 else ''} reproduced")
-    if mismatches:
+        for line in _verdict_lines(verdicts, prefix):
+            out(line)
+        for m in altered:
+            out(f"entry {m.index} ({m.path or 'no file name'}) altered: template digest stored "
+                f"{m.stored.hex()}, computed {m.computed.hex()}")
+        summary = _replay_summary(verdicts, differ, compared, len(altered), bool(expected))
+        if summary:
+            out(summary)
+    if not ok:
         raise typer.Exit(1)
+
+
+def _tables(t: dict[str, dict[int, bytes]]) -> dict[str, dict[str, str]]:
+    return {b: {str(p): v.hex() for p, v in sorted(table.items())} for b, table in t.items()}
+
+
+_METHOD_TEXT = {"stored": "stored template digests", "recomputed": "recomputed template digests",
+                "sha1-padded": "SHA-1 template digests zero-padded, as before Linux 5.8", "": ""}
+
+
+def _verdict_lines(verdicts: list[ima_replay.PcrVerdict], prefix: bool) -> list[str]:
+    lines = []
+    untouched = [f"{v.bank} PCR-{v.pcr:02d}" for v in verdicts if v.status == "untouched"]
+    for v in verdicts:
+        name = f"{v.bank} PCR-{v.pcr:02d}"
+        if v.status == "match":
+            lines.append(f"{name}: matches the quote after entry {v.reached_at} "
+                         f"({_METHOD_TEXT[v.method or '']})")
+        elif v.status == "prefix":
+            tail = "accepted (--prefix)" if prefix else "accept with --prefix"
+            lines.append(f"{name}: matches the quote after entry {v.reached_at}; entries up to "
+                         f"{v.last_entry} extend it further: the list grew after the quote, "
+                         f"{tail} ({_METHOD_TEXT[v.method or '']})")
+        elif v.status == "mismatch":
+            lines.append(f"MISMATCH {name}: expected {v.expected.hex()}, replayed "
+                         f"{(v.replayed or b'').hex()}")
+    if untouched:
+        lines.append("not compared, the list never extends them: " + ", ".join(untouched))
+    return lines
+
+
+def _replay_summary(verdicts: list[ima_replay.PcrVerdict], differ: list[ima_replay.PcrVerdict],
+                    compared: list[ima_replay.PcrVerdict], altered: int,
+                    expected: bool) -> str | None:
+    n = len(compared)
+    values = f"{n} expected PCR value{'s' if n != 1 else ''}"
+    entries = f"{altered} entr{'ies' if altered != 1 else 'y'} altered"
+    if not expected:
+        return f"FAILED: {entries}" if altered else None
+    if not compared:
+        return f"FAILED: the list extends none of the {len(verdicts)} PCRs expected"
+    if differ:
+        return (f"FAILED: chain does not match the quote: {len(differ)} of {values} not "
+                "reproduced"
+                + (f"; {entries}" if altered else ""))
+    if altered:
+        return f"FAILED: chain matches the quote ({values} reproduced), but {entries}"
+    return f"OK: chain matches the quote, {values} reproduced"
 
 
 @app.command("convert")
@@ -177,9 +246,12 @@ def append(
     file: Path = ListArg,
     new: Path = typer.Argument(..., help="A list whose entries are appended."),
     output: Path = typer.Option(..., "-o", "--output"),
+    force: bool = typer.Option(False, "--force", help="Write a kexec buffer even when the next "
+                               "kernel would refuse it."),
 ) -> None:
-    """Append the entries of NEW to FILE (binary list or kexec buffer), in FILE's encoding."""
-    w = ima_files.append_file(file, new, output)
+    """Append the entries of NEW to FILE (binary list or kexec buffer), in FILE's encoding. A
+    kexec buffer the next kernel would refuse is not written (exit 1) unless --force."""
+    w = ima_files.append_file(file, new, output, force=force)
     warn(f"wrote {output}: {w.entries} entries, {w.size} bytes")
 
 

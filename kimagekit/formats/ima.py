@@ -45,8 +45,12 @@ IMA_TEMPLATE_NUM_FIELDS_MAX = 15
 IMA_TEMPLATE_FIELD_ID_MAX_LEN = 16
 IMA_KEXEC_HDR_VERSION = 1
 
-DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
-BANK_BY_SIZE = {size: bank for bank, size in DIGEST_SIZES.items()}
+#: The banks a list's digest size can name, in the order they are replayed by default.
+DEFAULT_BANKS = ("sha1", "sha256", "sha384", "sha512")
+#: Every bank a replay can extend. ``sm3_256`` shares sha256's size, so a size names only the
+#: SHA banks (a list file never says it holds SM3 digests).
+DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64, "sm3_256": 32}
+BANK_BY_SIZE = {DIGEST_SIZES[bank]: bank for bank in DEFAULT_BANKS}
 
 #: Built-in templates (``builtin_templates[]`` in ``ima_template.c``).
 BUILTIN_TEMPLATES: dict[str, tuple[str, ...]] = {
