@@ -105,11 +105,11 @@ def test_pipe_past_its_bound_is_refused() -> None:
     text = PCRS.read_bytes()
     p = cli("ima", "replay", SMALL, "--pcrs", "-", stdin=text + b" " * ((1 << 20) - len(text)))
     assert (p.returncode, p.stdout.splitlines()[-1], p.stderr) == (
-        0, b"OK: 8 expected PCR values reproduced", b"")
+        0, b"OK: chain matches the quote, 8 expected PCR values reproduced", b"")
 
 
 def test_stdin_pipe_and_fifo_with_writer_are_read(tmp_path: Path) -> None:
-    expected = b"OK: 8 expected PCR values reproduced\n"
+    expected = b"OK: chain matches the quote, 8 expected PCR values reproduced\n"
     p = cli("ima", "replay", SMALL, "--pcrs", "-", stdin=PCRS.read_bytes())
     assert (p.returncode, p.stdout.endswith(expected), p.stderr) == (0, True, b"")
     fifo = tmp_path / "fifo"
