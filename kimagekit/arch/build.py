@@ -16,6 +16,7 @@ from kimagekit.errors import KimageError, UsageError, about_file, input_named
 from kimagekit.fileio import mapped
 from kimagekit.formats import bzimage as bz
 from kimagekit.formats.ima import Endian
+from kimagekit.handover import judge_new_handover
 from kimagekit.image import ARCHES, HandoverStyle, ImageInfo, KexecImage, read_image, write_image
 from kimagekit.purgatory import DigestPolicy, PurgatoryObject, parse_purgatory
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
@@ -29,7 +30,8 @@ X86_PAGE_SIZE = 4096
 class BuildInputs:
     """What every arch takes. ``ima`` is a measurement list built into the hand-over (a kexec
     buffer in the target's byte order); ``handover`` raw hand-over bytes instead (not x86-64);
-    ``handover_size`` the hand-over's memsz (default: as IMA sizes it)."""
+    ``handover_size`` the hand-over's memsz (default: as IMA sizes it). A hand-over the next
+    kernel would refuse is Refused unless ``force``."""
 
     kernel: Pathish
     output: Pathish
@@ -40,6 +42,7 @@ class BuildInputs:
     handover: Pathish | None = None
     handover_size: int | None = None
     policy: DigestPolicy = DigestPolicy.SEED
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class X86BuildResult:
 class Built:
     result: Ppc64BuildResult | X86BuildResult
     image: ImageInfo  # the written image, re-read
+    warnings: tuple[str, ...] = ()  # what --force wrote anyway
 
 
 def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
@@ -92,9 +96,9 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                            purgatory=purg, policy=inputs.policy)
 
     # Only the vmlinux's own faults name it; placement refusals are about the layout.
-    digest, info = _write_verified(inputs, compose, (ppc64.FMT,))
+    digest, info, warnings = _write_verified(inputs, compose, (ppc64.FMT,))
     return Built(Ppc64BuildResult(str(inputs.output), arch, page_size, inputs.policy.value,
-                                  info.entry, digest, entries), info)
+                                  info.entry, digest, entries), info, warnings)
 
 
 def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
@@ -128,12 +132,12 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
                             handover=ho, handover_size=ho_size, policy=inputs.policy,
                             ima_kexec=ima_kexec)
 
-    digest, info = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"))
+    digest, info, warnings = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"))
     k, bp = info.segment(Role.KERNEL), info.segment(Role.BOOT_PARAMS)
     assert k is not None and bp is not None
     return Built(X86BuildResult(str(inputs.output), "x86_64", inputs.policy.value, info.entry,
                                 k.mem + bz.KERNEL_ENTRY64_OFFSET, bp.mem, digest, entries),
-                 info)
+                 info, warnings)
 
 
 def _endian(little: bool) -> Endian:
@@ -170,9 +174,10 @@ def _initrd(path: Pathish | None) -> bytes | None:
 
 
 def _write_verified(inputs: BuildInputs, compose: Callable[[memoryview], KexecImage],
-                    kernel_fmts: tuple[str, ...]) -> tuple[str, ImageInfo]:
-    """Compose from the mapped kernel, write atomically (verified), and re-read what was written:
-    the digest as stored, and the image."""
+                    kernel_fmts: tuple[str, ...]) -> tuple[str, ImageInfo, tuple[str, ...]]:
+    """Compose from the mapped kernel, judge the hand-over as the next kernel would, write
+    atomically (verified), and re-read what was written: the digest as stored, the image, and
+    the hand-over's damage written under ``force``."""
     with mapped(inputs.kernel) as view:
         try:
             img = compose(view)
@@ -180,7 +185,11 @@ def _write_verified(inputs: BuildInputs, compose: Callable[[memoryview], KexecIm
             if err.fmt in kernel_fmts:
                 raise about_file(err, inputs.kernel) from err.__cause__
             raise
+        source = inputs.ima if inputs.ima is not None else inputs.handover
+        with input_named(source or inputs.output):
+            ima = judge_new_handover(img, inputs.force)
         res = write_image(inputs.output, img)
         del img  # its segments are views into the kernel's map
+    warnings = () if ima is None else tuple(f"written with --force: {d}" for d in ima.damage)
     with mapped(inputs.output) as written:
-        return res.digest.hex(), read_image(written)
+        return res.digest.hex(), read_image(written), warnings
