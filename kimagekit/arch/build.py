@@ -17,8 +17,17 @@ from kimagekit.fileio import mapped
 from kimagekit.formats import bzimage as bz
 from kimagekit.formats.ima import Endian
 from kimagekit.handover import judge_new_handover
-from kimagekit.image import ARCHES, HandoverStyle, ImageInfo, KexecImage, read_image, write_image
-from kimagekit.purgatory import DigestPolicy, PurgatoryObject, parse_purgatory
+from kimagekit.image import (
+    ARCHES,
+    HandoverStyle,
+    ImageInfo,
+    KexecImage,
+    check_page_size,
+    read_image,
+    write_image,
+)
+from kimagekit.purgatory import FMT as PURGATORY_FMT
+from kimagekit.purgatory import DigestPolicy, PurgatoryObject, check_target, parse_purgatory
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
 
 Pathish = str | os.PathLike[str]
@@ -82,11 +91,14 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     if arch not in PPC_ARCHES:
         raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
                          field="arch")
+    why = check_page_size(page_size)
+    if why is not None:
+        raise UsageError(f"page size {why}", fmt=ppc64.FMT, field="page_size")
     ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size)
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, arch, page_size)
-    purg = _purgatory(inputs.purgatory)
+    purg = _purgatory(inputs.purgatory, arch)
     rd = _initrd(inputs.initrd)
 
     def compose(kernel: memoryview) -> KexecImage:
@@ -96,7 +108,7 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                            purgatory=purg, policy=inputs.policy)
 
     # Only the vmlinux's own faults name it; placement refusals are about the layout.
-    digest, info, warnings = _write_verified(inputs, compose, (ppc64.FMT,))
+    digest, info, warnings = _write_verified(inputs, compose, (ppc64.FMT,), inputs.purgatory)
     return Built(Ppc64BuildResult(str(inputs.output), arch, page_size, inputs.policy.value,
                                   info.entry, digest, entries), info, warnings)
 
@@ -118,8 +130,9 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     if purgatory_from is not None:
         with input_named(purgatory_from), mapped(purgatory_from) as view:
             purg = parse_purgatory(kernels.find_purgatory(view).data)
+            check_target(purg, "x86_64", *ARCHES["x86_64"])
     else:
-        given = _purgatory(inputs.purgatory)
+        given = _purgatory(inputs.purgatory, "x86_64")
         assert given is not None
         purg = given
     if inputs.handover_size is not None and inputs.ima is None:
@@ -132,7 +145,8 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
                             handover=ho, handover_size=ho_size, policy=inputs.policy,
                             ima_kexec=ima_kexec)
 
-    digest, info, warnings = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"))
+    digest, info, warnings = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"),
+                                             inputs.purgatory or purgatory_from)
     k, bp = info.segment(Role.KERNEL), info.segment(Role.BOOT_PARAMS)
     assert k is not None and bp is not None
     return Built(X86BuildResult(str(inputs.output), "x86_64", inputs.policy.value, info.entry,
@@ -162,11 +176,13 @@ def _handover(inputs: BuildInputs, endian: Endian,
     return data, entries, size or ima_kexec.segment_size(len(data), page_size=page_size)
 
 
-def _purgatory(path: Pathish | None) -> PurgatoryObject | None:
+def _purgatory(path: Pathish | None, arch: str) -> PurgatoryObject | None:
     if path is None:
         return None
     with input_named(path):
-        return parse_purgatory(Path(path).read_bytes())
+        obj = parse_purgatory(Path(path).read_bytes())
+        check_target(obj, arch, *ARCHES[arch])
+        return obj
 
 
 def _initrd(path: Pathish | None) -> bytes | None:
@@ -174,7 +190,8 @@ def _initrd(path: Pathish | None) -> bytes | None:
 
 
 def _write_verified(inputs: BuildInputs, compose: Callable[[memoryview], KexecImage],
-                    kernel_fmts: tuple[str, ...]) -> tuple[str, ImageInfo, tuple[str, ...]]:
+                    kernel_fmts: tuple[str, ...], purgatory_file: Pathish | None = None
+                    ) -> tuple[str, ImageInfo, tuple[str, ...]]:
     """Compose from the mapped kernel, judge the hand-over as the next kernel would, write
     atomically (verified), and re-read what was written: the digest as stored, the image, and
     the hand-over's damage written under ``force``."""
@@ -184,6 +201,8 @@ def _write_verified(inputs: BuildInputs, compose: Callable[[memoryview], KexecIm
         except KimageError as err:
             if err.fmt in kernel_fmts:
                 raise about_file(err, inputs.kernel) from err.__cause__
+            if err.fmt == PURGATORY_FMT and purgatory_file is not None:
+                raise about_file(err, purgatory_file) from err.__cause__
             raise
         source = inputs.ima if inputs.ima is not None else inputs.handover
         with input_named(source or inputs.output):

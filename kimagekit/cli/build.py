@@ -20,7 +20,7 @@ from kimagekit.arch.build import (
 from kimagekit.cli.common import emit_json, out, warn
 from kimagekit.cli.image import ls_lines
 from kimagekit.errors import UsageError
-from kimagekit.image import HandoverStyle
+from kimagekit.image import HandoverStyle, check_page_size
 from kimagekit.purgatory import DigestPolicy
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, parse_mem_ranges
 
@@ -104,6 +104,9 @@ def register(app: typer.Typer) -> None:
             page = _number(page_size, "--page-size") or ppc64_dt.PPC64_PAGE_SIZE
             if page & (page - 1):
                 raise UsageError(f"--page-size {page:#x} is not a power of two")
+            why = check_page_size(page)
+            if why is not None:
+                raise UsageError(f"--page-size {why}")
             size = _number(handover_size, "--handover-size")
             if size is not None and ima is None and handover is None:
                 raise UsageError("--handover-size needs --ima or --handover")
