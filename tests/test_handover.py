@@ -94,3 +94,9 @@ def test_patch_refuses_boot_params_announcing_something_else(
         f"kimagekit: error: {x86_image}: handover: segment[0]: the boot parameters announce "
         f"{said} in their SETUP_IMA setup_data, not the hand-over segment 0xfffff000+0x1000\n")
     assert x86_image.read_bytes() == before and not out.exists()
+    # verify names both: the boot parameters are hashed, and they no longer name the segment.
+    assert main(["verify", str(x86_image)]) == 1
+    assert capsys.readouterr().out == (
+        "FAILED: segment 2 (boot-params, region 0 at 0xffff8000) differs from what was sealed\n"
+        f"FAILED: hand-over segment 0: the boot parameters announce {said} in their SETUP_IMA "
+        "setup_data, not the segment 0xfffff000+0x1000\n")

@@ -202,3 +202,22 @@ def test_purgatory_fields_that_overflowed(corpus: Path, tmp_path: Path,
                  "-o", str(out)]) == 2
     assert capsys.readouterr().err == f"kimagekit: error: {purg}: {message}\n"
     assert not out.exists()
+
+
+def test_purgatory_overflows_in_the_library(corpus: Path) -> None:
+    from kimagekit.purgatory import find_symbol, load, loaded_address, symbol_address
+
+    data = bytearray((corpus / PURGATORY_CORPUS).read_bytes())
+    struct.pack_into("<Q", data, STACK_END_SYM + 8, (1 << 64) - 16)
+    lp = load(parse_purgatory(bytes(data)), 0x100000)
+    with pytest.raises(RuleError) as e:
+        symbol_address(lp, "stack_end")
+    assert (e.value.field, e.value.offset) == (".symtab[60].st_value", STACK_END_SYM)
+    # At its section's end exactly (the real stack_end) it is taken: one past the stack.
+    real = load(parse_purgatory((corpus / PURGATORY_CORPUS).read_bytes()), 0x100000)
+    end = find_symbol(real.obj, "stack_end")
+    assert loaded_address(real, end) == real.sh_addr[end.st_shndx] + 0x1000
+    struct.pack_into("<Q", data, SHOFF + 9 * 64 + 48, 1 << 63)
+    with pytest.raises(ParseError) as p:
+        parse_purgatory(bytes(data))
+    assert (p.value.field, p.value.offset) == ("shdr[9].sh_addralign", SHOFF + 9 * 64 + 48)
