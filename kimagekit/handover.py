@@ -90,8 +90,10 @@ def decode_ima(buf: bytes | memoryview, little: bool,
             restore_error = str(err)
             damage.append(f"the next kernel would refuse it: {err}")
     elif fmt is not None and (fmt.kind, fmt.endian, fmt.digest_size) != ("binary", endian, 20):
-        restore_error = (f"a {fmt.kind} list ({fmt.endian}, {fmt.digest_size}-byte digests) where "
-                         f"it reads binary entries in {endian} with 20-byte digests")
+        order = {"<": "little-endian", ">": "big-endian"}
+        restore_error = (f"a {order[fmt.endian]} {fmt.kind} list with {fmt.digest_size}-byte "
+                         f"digests, where it reads {order[endian]} binary entries with 20-byte "
+                         "digests")
         damage.append(f"the next kernel would refuse it: {restore_error}")
     if fmt is None:
         size = int.from_bytes(bytes(buf[8:16]), "little" if little else "big")
@@ -198,7 +200,8 @@ def handover_problems(info: ImageInfo, view: memoryview | bytes
     try:
         wrong = _announced(info, view)
     except KimageError as err:
-        wrong = ("the device tree", f"cannot be read ({err})")
+        return ima, (*problems, f"hand-over segment {ho.index}: the device tree that announces "
+                                f"it cannot be read: {err}")
     if wrong is not None:
         problems.append(f"hand-over segment {ho.index}: {wrong[0]} {wrong[1]}, not the segment "
                         f"{ho.mem:#x}+{ho.memsz:#x}")
@@ -274,18 +277,17 @@ def patch(path: str | os.PathLike[str], data: bytes, *,
             who, says = wrong
             raise RuleError(f"{who} {says}, not the hand-over segment {ho.mem:#x}+{ho.memsz:#x}",
                             fmt=FMT, field=f"segment[{ho.index}]")
+        if ho is None:
+            raise RuleError("the image has no hand-over segment", fmt="image", field="segments")
         little, style = info.little, info.handover_style
-        old = b"" if ho is None else bytes(content(view, ho))
-    warnings: list[str] = []
-    ima = decode_ima(data, little, style)
-    if ho is not None:
-        ima = _judged(data, little, style, ho.index, force)
-        warnings += [f"written with --force: {d}" for d in ima.damage]
+        old = bytes(content(view, ho))
+    ima = _judged(data, little, style, ho.index, force)
+    warnings = [f"written with --force: {d}" for d in ima.damage]
     extends, why = (None, None) if continuation == "off" else _extends(old, data, little)
     if why is not None:
         if continuation == "refuse":
             raise Refused(f"{why}; nothing written (--continuation)", fmt=FMT,
-                          field=f"segment[{ho.index if ho is not None else 0}]")
+                          field=f"segment[{ho.index}]")
         warnings.append(why)
     res = patch_handover(path, data, out=out, reseal=reseal)
     return PatchOutcome(res, ima, extends, tuple(warnings))

@@ -108,6 +108,15 @@ def test_ppc64_handover_forms_by_style(corpus: Path, tmp_path: Path,
         f"kimagekit: error: {SMALL_LE}: handover: segment[0]: the next kernel would refuse it: "
         "ima-list: entry[8] at offset 0x39c: entry header: nr of fields mismatch: expected 4, "
         f"found 3; {FORCE}\n")
+    # A header-less list must be in the target's byte order, with SHA-1 template digests.
+    for name, kind in (("small-be.bin", "big-endian binary list with 20"),
+                       ("small-le-sha256.bin", "little-endian binary list with 32")):
+        lst = ROOT / "testdata" / "ima" / name
+        assert main([*base[:-1], str(lst), "-o", str(never)]) == 1
+        assert capsys.readouterr().err == (
+            f"kimagekit: error: {lst}: handover: segment[0]: the next kernel would refuse it: a "
+            f"{kind}-byte digests, where it reads little-endian binary entries with 20-byte "
+            f"digests; {FORCE}\n")
     # Opaque bytes in the seed style: IMA is the buffer's only reader, and it refuses them.
     raw = tmp_path / "raw"
     raw.write_bytes(b"opaque" * 10)
@@ -180,3 +189,19 @@ def test_verify_library_verdict(good: Path) -> None:
     v = verify_image(good)
     assert (v.ok, v.problems, v.digest.ok) == (True, (), True)
     assert v.handover is not None and v.handover.restored == 8
+
+
+def test_patch_without_a_handover(x86: list[str], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain.img"
+    assert main([*x86, "-o", str(plain)]) == 0
+    data = tmp_path / "data"
+    data.write_bytes(gen.handover_buffer())
+    capsys.readouterr()
+    out = tmp_path / "p.img"
+    for extra in ([], ["--continuation"]):
+        args = ["--ima", str(SMALL_LE)] if extra else ["--data", str(data)]
+        assert main(["patch-handover", str(plain), *args, "-o", str(out), *extra]) == 2
+        assert capsys.readouterr().err == (
+            f"kimagekit: error: {plain}: image: segments: the image has no hand-over segment\n")
+    assert not out.exists()
