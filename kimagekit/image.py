@@ -28,8 +28,11 @@ from kimagekit.purgatory import (
     DigestPolicy,
     LoadedPurgatory,
     apply_policy,
+    check_target,
     compute_digest,
     feed_segment,
+    hashes_role,
+    loaded_address,
     regions_bytes,
     replace_purgatory,
     store_digest,
@@ -42,6 +45,7 @@ EHDR_SIZE, PHDR_SIZE, NHDR_SIZE = 64, 56, 12
 NOTE_NAME = kx.NOTE_OWNER.encode() + b"\0"
 MAX_NOTE_SYMBOLS = 256
 MAX_CMDLINE = 1 << 20
+MIN_PAGE_SIZE, MAX_PAGE_SIZE = 1 << 12, 1 << 16
 
 # arch name -> (e_machine, little endian)
 ARCHES: dict[str, tuple[int, bool]] = {
@@ -97,6 +101,7 @@ def seal(sl: SegmentList, policy: DigestPolicy, *, purgatory: LoadedPurgatory | 
     d = compute_digest(sl.segments)
     syms: tuple[NoteSymbol, ...] = ()
     if purgatory is not None:
+        check_target(purgatory.obj, sl.target.arch, *ARCHES[sl.target.arch])
         purgatory = store_digest(purgatory, d)
         sl = replace_purgatory(sl, purgatory)
         entry = purgatory.entry
@@ -115,7 +120,7 @@ def _note_symbols(lp: LoadedPurgatory) -> tuple[NoteSymbol, ...]:
                 or not lp.obj.sections[s.st_shndx].alloc
                 or len(s.name) > kx.NOTE_SYMBOL_NAME_LEN or not s.name.isascii()):
             continue
-        out.append(NoteSymbol(s.name, lp.sh_addr[s.st_shndx] + s.st_value, s.st_size))
+        out.append(NoteSymbol(s.name, loaded_address(lp, s), s.st_size))
     return tuple(out[:MAX_NOTE_SYMBOLS])
 
 
@@ -384,6 +389,7 @@ def _from_note(view: memoryview | bytes, note: tuple[int, int], loads: list[obje
         segs.append(ImageSegment(i, Role(kx.ROLE_CODES[info.role]), ks.mem, ks.memsz,
                                  ks.bufsz, bool(info.checksummed), ks.buf, bytes(info.sha256)))
     regions = tuple((r.start, r.len) for r in h.sha_regions if (r.start, r.len) != (0, 0))
+    _check_note(h, body, segs, eh.e_machine, little, at, at + need)  # type: ignore[attr-defined]
     return ImageInfo(
         arch=h.arch, machine=eh.e_machine, little=little,  # type: ignore[attr-defined]
         page_size=h.page_size, entry=h.entry,
@@ -393,6 +399,90 @@ def _from_note(view: memoryview | bytes, note: tuple[int, int], loads: list[obje
         segments=tuple(segs),
         symbols=tuple(NoteSymbol(y.name, y.value, y.size) for y in body.symbols),
         regions=regions, digest=bytes(h.digest), file_size=size)
+
+
+# Offsets inside the note descriptor (formats.kexec.note_fixed), for error messages.
+_ARCH_AT, _PAGE_AT, _ENTRY_AT, _HAS_PURG_AT, _REGIONS_AT, _HEAD = 16, 32, 40, 50, 56, 344
+_SEG, _INFO, _SYM = 32, 40, 64
+#: Bounds verify's zero hashing: no real set of kexec segments comes near 64 GiB.
+MAX_TOTAL_MEMSZ = 1 << 36
+_UNIQUE_ROLES = (Role.HANDOVER, Role.PURGATORY, Role.DTB, Role.BOOT_PARAMS, Role.INITRD)
+
+
+def check_page_size(page: int) -> str | None:
+    """Why ``page`` is not a page size kimagekit lays out (None when it is)."""
+    if page & (page - 1) or not MIN_PAGE_SIZE <= page <= MAX_PAGE_SIZE:
+        return (f"{page:#x} is not a supported page size (a power of two from "
+                f"{MIN_PAGE_SIZE:#x} to {MAX_PAGE_SIZE:#x})")
+    return None
+
+
+def _check_note(h: object, body: object, segs: list[ImageSegment], machine: int, little: bool,
+                at: int, end: int) -> None:
+    """Every note field against the ELF header, the file and each other, before any is used:
+    nothing downstream (layout, patch, verify) may trust it."""
+    arch = h.arch  # type: ignore[attr-defined]
+    if arch not in ARCHES:
+        raise _err(f"arch {arch!r} is not one of {', '.join(ARCHES)}", "note.arch", at + _ARCH_AT)
+    if ARCHES[arch] != (machine, little):
+        raise _err(f"arch {arch} does not match the ELF header (e_machine {machine}, "
+                   f"{'little' if little else 'big'}-endian)", "note.arch", at + _ARCH_AT)
+    page = h.page_size  # type: ignore[attr-defined]
+    why = check_page_size(page)
+    if why is not None:
+        raise _err(f"page_size {why}", "note.page_size", at + _PAGE_AT)
+    if not segs:
+        raise _err("no segments", "note.nr_segments", at + 4)
+    if h.has_purgatory > 1:  # type: ignore[attr-defined]
+        raise _err(f"has_purgatory {h.has_purgatory} is not 0 or 1",  # type: ignore[attr-defined]
+                   "note.has_purgatory", at + _HAS_PURG_AT)
+    policy = DigestPolicy(kx.POLICY_CODES[h.digest_policy])  # type: ignore[attr-defined]
+    room_end, total = end, 0
+    for s in segs:
+        seg_at, info_at = at + _HEAD + s.index * _SEG, at + _HEAD + len(segs) * _SEG
+        info_at += s.index * _INFO
+        f = f"note.segment[{s.index}]"
+        if s.offset % page or s.offset < room_end:
+            raise _err(f"content offset {s.offset:#x} is not page aligned after the previous "
+                       f"segment's room (which ends at {room_end:#x})", f"{f}.buf", seg_at)
+        room_end = s.offset + (s.memsz if s.role == Role.HANDOVER else s.bufsz)
+        if s.mem % page or s.memsz % page or s.mem + s.memsz > 1 << 64:
+            raise _err(f"mem {s.mem:#x} and memsz {s.memsz:#x} are not whole pages ({page:#x}) "
+                       "below 2^64", f"{f}.mem", seg_at + 16)
+        total += s.memsz
+        if total > MAX_TOTAL_MEMSZ:
+            raise _err(f"segments' memsz adds up past {MAX_TOTAL_MEMSZ:#x}", f"{f}.memsz",
+                       seg_at + 24)
+        for o in segs[:s.index]:
+            if s.mem < o.mem + o.memsz and o.mem < s.mem + s.memsz:
+                raise _err(f"memory {s.mem:#x}+{s.memsz:#x} overlaps segment {o.index}",
+                           f"{f}.mem", seg_at + 16)
+        if s.role in _UNIQUE_ROLES and any(o.role == s.role for o in segs[:s.index]):
+            raise _err(f"a second {s.role} segment", f"note.info[{s.index}].role", info_at)
+        if s.checksummed != hashes_role(policy, s.role):
+            raise _err(f"checksummed {int(s.checksummed)} contradicts the {policy} policy for a "
+                       f"{s.role} segment", f"note.info[{s.index}].checksummed", info_at + 1)
+    purg = next((s for s in segs if s.role == Role.PURGATORY), None)
+    if bool(h.has_purgatory) != (purg is not None):  # type: ignore[attr-defined]
+        raise _err(f"has_purgatory {h.has_purgatory} but "  # type: ignore[attr-defined]
+                   f"{'a' if purg else 'no'} purgatory segment", "note.has_purgatory",
+                   at + _HAS_PURG_AT)
+    entry = h.entry  # type: ignore[attr-defined]
+    into = [purg] if purg is not None else segs
+    if not any(s.mem <= entry < s.mem + s.memsz for s in into):
+        raise _err(f"entry {entry:#x} is not inside {'the purgatory' if purg else 'a segment'}",
+                   "note.entry", at + _ENTRY_AT)
+    for k, r in enumerate(h.sha_regions):  # type: ignore[attr-defined]
+        if (r.start, r.len) != (0, 0) and not any(
+                (s.mem, s.memsz) == (r.start, r.len) for s in segs):
+            raise _err(f"region {r.start:#x}+{r.len:#x} is not a segment's memory",
+                       f"note.sha_regions[{k}]", at + _REGIONS_AT + 16 * k)
+    sym_at = at + _HEAD + len(segs) * (_SEG + _INFO)
+    for k, y in enumerate(body.symbols):  # type: ignore[attr-defined]
+        if purg is None or not (purg.mem <= y.value and y.size <= purg.memsz
+                                and y.value - purg.mem <= purg.memsz - y.size):
+            raise _err(f"symbol {y.name!r} ({y.size} bytes at {y.value:#x}) is not inside the "
+                       "purgatory", f"note.symbols[{k}]", sym_at + k * _SYM)
 
 
 def content(view: memoryview | bytes, seg: ImageSegment) -> memoryview:

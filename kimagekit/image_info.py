@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from kimagekit.errors import KimageError
 from kimagekit.formats import elf
 from kimagekit.formats.kexec import NOTE_OWNER
-from kimagekit.handover import Announcement, ImaContent, announcement, decode_ima
+from kimagekit.handover import Announcement, ImaContent, announcement, handover_problems
 from kimagekit.handover import embedded_tree as tree_of
 from kimagekit.image import content, open_image, segment_sha256, verify
 from kimagekit.ppc_fdt import chosen_items
@@ -57,6 +57,8 @@ class ImageSummary:
     handover: HandoverSummary | None
     chosen: dict[str, str] | None  # the embedded device tree's /chosen (None: no DTB segment)
     dtb_error: str | None  # why the embedded device tree could not be read
+    # every reason the image would not boot as built: digest, hand-over, announcement, tree
+    damage: tuple[str, ...]
 
 
 def is_image(head: bytes) -> bool:
@@ -83,9 +85,12 @@ def describe(path: str | os.PathLike[str]) -> ImageSummary:
             # A damaged tree is reported like damage anywhere else, not raised.
             dtb_error, ann = str(err), None
         ho = info.segment(Role.HANDOVER)
-        handover = None if ho is None else HandoverSummary(
+        ima, problems = handover_problems(info, view)
+        handover = None if ho is None or ima is None else HandoverSummary(
             ho.mem, ho.memsz, ho.bufsz, info.handover_style.value, segs[ho.index].unchanged,
-            ann, decode_ima(content(view, ho), info.little))
+            ann, ima)
+    damage = ((() if res.ok else (f"digest: {res.reason}",)) + problems
+              + (() if dtb_error is None else (f"device tree: {dtb_error}",)))
     return ImageSummary(info.arch, info.entry, info.policy.value, info.cmdline,
                         info.has_purgatory, tuple(segs), res.regions, res.digest.hex(), res.ok,
-                        res.reason, handover, chosen, dtb_error)
+                        res.reason, handover, chosen, dtb_error, damage)

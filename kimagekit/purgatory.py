@@ -62,6 +62,8 @@ class Symbol:
     st_size: int
     st_shndx: int
     bind: int
+    where: str = ""  # symbol table and index, e.g. ``.symtab[60]``
+    offset: int | None = None  # of the symbol entry in the file
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,11 @@ def parse_purgatory(data: bytes) -> PurgatoryObject:
         if align & (align - 1):
             raise ParseError(f"sh_addralign {align:#x} is not a power of two", fmt=FMT,
                              field=f"shdr[{i}].sh_addralign", offset=off + 48)
+        if sh.sh_flags & elf.SHF_ALLOC and align > MAX_ALIGN_PADDING:
+            # Real purgatories align to a page at most; the padding would be allocated.
+            raise ParseError(f"sh_addralign {align:#x} of a loaded section exceeds "
+                             f"{MAX_ALIGN_PADDING:#x}", fmt=FMT,
+                             field=f"shdr[{i}].sh_addralign", offset=off + 48)
         raw.append(sh)
     names = _names(data, raw, eh.e_shstrndx)
     sections = tuple(
@@ -150,6 +157,22 @@ def parse_purgatory(data: bytes) -> PurgatoryObject:
                 sh.sh_link, sh.sh_info, max(sh.sh_addralign, 1))
         for i, sh in enumerate(raw))
     return PurgatoryObject(bytes(data), little, eh.e_machine, eh.e_entry, sections)
+
+
+MACHINE_NAMES = {elf.EM_X86_64: "EM_X86_64", elf.EM_PPC64: "EM_PPC64"}
+
+
+def check_target(obj: PurgatoryObject, arch: str, machine: int, little: bool) -> None:
+    """A purgatory runs on the machine it is loaded for: its e_machine and byte order must be the
+    target's (the class is ELFCLASS64 already), else the kernel's loader would never have it."""
+    if obj.machine != machine:
+        raise RuleError(f"e_machine {obj.machine} ({MACHINE_NAMES.get(obj.machine, 'unknown')}) "
+                        f"is not {MACHINE_NAMES.get(machine, machine)} ({machine}) of {arch}",
+                        fmt=FMT, field="e_machine", offset=18)
+    if obj.little != little:
+        raise RuleError(f"{'little' if obj.little else 'big'}-endian object, {arch} is "
+                        f"{'little' if little else 'big'}-endian", fmt=FMT,
+                        field="e_ident.EI_DATA", offset=5)
 
 
 def _names(data: bytes, raw: list[object], shstrndx: int) -> list[str]:
@@ -417,7 +440,18 @@ def _symbol(obj: PurgatoryObject, symtab: Section, index: int) -> Symbol:
         s = st.Sym.parse(obj.data[off:off + SYM_SIZE])
     strtab = obj.sections[symtab.sh_link]
     name = _cstr(obj.data, strtab.sh_offset, strtab.sh_size, s.st_name, f"{field}.st_name")
-    return Symbol(name, s.st_value, s.st_size, s.st_shndx, elf.st_bind(s.st_info))
+    return Symbol(name, s.st_value, s.st_size, s.st_shndx, elf.st_bind(s.st_info), field, off)
+
+
+def loaded_address(lp: LoadedPurgatory, sym: Symbol) -> int:
+    """Where ``sym`` lands: its section's new address plus ``st_value``, refused when the value is
+    past its section's end (the kernel would wrap it into a wild pointer or address)."""
+    sec = lp.obj.sections[sym.st_shndx]
+    if sym.st_value > sec.sh_size or sym.st_size > sec.sh_size - sym.st_value:
+        raise RuleError(f"symbol {sym.name!r} ({sym.st_size} bytes at {sym.st_value:#x}) is "
+                        f"outside its section {sec.name} ({sec.sh_size:#x} bytes)", fmt=FMT,
+                        field=f"{sym.where}.st_value", offset=sym.offset)
+    return lp.sh_addr[sym.st_shndx] + sym.st_value
 
 
 def symbols(obj: PurgatoryObject) -> Iterable[Symbol]:
@@ -442,8 +476,7 @@ def find_symbol(obj: PurgatoryObject, name: str) -> Symbol:
 
 
 def symbol_address(lp: LoadedPurgatory, name: str) -> int:
-    sym = find_symbol(lp.obj, name)
-    return lp.sh_addr[sym.st_shndx] + sym.st_value
+    return loaded_address(lp, find_symbol(lp.obj, name))
 
 
 def _symbol_slot(lp: LoadedPurgatory, name: str, size: int, verb: str) -> int:

@@ -320,5 +320,8 @@ def parse_mem_ranges(text: str) -> tuple[MemRange, ...]:
         size = b - a + 1 if op == "-" else b
         if size <= 0:
             raise UsageError(f"{part.strip()!r} is empty", fmt="--mem")
+        if a + size > U64_MAX + 1:
+            # e820 holds u64 addresses and sizes: memory ends at 2^64.
+            raise UsageError(f"{part.strip()!r} ends past 2^64", fmt="--mem")
         out.append(MemRange(a, size))
     return tuple(out)

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from kimagekit.formats import elf
+from kimagekit.ima_kexec import build_buffer
+from kimagekit.ima_log import ImaEntry, encode_list, read_entries
 from kimagekit.image import HandoverStyle, KexecImage, seal, write_image
 from kimagekit.purgatory import DigestPolicy, add_purgatory, hashes_role, parse_purgatory
 from kimagekit.segments import KexecBuf, MemRange, Role, SegmentList, Target, add_buffer
@@ -145,14 +147,36 @@ def filler(size: int, seed: int) -> bytes:
 
 
 X86_RAM = (MemRange(0x100000, 0x7FF00000),)
+IMA_LIST = Path(__file__).resolve().parent / "ima" / "small-le.bin"
+
+
+def restorable_entries() -> list[ImaEntry]:
+    """testdata/ima/small-le.bin's entries without its last, an ``ima``-template entry the next
+    kernel's restore refuses."""
+    entries = read_entries(IMA_LIST)
+    assert entries[-1].template_name == "ima"
+    return entries[:-1]
+
+
+def restorable_list(path: Path) -> Path:
+    """:func:`restorable_entries` written to ``path`` as a little-endian binary list."""
+    path.write_bytes(encode_list(restorable_entries(), "<"))
+    return path
+
+
+def handover_buffer() -> bytes:
+    """A kexec buffer the next kernel takes (948 bytes): the restorable entries."""
+    return build_buffer(restorable_entries())
 
 
 def x86_like_image(*, policy: DigestPolicy = DigestPolicy.SEED, purgatory: bool = True,
                    kernel_size: int = 0x6000, initrd_size: int = 0x5000,
-                   handover: bytes = b"HANDOVER" * 100, handover_size: int = 0x4000,
+                   handover: bytes | None = None, handover_size: int = 0x4000,
                    old_names: bool = False) -> KexecImage:
     """Segments in the x86-64 loader's order: purgatory, boot-params, kernel, initrd; the
-    hand-over last. Contents are synthetic."""
+    hand-over last (by default :func:`handover_buffer`). Contents are synthetic."""
+    if handover is None:
+        handover = handover_buffer()
     sl = SegmentList(Target("x86_64", ram=X86_RAM))
     lp = None
     if purgatory:
@@ -168,7 +192,7 @@ def x86_like_image(*, policy: DigestPolicy = DigestPolicy.SEED, purgatory: bool 
     sl, _ = add_buffer(sl, KexecBuf(handover, handover_size, Role.HANDOVER, top_down=True,
                                     checksummed=hashes_role(policy, Role.HANDOVER)))
     return seal(sl, policy, purgatory=lp, entry=None if purgatory else 0x1000000,
-                cmdline=b"console=ttyS0 root=/dev/vda", handover_style=HandoverStyle.SEED)
+                cmdline=b"console=ttyS0 root=/dev/vda", handover_style=HandoverStyle.NONE)
 
 
 def main(outdir: str) -> None:

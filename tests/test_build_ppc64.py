@@ -231,7 +231,9 @@ def test_json_keys(ppc_seed_image: Path, ppc64le_vmlinux: Path, corpus: Path, tm
     assert main(["inspect", "--json", str(ppc_seed_image)]) == 0
     s = json.loads(capsys.readouterr().out)["summary"]
     assert list(s) == ["arch", "entry", "policy", "cmdline", "purgatory", "segments", "regions",
-                       "digest", "digest_ok", "digest_status", "handover", "chosen", "dtb_error"]
+                       "digest", "digest_ok", "digest_status", "handover", "chosen", "dtb_error",
+                       "damage"]
+    assert s["damage"] == []
     assert s["handover"]["announced"] == {"style": "seed", "start": 0xFFFE0000,
                                           "size": 0x20000, "reserved": True, "matches": True}
     assert list(s["handover"]["ima"]) == ["form", "entries", "restored", "restore_error",

@@ -7,17 +7,15 @@ import struct
 from pathlib import Path
 
 import pytest
-from image_helpers import PURGATORY_CORPUS
+from image_helpers import PURGATORY_CORPUS, gen
 from kernel_helpers import kgen
 
+from kimagekit import ima_kexec
 from kimagekit.arch.x86_64 import announced_ima, setup_data_chain
 from kimagekit.cli import main
 from kimagekit.formats import bzimage as bz
 from kimagekit.image import content, open_image
 from kimagekit.segments import Role
-
-ROOT = Path(__file__).resolve().parent.parent
-IMA_LIST = ROOT / "testdata" / "ima" / "small-le.bin"
 
 
 @pytest.fixture
@@ -26,8 +24,9 @@ def x86_image(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     kernel = tmp_path / "bzImage"
     kernel.write_bytes(kgen.make_bzimage())
     out = tmp_path / "x86.img"
+    ima = gen.restorable_list(tmp_path / "ima.bin")
     assert main(["build", "--arch", "x86_64", "--kernel", str(kernel), "--purgatory",
-                 str(corpus / PURGATORY_CORPUS), "--ima", str(IMA_LIST), "-o", str(out)]) == 0
+                 str(corpus / PURGATORY_CORPUS), "--ima", str(ima), "-o", str(out)]) == 0
     capsys.readouterr()
     return out
 
@@ -64,7 +63,8 @@ def test_patch_keeps_the_setup_ima_announcement(x86_image: Path, tmp_path: Path,
     announced, segment, _ = _announcement(x86_image)
     assert announced == segment
     raw = tmp_path / "raw"
-    raw.write_bytes(b"new hand-over bytes")
+    entries = gen.restorable_entries()
+    raw.write_bytes(ima_kexec.build_buffer([*entries, *entries]))
     out = tmp_path / "patched.img"
     assert main(["patch-handover", str(x86_image), "--data", str(raw), "-o", str(out)]) == 0
     assert segment == (0xFFFFF000, 0x1000)  # the top page under 4 GiB
@@ -72,14 +72,14 @@ def test_patch_keeps_the_setup_ima_announcement(x86_image: Path, tmp_path: Path,
     with open_image(x86_image) as (info, _):
         digest = info.digest.hex()
     assert capsys.readouterr().out == (
-        f"{out}: hand-over segment 0 at 0xfffff000: 1012 -> 19 of 4096 bytes; verified, digest "
+        f"{out}: hand-over segment 0 at 0xfffff000: 948 -> 1872 of 4096 bytes; verified, digest "
         f"{digest}\n")
     assert _announcement(out)[:2] == (segment, segment)
     assert main(["verify", str(out)]) == 0
     assert capsys.readouterr().out == f"ok {digest}\n"
 
 
-@pytest.mark.parametrize(("how", "said"), [("bufsz", "0xfffff000+0x3f4"), ("gone", "nothing")])
+@pytest.mark.parametrize(("how", "said"), [("bufsz", "0xfffff000+0x3b4"), ("gone", "nothing")])
 def test_patch_refuses_boot_params_announcing_something_else(
         x86_image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str,
         said: str) -> None:
@@ -94,3 +94,9 @@ def test_patch_refuses_boot_params_announcing_something_else(
         f"kimagekit: error: {x86_image}: handover: segment[0]: the boot parameters announce "
         f"{said} in their SETUP_IMA setup_data, not the hand-over segment 0xfffff000+0x1000\n")
     assert x86_image.read_bytes() == before and not out.exists()
+    # verify names both: the boot parameters are hashed, and they no longer name the segment.
+    assert main(["verify", str(x86_image)]) == 1
+    assert capsys.readouterr().out == (
+        "FAILED: segment 2 (boot-params, region 0 at 0xffff8000) differs from what was sealed\n"
+        f"FAILED: hand-over segment 0: the boot parameters announce {said} in their SETUP_IMA "
+        "setup_data, not the segment 0xfffff000+0x1000\n")

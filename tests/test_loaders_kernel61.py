@@ -21,7 +21,6 @@ from kimagekit.purgatory import EntryRule, load, parse_purgatory
 from kimagekit.segments import HoleSearch, MemRange, Role, Target
 
 ROOT = Path(__file__).resolve().parent.parent
-IMA_LIST = ROOT / "testdata" / "ima" / "small-le.bin"
 PAGE = 0x10000
 GiB = 1 << 30
 
@@ -157,7 +156,8 @@ def _x86(tmp_path: Path, corpus: Path, rules: HoleSearch, *, ima_kexec: bool = T
     kernel.write_bytes(kgen.make_bzimage())
     rd.write_bytes(b"R" * 0x3000)
     built = build_x86_64(BuildInputs(kernel, tmp_path / "x.img", initrd=rd,
-                                     ima=IMA_LIST if ima_kexec else None,
+                                     ima=gen.restorable_list(tmp_path / "ima.bin")
+                                     if ima_kexec else None,
                                      purgatory=corpus / PURGATORY_CORPUS),
                          ram=ram, hole_search=rules, ima_kexec=ima_kexec)
     return [(s.role, s.mem, s.memsz, s.bufsz) for s in built.image.segments]
@@ -166,14 +166,14 @@ def _x86(tmp_path: Path, corpus: Path, rules: HoleSearch, *, ima_kexec: bool = T
 def test_x86_pre_68_top_down_lands_a_page_lower(tmp_path: Path, corpus: Path) -> None:
     # 6.1: the first candidate is end - memsz with end inclusive: one page under the top
     assert _x86(tmp_path, corpus, HoleSearch.PRE_6_8) == [
-        (Role.HANDOVER, 0xFFFFE000, 0x1000, 0x3F4),
+        (Role.HANDOVER, 0xFFFFE000, 0x1000, 0x3B4),
         (Role.PURGATORY, 0xFFFF9000, 0x5000, 0x4000),
         (Role.BOOT_PARAMS, 0xFFFF7000, 0x2000, 0x10E0),
         (Role.KERNEL, 0xFFA00000, 0x400000, 0x580),
         (Role.INITRD, 0xFFFF4000, 0x3000, 0x3000),
     ]
     assert _x86(tmp_path, corpus, HoleSearch.UPSTREAM_6_8)[:3] == [
-        (Role.HANDOVER, 0xFFFFF000, 0x1000, 0x3F4),
+        (Role.HANDOVER, 0xFFFFF000, 0x1000, 0x3B4),
         (Role.PURGATORY, 0xFFFFA000, 0x5000, 0x4000),
         (Role.BOOT_PARAMS, 0xFFFF8000, 0x2000, 0x10E0),
     ]
@@ -183,8 +183,8 @@ def test_x86_pre_68_walks_ram_upwards(tmp_path: Path, corpus: Path) -> None:
     ram = (MemRange(0x100000, 0xFF00000), MemRange(4 * GiB, 4 * GiB))
     old = _x86(tmp_path, corpus, HoleSearch.PRE_6_8, ram=ram)
     new = _x86(tmp_path, corpus, HoleSearch.UPSTREAM_6_8, ram=ram)
-    assert old[0] == (Role.HANDOVER, 0x10000000 - 0x2000, 0x1000, 0x3F4)  # first range
-    assert new[0] == (Role.HANDOVER, 8 * GiB - 0x1000, 0x1000, 0x3F4)  # highest range
+    assert old[0] == (Role.HANDOVER, 0x10000000 - 0x2000, 0x1000, 0x3B4)  # first range
+    assert new[0] == (Role.HANDOVER, 8 * GiB - 0x1000, 0x1000, 0x3B4)  # highest range
 
 
 def test_x86_without_config_ima_kexec(tmp_path: Path, corpus: Path) -> None:

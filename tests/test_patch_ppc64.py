@@ -88,10 +88,22 @@ def test_in_place_and_usage(ppc_seed_image: Path, corpus: Path, tmp_path: Path,
     shutil.copyfile(ppc_seed_image, img)
     raw = tmp_path / "raw"
     raw.write_bytes(b"opaque hand-over bytes")
-    assert main(["patch-handover", str(img), "--data", str(raw), "--in-place"]) == 0
-    capsys.readouterr()
+    before = img.read_bytes()
+    # The next kernel hands the buffer to IMA, which refuses anything but a measurement list.
+    refusal = ("the next kernel would refuse it: ima-kexec-buffer: header.version at offset 0x0: "
+               "version 28783 is not 1: incompatible measurement list")
+    assert main(["patch-handover", str(img), "--data", str(raw), "--in-place"]) == 1
+    assert capsys.readouterr().err == (
+        f"kimagekit: error: {img}: handover: segment[0]: {refusal}; nothing written (--force "
+        "writes it anyway)\n")
+    assert img.read_bytes() == before
+    assert main(["patch-handover", str(img), "--data", str(raw), "--in-place", "--force"]) == 0
+    assert capsys.readouterr().err == (
+        f"kimagekit: warning: {img}: written with --force: {refusal}\n")
     info = read_image(img.read_bytes())
     assert segment_bytes(img.read_bytes(), info, 0) == raw.read_bytes()
+    assert main(["verify", str(img)]) == 1
+    assert capsys.readouterr().out == f"FAILED: hand-over segment 0: {refusal}\n"
     cases = [
         (["--data", str(raw)], "give exactly one of -o OUT and --in-place (the input is never "
                                "changed otherwise)"),
@@ -163,16 +175,28 @@ def test_flip_in_each_checksummed_segment(which: str, request: pytest.FixtureReq
     for index, name in want.items():
         p, _ = _flipped(src, tmp_path, index, info.segments[index].bufsz // 2)
         assert main(["verify", str(p)]) == 1
-        assert capsys.readouterr().out == f"FAILED: {name} differs from what was sealed\n"
+        # A flipped hand-over also fails the next kernel's own reading of it.
+        also = HANDOVER_0X6064 if info.segments[index].role == Role.HANDOVER else []
+        assert capsys.readouterr().out == "".join(
+            f"FAILED: {line}\n" for line in [f"{name} differs from what was sealed", *also])
         p.unlink()
 
 
-def test_flip_in_handover_verify_passes_inspect_reports(ppc_seed_image: Path, corpus: Path,
-                                                        tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]
-                                                        ) -> None:
+# The list's entry 188 with bit 0 of the hand-over's byte 0x6064 flipped (its template data's
+# length), as the next kernel (restore) and the entry walk see it.
+HANDOVER_0X6064 = [
+    "hand-over segment 0: the next kernel would refuse it: ima-kexec-buffer: "
+    "entry[188].template_data at offset 0x6067: template data does not split into 3 fields",
+    "hand-over segment 0: entries cannot be read: ima-list: entry[189].template_name_len at "
+    "offset 0x61d2: template_name_len 761359721 exceeds the 24306 bytes left"]
+
+
+def test_flip_in_handover_verify_and_inspect_fail(ppc_seed_image: Path, corpus: Path,
+                                                  tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     # Entry 188's template data (restore refuses) and entry 0's stored SHA-1 digest (restore
-    # takes it as is; only the recheck finds it). The list's first digest, read raw:
+    # takes it as is; only the recheck finds it). The digest leaves the hand-over out (seed
+    # policy), yet verify and inspect both judge it and exit 1. The list's first digest, raw:
     first = (corpus / PPC_IMA_LIST).read_bytes()[4:24]
     flipped = bytes([first[0] ^ 1]) + first[1:]
     want = {
@@ -192,9 +216,11 @@ def test_flip_in_handover_verify_passes_inspect_reports(ppc_seed_image: Path, co
     }
     for at, lines in want.items():
         p, _ = _flipped(ppc_seed_image, tmp_path, 0, at)
-        assert main(["verify", str(p)]) == 0
-        capsys.readouterr()
-        assert main(["inspect", str(p)]) == 0
+        assert main(["verify", str(p)]) == 1
+        assert capsys.readouterr().out == "".join(
+            f"FAILED: hand-over segment 0: {line.split('DAMAGE: ', 1)[1]}\n"
+            for line in lines if "DAMAGE: " in line)
+        assert main(["inspect", str(p)]) == 1
         text = capsys.readouterr().out.splitlines()
         k = text.index("  hand-over: 0xfffe0000 size 0x20000 used 0xc0c8 style seed (content "
                        "changed since written)")

@@ -218,11 +218,20 @@ def test_huge_section_alignment_is_refused_before_allocating() -> None:
     obj = parse_purgatory(bytes(data))
     second = [s for s in obj.sections if s.alloc and not s.nobits][1]
     e_shoff = struct.unpack_from("<Q", data, 40)[0]
-    struct.pack_into("<Q", data, e_shoff + 64 * second.index + 48, 1 << 39)
-    bad = parse_purgatory(bytes(data))
-    assert layout(bad).bufsz >= 1 << 39
+    at = e_shoff + 64 * second.index + 48
+    struct.pack_into("<Q", data, at, 1 << 39)
+    # Refused as it is read: no loaded section of a real purgatory aligns past a page.
+    with pytest.raises(ParseError) as bad:
+        parse_purgatory(bytes(data))
+    assert str(bad.value) == (
+        f"purgatory: shdr[{second.index}].sh_addralign at offset {at:#x}: sh_addralign "
+        "0x8000000000 of a loaded section exceeds 0x100000")
+    # Within that bound, padding that still outgrows the file is refused before allocating.
+    struct.pack_into("<Q", data, at, 1 << 20)
+    big = parse_purgatory(bytes(data))
+    assert layout(big).bufsz > len(data) + (1 << 20)
     with pytest.raises(RuleError) as err:
-        load(bad, M)
+        load(big, M)
     assert str(err.value) == (
-        f"purgatory: sh_addralign: laid-out purgatory would be {layout(bad).bufsz:#x} bytes, "
+        f"purgatory: sh_addralign: laid-out purgatory would be {layout(big).bufsz:#x} bytes, "
         f"more than its {len(data)}-byte file allows")

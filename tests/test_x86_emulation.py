@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 from conftest import need_module
+from image_helpers import gen
 
-from kimagekit import ima_kexec, ima_log
+from kimagekit import ima_kexec
 from kimagekit.arch.x86_64 import announced_ima
 from kimagekit.cli import main
 from kimagekit.image import content, open_image
 from kimagekit.segments import Role
 
 ROOT = Path(__file__).resolve().parent.parent
-IMA_LIST = ROOT / "testdata" / "ima" / "small-le.bin"
 KERNEL_MEMSZ = 0x3F97000  # PAGE_ALIGN(init_size) of the Debian 6.1.0-50 kernel
 
 
@@ -37,7 +37,7 @@ def images(amd64_vmlinuz: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             str(amd64_vmlinuz)]
     assert main([*base, "-o", str(plain)]) == 0
     assert main([*base, "--initrd", str(initrd), "--cmdline", "console=ttyS0 ro",
-                 "--ima", str(IMA_LIST), "-o", str(full)]) == 0
+                 "--ima", str(gen.restorable_list(d / "ima.bin")), "-o", str(full)]) == 0
     return {"plain": plain, "full": full}
 
 
@@ -96,7 +96,7 @@ def test_one_flipped_byte_makes_the_purgatory_spin(images: dict[str, Path],
 
 def test_patched_handover_still_passes(images: dict[str, Path], tmp_path: Path) -> None:
     src = images["full"]
-    entries = ima_log.read_entries(IMA_LIST)
+    entries = gen.restorable_entries()
     longer = ima_kexec.build_buffer([*entries, *entries])
     new_list = tmp_path / "new.kexec"
     new_list.write_bytes(longer)

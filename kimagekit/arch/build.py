@@ -15,8 +15,18 @@ from kimagekit.errors import KimageError, UsageError, about_file, input_named
 from kimagekit.fileio import check_output, mapped, read_input
 from kimagekit.formats import bzimage as bz
 from kimagekit.formats.ima import Endian
-from kimagekit.image import ARCHES, HandoverStyle, ImageInfo, KexecImage, read_image, write_image
-from kimagekit.purgatory import DigestPolicy, PurgatoryObject, parse_purgatory
+from kimagekit.handover import judge_new_handover
+from kimagekit.image import (
+    ARCHES,
+    HandoverStyle,
+    ImageInfo,
+    KexecImage,
+    check_page_size,
+    read_image,
+    write_image,
+)
+from kimagekit.purgatory import FMT as PURGATORY_FMT
+from kimagekit.purgatory import DigestPolicy, PurgatoryObject, check_target, parse_purgatory
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
 
 Pathish = str | os.PathLike[str]
@@ -28,7 +38,8 @@ X86_PAGE_SIZE = 4096
 class BuildInputs:
     """What every arch takes. ``ima`` is a measurement list built into the hand-over (a kexec
     buffer in the target's byte order); ``handover`` raw hand-over bytes instead (not x86-64);
-    ``handover_size`` the hand-over's memsz (default: as IMA sizes it)."""
+    ``handover_size`` the hand-over's memsz (default: as IMA sizes it). A hand-over the next
+    kernel would refuse is Refused unless ``force``."""
 
     kernel: Pathish
     output: Pathish
@@ -39,6 +50,7 @@ class BuildInputs:
     handover: Pathish | None = None
     handover_size: int | None = None
     policy: DigestPolicy = DigestPolicy.SEED
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class X86BuildResult:
 class Built:
     result: Ppc64BuildResult | X86BuildResult
     image: ImageInfo  # the written image, re-read
+    warnings: tuple[str, ...] = ()  # what --force wrote anyway
 
 
 def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
@@ -78,11 +91,14 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
         raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
                          field="arch")
     check_output(inputs.output, (*_inputs(inputs), dtb), stdout=False)
+    why = check_page_size(page_size)
+    if why is not None:
+        raise UsageError(f"page size {why}", fmt=ppc64.FMT, field="page_size")
     ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size)
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, arch, page_size)
-    purg = _purgatory(inputs.purgatory)
+    purg = _purgatory(inputs.purgatory, arch)
     rd = _initrd(inputs.initrd)
 
     def compose(kernel: memoryview) -> KexecImage:
@@ -92,9 +108,9 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                            purgatory=purg, policy=inputs.policy)
 
     # Only the vmlinux's own faults name it; placement refusals are about the layout.
-    digest, info = _write_verified(inputs, compose, (ppc64.FMT,))
+    digest, info, warnings = _write_verified(inputs, compose, (ppc64.FMT,), inputs.purgatory)
     return Built(Ppc64BuildResult(str(inputs.output), arch, page_size, inputs.policy.value,
-                                  info.entry, digest, entries), info)
+                                  info.entry, digest, entries), info, warnings)
 
 
 def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
@@ -115,8 +131,9 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     if purgatory_from is not None:
         with input_named(purgatory_from), mapped(purgatory_from, "--purgatory-from") as view:
             purg = parse_purgatory(kernels.find_purgatory(view).data)
+            check_target(purg, "x86_64", *ARCHES["x86_64"])
     else:
-        given = _purgatory(inputs.purgatory)
+        given = _purgatory(inputs.purgatory, "x86_64")
         assert given is not None
         purg = given
     if inputs.handover_size is not None and inputs.ima is None:
@@ -129,12 +146,13 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
                             handover=ho, handover_size=ho_size, policy=inputs.policy,
                             ima_kexec=ima_kexec)
 
-    digest, info = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"))
+    digest, info, warnings = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"),
+                                             inputs.purgatory or purgatory_from)
     k, bp = info.segment(Role.KERNEL), info.segment(Role.BOOT_PARAMS)
     assert k is not None and bp is not None
     return Built(X86BuildResult(str(inputs.output), "x86_64", inputs.policy.value, info.entry,
                                 k.mem + bz.KERNEL_ENTRY64_OFFSET, bp.mem, digest, entries),
-                 info)
+                 info, warnings)
 
 
 def _inputs(i: BuildInputs) -> tuple[Pathish | None, ...]:
@@ -163,11 +181,13 @@ def _handover(inputs: BuildInputs, endian: Endian,
     return data, entries, size or ima_kexec.segment_size(len(data), page_size=page_size)
 
 
-def _purgatory(path: Pathish | None) -> PurgatoryObject | None:
+def _purgatory(path: Pathish | None, arch: str) -> PurgatoryObject | None:
     if path is None:
         return None
     with input_named(path):
-        return parse_purgatory(read_input(path, "--purgatory"))
+        obj = parse_purgatory(read_input(path, "--purgatory"))
+        check_target(obj, arch, *ARCHES[arch])
+        return obj
 
 
 def _initrd(path: Pathish | None) -> bytes | None:
@@ -175,17 +195,25 @@ def _initrd(path: Pathish | None) -> bytes | None:
 
 
 def _write_verified(inputs: BuildInputs, compose: Callable[[memoryview], KexecImage],
-                    kernel_fmts: tuple[str, ...]) -> tuple[str, ImageInfo]:
-    """Compose from the mapped kernel, write atomically (verified), and re-read what was written:
-    the digest as stored, and the image."""
+                    kernel_fmts: tuple[str, ...], purgatory_file: Pathish | None = None
+                    ) -> tuple[str, ImageInfo, tuple[str, ...]]:
+    """Compose from the mapped kernel, judge the hand-over as the next kernel would, write
+    atomically (verified), and re-read what was written: the digest as stored, the image, and
+    the hand-over's damage written under ``force``."""
     with mapped(inputs.kernel, "--kernel") as view:
         try:
             img = compose(view)
         except KimageError as err:
             if err.fmt in kernel_fmts:
                 raise about_file(err, inputs.kernel) from err.__cause__
+            if err.fmt == PURGATORY_FMT and purgatory_file is not None:
+                raise about_file(err, purgatory_file) from err.__cause__
             raise
+        source = inputs.ima if inputs.ima is not None else inputs.handover
+        with input_named(source or inputs.output):
+            ima = judge_new_handover(img, inputs.force)
         res = write_image(inputs.output, img)
         del img  # its segments are views into the kernel's map
+    warnings = () if ima is None else tuple(f"written with --force: {d}" for d in ima.damage)
     with mapped(inputs.output) as written:
-        return res.digest.hex(), read_image(written)
+        return res.digest.hex(), read_image(written), warnings

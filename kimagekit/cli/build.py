@@ -17,10 +17,10 @@ from kimagekit.arch.build import (
     build_ppc64,
     build_x86_64,
 )
-from kimagekit.cli.common import emit_json, out
+from kimagekit.cli.common import emit_json, out, warn
 from kimagekit.cli.image import ls_lines
 from kimagekit.errors import UsageError
-from kimagekit.image import HandoverStyle
+from kimagekit.image import HandoverStyle, check_page_size
 from kimagekit.purgatory import DigestPolicy
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, parse_mem_ranges
 
@@ -68,12 +68,14 @@ def register(app: typer.Typer) -> None:
         ima_kexec: bool = typer.Option(
             True, "--ima-kexec/--no-ima-kexec",
             help="x86_64: the loading kernel has CONFIG_IMA_KEXEC (room for SETUP_IMA)."),
+        force: bool = typer.Option(False, "--force", help="Write a hand-over the next kernel "
+                                   "would refuse."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     ) -> None:
         """Place kernel, initrd, hand-over, device tree (and purgatory) as kexec_file_load does;
         seal, write atomically, re-read and verify."""
         inputs = BuildInputs(kernel, output, initrd=initrd, cmdline=cmdline, purgatory=purgatory,
-                             ima=ima, handover=handover, policy=policy)
+                             ima=ima, handover=handover, policy=policy, force=force)
         if arch == "x86_64":
             if dtb is not None or handover is not None:
                 raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
@@ -102,12 +104,17 @@ def register(app: typer.Typer) -> None:
             page = _number(page_size, "--page-size") or ppc64_dt.PPC64_PAGE_SIZE
             if page & (page - 1):
                 raise UsageError(f"--page-size {page:#x} is not a power of two")
+            why = check_page_size(page)
+            if why is not None:
+                raise UsageError(f"--page-size {why}")
             size = _number(handover_size, "--handover-size")
             if size is not None and ima is None and handover is None:
                 raise UsageError("--handover-size needs --ima or --handover")
             built = build_ppc64(replace(inputs, handover_size=size),
                                 arch=arch, dtb=dtb, handover_style=handover_style,
                                 page_size=page)
+        for w in built.warnings:
+            warn(f"warning: {output}: {w}")
         if as_json:
             emit_json(built)
             return

@@ -115,6 +115,10 @@ def register(root: typer.Typer) -> None:
         in_place: bool = typer.Option(False, "--in-place", help="Image: rewrite IMAGE itself."),
         reseal: bool = typer.Option(False, "--reseal", help="Image: recompute the digest when "
                                     "the policy hashes the hand-over."),
+        force: bool = typer.Option(False, "--force", help="Image: write contents the next "
+                                   "kernel would refuse."),
+        continuation: bool = typer.Option(False, "--continuation", help="Image: refuse an IMA "
+                                          "list that does not extend the old hand-over."),
     ) -> None:
         """Announce a hand-over buffer in a DTB (or remove it); or, for a kexec image, replace
         its hand-over contents as kexec_update_segment does."""
@@ -123,10 +127,12 @@ def register(root: typer.Typer) -> None:
             if start is not None or size is not None or remove or pack:
                 raise UsageError("--start/--size/--remove/--pack are for device trees")
             handover_cli.patch_image(file, ima=ima, data=data, output=output,
-                                     in_place=in_place, reseal=reseal, as_json=as_json)
+                                     in_place=in_place, reseal=reseal, as_json=as_json,
+                                     force=force, continuation=continuation)
             return
-        if ima is not None or data is not None or in_place or reseal:
-            raise UsageError("--ima/--data/--in-place/--reseal are for kexec images")
+        if ima is not None or data is not None or in_place or reseal or force or continuation:
+            raise UsageError("--ima/--data/--in-place/--reseal/--force/--continuation are for "
+                             "kexec images")
         if output is None:
             raise UsageError("-o/--output is needed for a device tree")
         if remove and (start is not None or size is not None):

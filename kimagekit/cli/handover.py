@@ -5,20 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kimagekit.cli.common import emit_json, out
+from kimagekit.cli.common import emit_json, out, warn
 from kimagekit.errors import UsageError
 from kimagekit.handover import patch_file
 
 
 def patch_image(image: Path, *, ima: Path | None, data: Path | None, output: Path | None,
-                in_place: bool, reseal: bool, as_json: bool) -> None:
+                in_place: bool, reseal: bool, as_json: bool, force: bool = False,
+                continuation: bool = False) -> None:
     if (output is None) == (not in_place):
         raise UsageError("give exactly one of -o OUT and --in-place (the input is never "
                          "changed otherwise)")
     if (ima is None) == (data is None):
         raise UsageError("give exactly one of --ima LIST and --data FILE")
+    if continuation and ima is None:
+        raise UsageError("--continuation checks an --ima list against the old hand-over")
     target = output if output is not None else image
-    result = patch_file(image, output, ima=ima, data=data, reseal=reseal)
+    result = patch_file(image, output, ima=ima, data=data, reseal=reseal, force=force,
+                        continuation=continuation)
+    for w in result.warnings:
+        warn(f"warning: {image}: {w}")
     if as_json:
         emit_json(result)
         return

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from kimagekit.cli.common import emit_json, input_named, out
-from kimagekit.image import ImageInfo, extract, open_image, verify
+from kimagekit.handover import verify_image
+from kimagekit.image import ImageInfo, extract, open_image
 from kimagekit.image_info import HandoverSummary, ImageSummary
 
 
@@ -16,13 +17,15 @@ def register(app: typer.Typer) -> None:
     def verify_cmd(
         image: Path = typer.Argument(..., help="A kexec image written by kimagekit."),
     ) -> None:
-        """Recompute the digest as the purgatory will at reboot: exit 0 if it matches."""
+        """Recompute the digest as the purgatory will at reboot, and read the hand-over as the
+        next kernel will: exit 0 if both hold."""
         with input_named(image):
-            res = verify(image)
+            res = verify_image(image)
         if res.ok:
-            out(f"ok {res.digest.hex()}")
+            out(f"ok {res.digest.digest.hex()}")
             return
-        out(f"FAILED: {res.reason}")
+        for problem in res.problems:
+            out(f"FAILED: {problem}")
         raise typer.Exit(1)
 
     @app.command("ls")

@@ -32,7 +32,8 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Argument(..., help="Any file kimagekit knows; the content decides."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """Detect FILE's format from its content and describe it."""
+        """Detect FILE's format from its content and describe it; exit 1 when the description
+        reports damage."""
         with input_named(file):
             found = inspect(file)
         if as_json:
@@ -41,3 +42,6 @@ def register(app: typer.Typer) -> None:
             out(f"{file}: {found.format}")
             for line in RENDERERS[found.format](found.summary):
                 out(f"  {line}")
+        # A summary that lists damage (a kexec image's ``damage``) is a failed check.
+        if getattr(found.summary, "damage", ()):
+            raise typer.Exit(1)
