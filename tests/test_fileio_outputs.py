@@ -20,6 +20,7 @@ from kimagekit import ima_ascii, ima_log, output_files
 from kimagekit.cli import main
 from kimagekit.errors import OutputError
 from kimagekit.fileio import atomic_write
+from kimagekit.ima_kexec import build_buffer
 from kimagekit.image import content, open_image, verify, write_image
 from kimagekit.segments import Role
 
@@ -49,7 +50,8 @@ def image(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> P
     kernel.write_bytes(kgen.make_bzimage())
     out = tmp_path / "x86.img"
     assert main(["build", "--arch", "x86_64", "--kernel", str(kernel), "--purgatory",
-                 str(corpus / PURGATORY_CORPUS), "--ima", str(SMALL), "-o", str(out)]) == 0
+                 str(corpus / PURGATORY_CORPUS), "--ima",
+                 str(gen.restorable_list(tmp_path / "ima.bin")), "-o", str(out)]) == 0
     capsys.readouterr()
     return out
 
@@ -97,14 +99,14 @@ def test_output_equal_to_an_input_is_refused(tmp_path: Path,
 def test_patch_output_equal_to_the_image_needs_in_place(
         image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
-    data.write_bytes(b"new hand-over")
+    data.write_bytes(gen.handover_buffer())
     before = image.read_bytes()
     assert run(capsys, "patch-handover", image, "--data", data, "-o", image) == (
         2, "", f"kimagekit: error: {image}: -o: {SAME.format(image)}\n")
     assert image.read_bytes() == before
     code, _, err = run(capsys, "patch-handover", image, "--data", data, "--in-place")
     assert (code, err) == (0, "")
-    assert handover_bytes(image) == b"new hand-over"
+    assert handover_bytes(image) == gen.handover_buffer()
 
 
 def test_output_through_a_symlink_writes_its_target(tmp_path: Path,
@@ -179,18 +181,18 @@ def test_in_place_keeps_mode_and_owner(image: Path, tmp_path: Path,
     os.chown(image, *owner)
     inode = image.stat().st_ino
     data = tmp_path / "data"
-    data.write_bytes(b"patched in place")
+    data.write_bytes(gen.handover_buffer())
     assert run(capsys, "patch-handover", image, "--data", data, "--in-place")[0] == 0
     st = image.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o604, *owner)
     assert st.st_ino != inode  # replaced atomically, not rewritten where it lay
-    assert handover_bytes(image) == b"patched in place" and verify(image).ok
+    assert handover_bytes(image) == gen.handover_buffer() and verify(image).ok
 
 
 def test_a_locked_image_is_refused_in_place(image: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
-    data.write_bytes(b"second")
+    data.write_bytes(SHORTER)
     before = image.read_bytes()
     with image.open("rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -198,8 +200,11 @@ def test_a_locked_image_is_refused_in_place(image: Path, tmp_path: Path,
             2, "", f"kimagekit: error: {image}: {LOCKED}\n")
     assert image.read_bytes() == before
     assert run(capsys, "patch-handover", image, "--data", data, "--in-place")[0] == 0
-    assert handover_bytes(image) == b"second"
+    assert handover_bytes(image) == SHORTER
 
+
+# two hand-overs the next kernel takes, told apart by their last entry
+SHORTER = build_buffer(gen.restorable_entries()[:-1])
 
 SLOW_PATCH = """
 import sys, time
@@ -220,8 +225,8 @@ def test_concurrent_in_place_patches_never_lose_an_update_silently(image: Path,
     """A second process patching while the first is between its read and its rename gets the
     lock error; once the first has finished, the second lands on top of the first's result."""
     first, second = tmp_path / "first", tmp_path / "second"
-    first.write_bytes(b"first update")
-    second.write_bytes(b"second update")
+    first.write_bytes(SHORTER)
+    second.write_bytes(gen.handover_buffer())
     slow = subprocess.Popen([sys.executable, "-c", SLOW_PATCH, "patch-handover", str(image),
                              "--data", str(first), "--in-place"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -234,11 +239,11 @@ def test_concurrent_in_place_patches_never_lose_an_update_silently(image: Path,
     finally:
         _, err = slow.communicate(timeout=60)
     assert (slow.returncode, err) == (0, b"")
-    assert handover_bytes(image) == b"first update"
+    assert handover_bytes(image) == SHORTER
     p = cli("patch-handover", image, "--data", second, "--in-place")
     assert (p.returncode, p.stderr) == (0, b"")
-    assert handover_bytes(image) == b"second update" and verify(image).ok
-    assert sorted(os.listdir(tmp_path)) == ["bzImage", "first", "second", "x86.img"]
+    assert handover_bytes(image) == gen.handover_buffer() and verify(image).ok
+    assert sorted(os.listdir(tmp_path)) == ["bzImage", "first", "ima.bin", "second", "x86.img"]
 
 
 CHILD = """
