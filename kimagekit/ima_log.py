@@ -260,6 +260,7 @@ class ListSummary:
     pcrs: dict[str, dict[int, str]]
     kexec_header: dict[str, int] | None = None
     restore_error: str | None = None
+    damage: tuple[str, ...] = ()  # one line per problem; ``inspect`` exits 1 when any
 
 
 def summarize(path: str | os.PathLike[str]) -> ListSummary:
@@ -275,6 +276,14 @@ def summarize(path: str | os.PathLike[str]) -> ListSummary:
             except RuleError as err:
                 restore_error = str(err)
         size = len(view)
+    damage: list[str] = []
+    if report.mismatches:
+        first = report.mismatches[0]
+        named = f"entry {first.index}" + (f" ({first.path})" if first.path else "")
+        damage.append(f"{len(report.mismatches)} template digest(s) do not match their entry; "
+                      f"the first is {named} at offset {first.offset:#x}")
+    if restore_error is not None:
+        damage.append(f"the next kernel would refuse this buffer: {restore_error}")
     return ListSummary(
         kind=fmt.kind,
         endian="little" if fmt.endian == "<" else "big",
@@ -289,4 +298,5 @@ def summarize(path: str | os.PathLike[str]) -> ListSummary:
         pcrs={b: {p: v.hex() for p, v in sorted(t.items())} for b, t in report.pcrs.items()},
         kexec_header=header,
         restore_error=restore_error,
+        damage=tuple(damage),
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ima_helpers import IMA_DIR, make_ima
 
-from kimagekit import ima_ascii, ima_log
+from kimagekit import ima_ascii, ima_kexec, ima_log
 from kimagekit.cli import main
 
 SMALL = IMA_DIR / "small-le.bin"
@@ -271,3 +271,30 @@ def test_python_m_entry_point() -> None:
                        capture_output=True, text=True, check=False)
     assert (p.returncode, p.stdout) == (
         0, "OK: 9 entries, 1 violations, 0 template digest mismatches (sha1)\n")
+
+
+def test_inspect_exits_1_on_a_damaged_list(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    """An altered entry, or a kexec buffer the next kernel refuses, is damage: exit 1, with the
+    description still printed (text and JSON)."""
+    entries = ima_log.read_entries(SMALL)
+    first = entries[0]
+    data = bytearray(first.template_data)
+    data[-2] ^= 1  # inside the file name, so the stored template digest no longer matches
+    altered = tmp_path / "altered.bin"
+    altered.write_bytes(SMALL.read_bytes().replace(first.template_data, bytes(data), 1))
+    code, out, err = run(capsys, "inspect", str(altered))
+    assert (code, err) == (1, "")
+    assert out.splitlines()[5] == "  template digests: 1 MISMATCH (first at offset 0x0)"
+    code, out, _ = run(capsys, "inspect", "--json", str(altered))
+    assert (code, json.loads(out)["summary"]["damage"]) == (1, [
+        "1 template digest(s) do not match their entry; the first is entry 0 (boot_aggregatd) "
+        "at offset 0x0"])
+    refused = tmp_path / "refused.kexec"
+    # the last entry has the ima template, written without a data length, as the kernel does
+    refused.write_bytes(ima_kexec.build_buffer(entries))
+    code, out, _ = run(capsys, "inspect", "--json", str(refused))
+    assert (code, json.loads(out)["summary"]["damage"]) == (1, [
+        "the next kernel would refuse this buffer: ima-kexec-buffer: entry[8] at offset 0x3b4: "
+        "entry header: nr of fields mismatch: expected 4, found 3"])
+    assert run(capsys, "inspect", str(IMA_DIR / "small-le.kexec"))[0] == 0
