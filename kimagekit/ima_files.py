@@ -51,10 +51,11 @@ class Written:
 
 def convert_file(path: Pathish, output: Pathish, to: Form, *,
                  endian: ima_log.Endian | None = None, bank: str | None = None,
-                 header: bool = True) -> Written:
+                 header: bool = True, force: bool = False) -> Written:
     """The list in another form. ``endian`` defaults to the source's (canonical: always little);
     ``bank`` (binary forms) to the source's digest size; ``header=False`` writes the 2016
-    header-less kexec buffer. The output must re-read as the same entries."""
+    header-less kexec buffer. The output must re-read as the same entries. A kexec buffer is
+    held to :func:`judge_buffer` unless ``force``."""
     with input_named(path):
         entries = ima_log.read_entries(path)
     e: ima_log.Endian = "<" if to == "canonical" else (
@@ -63,6 +64,8 @@ def convert_file(path: Pathish, output: Pathish, to: Form, *,
         data = "".join(ima_ascii.render(entries)).encode("latin-1")
     elif to == "kexec-buffer":
         data = ima_kexec.build_buffer(entries, endian=e, header=header)
+        if header and not force:
+            judge_buffer(data, e, output)
     else:
         size = ima_log.DIGEST_SIZES[bank] if bank else (
             len(entries[0].template_digest) if entries else 20)
@@ -73,6 +76,27 @@ def convert_file(path: Pathish, output: Pathish, to: Form, *,
     if [(b.pcr, b.template_name) for b in back] != [(a.pcr, a.template_name) for a in entries]:
         raise UsageError(f"{output}: re-reading the output gave different entries")
     return Written(str(output), len(back), len(data))
+
+
+def judge_buffer(data: bytes, endian: ima_log.Endian, output: Pathish) -> None:
+    """Refuse (:class:`Refused`, exit 1) a kexec buffer about to be written to ``output`` that
+    the next kernel's restore rules reject, or whose template digests do not match their data
+    (the restored list would no longer attest)."""
+    try:
+        ima_kexec.restore(data, endian)
+    except RuleError as err:
+        refused = Refused(f"not written: the next kernel would refuse it: {err.message} "
+                          "(--force writes it anyway)", fmt=err.fmt, field=err.field,
+                          offset=err.offset)
+        raise about_file(refused, output) from err
+    bad = ima_log.analyse(data).mismatches
+    if bad:
+        m = bad[0]
+        named = f"entry {m.index}" + (f" ({m.path})" if m.path else "")
+        raise about_file(Refused(
+            f"not written: {named}: the template digest does not match its data "
+            f"({len(bad)} such entries; --force writes it anyway)", fmt=ima_kexec.FMT,
+            field=f"entry[{m.index}]", offset=m.offset), output)
 
 
 def append_file(path: Pathish, new: Pathish, output: Pathish, *, force: bool = False) -> Written:
@@ -86,13 +110,7 @@ def append_file(path: Pathish, new: Pathish, output: Pathish, *, force: bool = F
             raise UsageError("append writes binary lists and kexec buffers; convert first")
         data = ima_kexec.append(bytes(view), extra, fmt)
     if fmt.kind == "kexec-buffer" and not force:
-        try:
-            ima_kexec.restore(data, fmt.endian)
-        except RuleError as err:
-            refused = Refused(f"not written: the next kernel would refuse it: {err.message} "
-                              "(--force writes it anyway)", fmt=err.fmt, field=err.field,
-                              offset=err.offset)
-            raise about_file(refused, output) from err
+        judge_buffer(data, fmt.endian, output)
     atomic_write(output, data, inputs=(path, new))
     with input_named(output), reread(output, data) as view:
         n = sum(1 for _ in ima_log.iter_entries(view))

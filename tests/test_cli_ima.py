@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -176,8 +177,15 @@ def test_convert_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path)
         0, "", f"kimagekit: wrote {canon}: 9 entries, 988 bytes (canonical)\n")
     assert canon.read_bytes() == (IMA_DIR / "small-le.bin").read_bytes()
     kx = tmp_path / "l.kexec"
+    # its last entry has the ima template: a kexec buffer the next kernel refuses, unless forced
+    assert run(capsys, "ima", "convert", IMA_DIR / "small-le-sha256.bin",
+               "--to", "kexec-buffer", "-o", kx) == (
+        1, "", f"kimagekit: error: {kx}: ima-kexec-buffer: entry[8] at offset 0x3b4: not "
+               "written: the next kernel would refuse it: entry header: nr of fields mismatch: "
+               "expected 4, found 3 (--force writes it anyway)\n")
+    assert not kx.exists()
     code, _, err = run(capsys, "ima", "convert", IMA_DIR / "small-le-sha256.bin",
-                       "--to", "kexec-buffer", "-o", kx)
+                       "--to", "kexec-buffer", "-o", kx, "--force")
     assert code == 0
     assert err == f"kimagekit: wrote {kx}: 9 entries, 1012 bytes (kexec-buffer)\n"
     back = tmp_path / "back.bin"
@@ -213,6 +221,20 @@ def test_append(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run(capsys, "ima", "append", IMA_DIR / "small-le.kexec", SMALL, "-o", out,
                "--force") == (0, "", f"kimagekit: wrote {out}: 17 entries, 1936 bytes\n")
     assert out.read_bytes() == make_ima.kexec_buffer(old[24:] + SMALL.read_bytes(), 17, "<")
+    # an entry whose data no longer matches its template digest: the restored list would not
+    # attest, so that is refused too
+    entries = ima_log.read_entries(IMA_DIR / "small-le.kexec")
+    data = bytearray(entries[1].template_data)
+    data[-2] ^= 1  # inside its signature field
+    altered = tmp_path / "altered.bin"
+    altered.write_bytes(ima_log.encode_list(
+        [dataclasses.replace(entries[1], template_data=bytes(data))], "<", 20))
+    assert run(capsys, "ima", "append", IMA_DIR / "small-le.kexec", altered, "-o", refused) == (
+        1, "", f"kimagekit: error: {refused}: ima-kexec-buffer: entry[8] at offset 0x3b4: not "
+               "written: entry 8 (/init): "
+               "the template digest does not match its data (1 such entries; --force writes it "
+               "anyway)\n")
+    assert not refused.exists()
     code, text, _ = run(capsys, "ima", "check", out)
     assert code == 1
     assert text.splitlines()[0] == ("the next kernel would refuse this buffer: ima-kexec-buffer: "

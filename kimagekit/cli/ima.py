@@ -227,8 +227,11 @@ def convert(
     bank: str = typer.Option("", "--bank", help="Template digest bank of a binary output."),
     headerless: bool = typer.Option(False, "--headerless",
                                     help="kexec-buffer without ima_kexec_hdr (2016 form)."),
+    force: bool = typer.Option(False, "--force", help="Write a kexec buffer even when the next "
+                               "kernel would refuse it or a template digest is wrong."),
 ) -> None:
-    """Write the list in another form; the output is re-read and compared before success."""
+    """Write the list in another form; the output is re-read and compared before success. A
+    kexec buffer the next kernel would refuse is not written (exit 1) unless --force."""
     if to not in ima_files.FORMS:
         raise UsageError(f"--to {to!r}: choose ascii, binary, canonical or kexec-buffer")
     if endian not in ("", "little", "big"):
@@ -237,7 +240,7 @@ def convert(
         raise UsageError(f"--bank {bank!r}: choose one of {', '.join(ima_log.BANKS)}")
     order: ima_log.Endian | None = "<" if endian == "little" else ">" if endian == "big" else None
     w = ima_files.convert_file(file, output, to, endian=order,
-                               bank=bank or None, header=not headerless)
+                               bank=bank or None, header=not headerless, force=force)
     warn(f"wrote {output}: {w.entries} entries, {w.size} bytes ({to})")
 
 
