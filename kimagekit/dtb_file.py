@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from kimagekit import dts, ppc_fdt
 from kimagekit.devicetree import DeviceTree, Header, Reservation, encode
@@ -33,7 +32,7 @@ def load_tree(path: Pathish) -> DeviceTree:
         with mapped(path) as view:
             return DeviceTree.parse(view)
     if dts.looks_like_dts(head):
-        return dts.from_dts(Path(path).read_text(encoding="latin-1"))
+        return dts.from_dts_file(path)
     raise UnrecognisedFormat("not a device tree (no DTB magic, no /dts-v1/ tag)", fmt="dtb")
 
 
