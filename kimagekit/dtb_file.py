@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from kimagekit import dts, ppc_fdt
 from kimagekit.devicetree import DeviceTree, Header, Reservation, encode
 from kimagekit.errors import UnrecognisedFormat, UsageError, input_named
-from kimagekit.fileio import atomic_write, mapped, read_head
+from kimagekit.fileio import atomic_write, atomic_write_with_tail, mapped, read_head
 from kimagekit.formats.fdt import FDT_MAGIC
 
 Pathish = str | os.PathLike[str]
@@ -55,8 +55,20 @@ def set_property(path: Pathish, output: Pathish, node: str, prop: str, kind: str
         tree = load_tree(path)
         tree.set(node, prop, encode(kind, values))
         data = tree.build(pack=pack)
-    atomic_write(output, data)
+    write_tree(path, output, data)
     return len(data)
+
+
+def write_tree(source: Pathish, output: Pathish, blob: bytes) -> None:
+    """Write ``blob`` atomically; when ``source`` is a DTB followed by more bytes than its
+    totalsize, those follow the new blob unchanged, copied sparse and never read into memory."""
+    head = read_head(source, 8)
+    size = os.stat(source).st_size
+    total = int.from_bytes(head[4:8], "big") if is_dtb(head) and len(head) == 8 else size
+    if total >= size:
+        atomic_write(output, blob)
+    else:
+        atomic_write_with_tail(output, blob, source, total)
 
 
 @dataclass(frozen=True)
@@ -101,5 +113,5 @@ def patch_handover(file: Pathish, output: Pathish, *, start: int | None = None,
                 raise UsageError("--start and --size are needed (or --remove)")
             done = (ppc_fdt.set_handover(tree, start, size, style),)
         data = tree.build(pack=pack)
-    atomic_write(output, data)
+    write_tree(file, output, data)
     return DtbPatchResult(str(output), "removed" if remove else "set", done, len(data))

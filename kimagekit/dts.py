@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from kimagekit.devicetree import DeviceTree, Node
+from kimagekit.devicetree import DeviceTree, Node, is_redundant_name
 from kimagekit.dts_subset import compile_subset
 from kimagekit.errors import ParseError, UsageError
 
@@ -35,6 +35,8 @@ def _node(node: Node, level: int, out: list[str]) -> None:
     tabs = "\t" * level
     out.append(f"{tabs}{node.name or '/'} {{")
     for p in node.props():
+        if p.name == "name" and is_redundant_name(node, p.value):
+            continue  # dtc's checks drop it
         out.append(f"{tabs}\t{p.name}{_value(p.value)}")
     for c in node.children():
         out.append("")

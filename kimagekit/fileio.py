@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import tempfile
@@ -81,3 +82,77 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The ``[a, b)`` ranges of ``fd`` between ``start`` and ``end`` that hold data (holes left
+    out, as ``SEEK_DATA``/``SEEK_HOLE`` report them; all of it where they are not supported)."""
+    out: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            return [(start, end)] if start < end else []
+        if data >= end:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        out.append((data, hole))
+        pos = hole
+    return out
+
+
+def atomic_write_with_tail(path: str | os.PathLike[str], data: bytes | bytearray | memoryview,
+                           source: str | os.PathLike[str], tail_offset: int) -> None:
+    """:func:`atomic_write` of ``data`` followed by ``source``'s bytes from ``tail_offset`` to its
+    end, copied without ever holding them: data ranges by ``copy_file_range``, holes left as
+    holes (a sparse tail stays sparse). The head and every copied range are re-read and
+    compared before the rename."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot create a file in {folder}: {exc.strerror}") from exc
+    base = len(data) - tail_offset
+    try:
+        with os.fdopen(fd, "r+b") as out, Path(source).open("rb") as src:
+            out.write(data)
+            out.flush()
+            size = os.fstat(src.fileno()).st_size
+            extents = data_extents(src.fileno(), tail_offset, size)
+            for a, b in extents:
+                _copy_range(src.fileno(), out.fileno(), a, a + base, b - a)
+            os.ftruncate(out.fileno(), len(data) + max(size - tail_offset, 0))
+            os.fsync(out.fileno())
+            if os.pread(out.fileno(), len(data), 0) != bytes(data):
+                raise OutputError(f"{target}: read-back differs from what was written")
+            for a, b in extents:
+                for at in range(a, b, 1 << 20):
+                    n = min(1 << 20, b - at)
+                    if os.pread(out.fileno(), n, at + base) != os.pread(src.fileno(), n, at):
+                        raise OutputError(f"{target}: read-back of the tail differs at "
+                                          f"{at + base:#x}")
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _copy_range(src: int, dst: int, at: int, to: int, n: int) -> None:
+    while n > 0:
+        try:
+            done = os.copy_file_range(src, dst, n, at, to)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            done = os.pwrite(dst, os.pread(src, min(n, 1 << 20), at), to)
+        if done <= 0:
+            raise OSError(errno.EIO, "short copy")
+        at, to, n = at + done, to + done, n - done
