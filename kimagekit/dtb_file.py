@@ -80,13 +80,15 @@ class DtbSummary:
     handovers: tuple[ppc_fdt.Handover, ...]
     ram: tuple[ppc_fdt.Range, ...]
     node_count: int
+    read_version: int  # the file's version; ``header`` is the blob as kimagekit writes it
 
 
 def describe(path: Pathish) -> DtbSummary:
     tree = load_tree(path)
     return DtbSummary("dtb" if is_dtb(read_head(path, 4)) else "dts", tree.header(),
                       tuple(tree.reservations), ppc_fdt.chosen_items(tree),
-                      ppc_fdt.handovers(tree), ppc_fdt.ram_ranges(tree), tree.node_count())
+                      ppc_fdt.handovers(tree), ppc_fdt.ram_ranges(tree), tree.node_count(),
+                      tree.read_version or tree.version)
 
 
 @dataclass(frozen=True)

@@ -86,3 +86,14 @@ def test_set_on_an_old_version_writes_version_17(tmp_path: Path,
     got = subprocess.run([need_tool("fdtget"), "-t", "x", str(out), "/chosen", "x"],
                          check=True, capture_output=True, text=True).stdout
     assert got == "7\n"
+
+
+def test_inspect_names_the_version_read(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "v1.dtb"
+    path.write_bytes(dtc("-I", "dtb", "-O", "dtb", "-V", "1", TESTDATA / "dtb" / "small.dtb"))
+    assert main(["inspect", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"{path}: device-tree",
+        "  read from version 1, written back as version 17 (last compatible 16), totalsize "
+        "0x173, boot_cpuid_phys 0"]
