@@ -116,7 +116,7 @@ def run_dtc(tool: str, text: bytes | None, *, source: str | os.PathLike[str] | N
                                  capture_output=True, timeout=DTC_TIMEOUT, check=False,
                                  preexec_fn=_limit_output)
         except subprocess.TimeoutExpired:
-            raise ParseError(f"dtc did not finish within {DTC_TIMEOUT:.0f} s", fmt="dts",
+            raise ParseError(f"dtc did not finish within {DTC_TIMEOUT:g} s", fmt="dts",
                              field="dtc") from None
         except OSError as exc:
             raise UsageError(f"cannot run dtc ({tool}): {exc.strerror}", fmt="dts") from None

@@ -68,7 +68,7 @@ def test_dtc_suite_through_dtc(monkeypatch: pytest.MonkeyPatch) -> None:
         err = info.value
         assert (err.fmt, err.field) == ("dts", "dtc"), src.name
         if ref == "timeout":
-            assert err.message == f"dtc did not finish within {TIMEOUT:.0f} s"
+            assert err.message == f"dtc did not finish within {TIMEOUT:g} s"
         elif ref.startswith("status -"):
             sig = signal.Signals(-int(ref.removeprefix("status "))).name
             assert err.message.startswith(f"dtc died of {sig}: "), src.name
