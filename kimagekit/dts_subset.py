@@ -35,7 +35,8 @@ class _Tok:
     kind: str  # "name", "literal", "string", "bytes", "kw", or the character itself
     text: str
     line: int
-    value: bytes | int = b""
+    data: bytes = b""  # a string's bytes (without its NUL) or a byte string's
+    num: int = 0  # a literal's value
 
 
 def refuse(construct: str, line: int) -> ParseError:
@@ -115,10 +116,10 @@ def tokens(text: str) -> list[_Tok]:
             pos += len(kw)
             want_name = False
             continue
-        m = _LABEL.match(text, pos)
-        if m and not (want_name and _NAME.match(text, pos) and
-                      _NAME.match(text, pos).end() > m.end()):  # type: ignore[union-attr]
-            raise refuse(f"label '{m.group()}'", line)
+        label = _LABEL.match(text, pos)
+        name = _NAME.match(text, pos) if want_name else None
+        if label and not (name and name.end() > label.end()):  # flex takes the longer match
+            raise refuse(f"label '{label.group()}'", line)
         if c == "&":
             m = _REF.match(text, pos)
             raise refuse(f"reference '{m.group() if m else '&'}'", line)
@@ -128,7 +129,7 @@ def tokens(text: str) -> list[_Tok]:
             m = _STRING.match(text, pos)
             if m is None:
                 raise _syntax("unterminated string", line)
-            out.append(_Tok("string", m.group(), line, _unescape(m.group(1), line)))
+            out.append(_Tok("string", m.group(), line, data=_unescape(m.group(1), line)))
             line += m.group().count("\n")
             pos = m.end()
             want_name = False
@@ -146,7 +147,7 @@ def tokens(text: str) -> list[_Tok]:
             end = m.end()
             if end < n and (text[end].isalnum() or text[end] == "_"):
                 raise _syntax(f"bad integer literal '{text[pos:end + 1]}'", line)
-            out.append(_Tok("literal", m.group(), line, _literal(m.group(), line)))
+            out.append(_Tok("literal", m.group(), line, num=_literal(m.group(), line)))
             pos = end
             continue
         if c == "[":
@@ -175,10 +176,11 @@ def _bytestring(text: str, pos: int, line: int, out: list[_Tok]) -> tuple[int, i
         if pos >= len(text):
             raise _syntax("unterminated byte string '['", start_line)
         if text[pos] == "]":
-            out.append(_Tok("bytes", "[...]", start_line, bytes(data)))
+            out.append(_Tok("bytes", "[...]", start_line, data=bytes(data)))
             return pos + 1, line
-        if _LABEL.match(text, pos):
-            raise refuse(f"label '{_LABEL.match(text, pos).group()}'", line)  # type: ignore[union-attr]
+        label = _LABEL.match(text, pos)
+        if label:
+            raise refuse(f"label '{label.group()}'", line)
         pair = text[pos:pos + 2]
         if not re.fullmatch(r"[0-9a-fA-F]{2}", pair):
             raise _syntax(f"byte string needs pairs of hex digits, not {text[pos]!r}", line)
@@ -224,9 +226,9 @@ def compile_subset(text: str) -> DeviceTree:
         size = p.take("literal", "a size")
         p.take(";", "';'")
         for t in (addr, size):
-            if int(t.value) > 0xFFFFFFFFFFFFFFFF:
+            if t.num > 0xFFFFFFFFFFFFFFFF:
                 raise _syntax(f"integer literal '{t.text}' out of range", t.line)
-        rsv.append(Reservation(int(addr.value), int(size.value)))
+        rsv.append(Reservation(addr.num, size.num))
     tree = DeviceTree(version=17, last_comp_version=16, boot_cpuid_phys=0, reservations=rsv,
                       top=[], strings=bytearray())
     slash = p.take("/", "'/' (the root node)")
@@ -288,7 +290,7 @@ def _value(p: _Parser) -> bytes:
         if t is None:
             raise _syntax("value runs to the end of input", p.toks[-1].line)
         if t.kind in ("string", "bytes"):
-            parts.append(t.value)  # type: ignore[arg-type]
+            parts.append(t.data)
             if t.kind == "string":
                 parts.append(b"\0")
             p.i += 1
@@ -296,10 +298,10 @@ def _value(p: _Parser) -> bytes:
             p.i += 1
             while not p.at(">"):
                 c = p.take("literal", "a cell value or '>'")
-                if int(c.value) > MAX_CELL:
+                if c.num > MAX_CELL:
                     raise refuse(f"cell value '{c.text}' wider than 32 bits (dtc truncates it)",
                                  c.line)
-                parts.append(struct.pack(">I", int(c.value)))
+                parts.append(struct.pack(">I", c.num))
             p.i += 1
         else:
             raise _syntax(f"expected a value, got {t.text!r}", t.line)

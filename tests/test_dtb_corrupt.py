@@ -89,3 +89,26 @@ def test_reservation_map_ends_at_the_first_size_zero_entry() -> None:
     tree = DeviceTree.parse(bytes(good))
     assert [(r.address, r.size) for r in tree.reservations] == [(0x400000, 0x1000)]
     assert tree.build() == bytes(good)
+
+
+def test_unknown_version_refused() -> None:
+    good = bytearray((TESTDATA / "dtb" / "small.dtb").read_bytes())
+    struct.pack_into(">I", good, 20, 5)
+    with pytest.raises(ParseError) as info:
+        DeviceTree.parse(bytes(good))
+    assert str(info.value) == ("dtb: header.version at offset 0x14: version 5 is not supported "
+                               "(1, 2, 3, 16 and later are)")
+
+
+def test_old_version_node_path_must_name_a_child() -> None:
+    # version 1 holds full paths; "/cpus" inside "/chosen" is not a child of it
+    b = bytearray(struct.pack(">7I", 0xD00DFEED, 0, 0, 0, 32, 1, 1) + bytes(4) + bytes(16))
+    body = struct.pack(">I", 1) + b"/\0\0\0" + struct.pack(">I", 1) + b"/chosen\0" + \
+        struct.pack(">I", 1) + b"/cpus\0\0\0" + struct.pack(">III", 2, 2, 2) + \
+        struct.pack(">I", 9)
+    b += body
+    struct.pack_into(">III", b, 4, len(b), 48, len(b))
+    with pytest.raises(ParseError) as info:
+        DeviceTree.parse(bytes(b))
+    assert str(info.value) == ("dtb: struct.node[/chosen] at offset 0x44: node path '/cpus' is "
+                               "not a child of '/chosen'")
