@@ -86,9 +86,10 @@ def from_dts(text: str, *, dtc: str | None = AUTO) -> DeviceTree:
     """Compile DTS source: by dtc (the reference compiler) when there is one, else by
     :mod:`kimagekit.dts_subset`, which refuses what it cannot compile exactly as dtc does."""
     tool = dtc_path() if dtc == AUTO else dtc
+    raw = text.encode("utf-8")  # the bytes dtc would read from a file holding this text
     if tool is None:
-        return compile_subset(text)
-    return DeviceTree.parse(run_dtc(tool, text.encode("latin-1")))
+        return compile_subset(raw.decode("latin-1"))
+    return DeviceTree.parse(run_dtc(tool, raw))
 
 
 def from_dts_file(path: str | os.PathLike[str], *, dtc: str | None = AUTO,

@@ -168,3 +168,14 @@ def test_env_names_a_missing_dtc(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert capsys.readouterr().err == (
         f"kimagekit: error: {src}: dts: cannot run dtc ({tmp_path / 'no-dtc'}): "
         f"No such file or directory\n")
+
+
+def test_text_is_read_as_its_utf8_bytes(tmp_path: Path) -> None:
+    text = '/dts-v1/;\n/ {\n\tmodel = "caf\u00e9";\n};\n'
+    assert dts.from_dts(text, dtc=None).get("/", "model") == "café".encode() + b"\0"
+    src = tmp_path / "u.dts"
+    src.write_text(text, encoding="utf-8")
+    ref = subprocess.run([need_tool("dtc"), "-q", "-I", "dts", "-O", "dtb", str(src)],
+                         check=True, capture_output=True).stdout
+    assert dts.from_dts(text, dtc=need_tool("dtc")).build() == ref
+    assert dts.from_dts(text, dtc=None).build() == ref
