@@ -118,7 +118,9 @@ class DeviceTree:
     gap2: bytes = b""  # struct block -> strings block
     struct_tail: bytes = b""  # bytes counted in size_dt_struct after FDT_END
     pad: bytes = b""  # strings end -> totalsize, as parsed
-    trailer: bytes = b""  # file bytes after totalsize
+    rsv_term: bytes = b""  # the reservation map's terminating entry, when not all zeros
+    read_version: int = 0  # the version of the blob it was read from (0: built here)
+    relaid: bool = False  # read from an old version or another block order: written anew
     data_end: int = -1  # where the strings block ended when parsed
     # libfdt's fdt_delprop never shrinks the strings block; a loader edit sets this to match it
     # (by default a delete undoes the name its set appended, so set-then-delete is a no-op).
@@ -137,7 +139,11 @@ class DeviceTree:
 
     @classmethod
     def parse(cls, data: bytes | bytearray | memoryview) -> DeviceTree:
-        return _parse(bytes(data))
+        """Read the blob at the start of ``data``. Only its totalsize bytes are copied: whatever
+        follows (a file's tail) is neither read nor kept, and :meth:`build` gives the blob."""
+        view = memoryview(data)
+        total = _U32.unpack_from(view, 4)[0] if len(view) >= 8 else 0
+        return _parse(bytes(view[:max(total, _HDR.size)]), len(view))
 
     def header(self, pack: bool = False) -> Header:
         return _layout(self, pack)[0]
@@ -254,8 +260,8 @@ class DeviceTree:
         values = [getattr(head, n) for n in F.HEADER_FIELDS]
         hbytes = _HDR.pack(*values) if head.version >= F.LAST_COMP_VERSION \
             else _HDR.pack(*values[:-1], 0)[:-4]
-        g0, g1, g2, pad, trailer = gaps
-        return b"".join((hbytes, g0, rsv, g1, body, g2, strings, pad, trailer))
+        g0, g1, g2, pad = gaps
+        return b"".join((hbytes, g0, rsv, g1, body, g2, strings, pad))
 
 
 def _build_struct(tree: DeviceTree) -> bytes:
@@ -286,15 +292,16 @@ def _build_struct(tree: DeviceTree) -> bytes:
 
 
 def _layout(tree: DeviceTree, pack: bool
-            ) -> tuple[Header, bytes, bytes, bytes, tuple[bytes, bytes, bytes, bytes, bytes]]:
+            ) -> tuple[Header, bytes, bytes, bytes, tuple[bytes, bytes, bytes, bytes]]:
     hsize = F.header_size(tree.version)
-    rsv = b"".join(_RSV.pack(r.address, r.size) for r in tree.reservations) + _RSV.pack(0, 0)
+    rsv = b"".join(_RSV.pack(r.address, r.size) for r in tree.reservations) + \
+        (tree.rsv_term or _RSV.pack(0, 0))
     body = _build_struct(tree)
     strings = bytes(tree.strings)
     if pack:
-        g0, g1, g2, pad, trailer = b"\0" * (_align(hsize, 8) - hsize), b"", b"", b"", b""
+        g0, g1, g2, pad = b"\0" * (_align(hsize, 8) - hsize), b"", b"", b""
     else:
-        g0, g1, g2, trailer = tree.gap0, tree.gap1, tree.gap2, tree.trailer
+        g0, g1, g2 = tree.gap0, tree.gap1, tree.gap2
     off_rsv = hsize + len(g0)
     off_struct = off_rsv + len(rsv) + len(g1)
     off_strings = off_struct + len(body) + len(g2)
@@ -306,7 +313,7 @@ def _layout(tree: DeviceTree, pack: bool
     head = Header(F.FDT_MAGIC, end + len(pad), off_struct, off_strings, off_rsv, tree.version,
                   tree.last_comp_version, tree.boot_cpuid_phys, len(strings),
                   len(body) if tree.version >= F.LAST_COMP_VERSION else None)
-    return head, rsv, body, strings, (g0, g1, g2, pad, trailer)
+    return head, rsv, body, strings, (g0, g1, g2, pad)
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -314,31 +321,62 @@ def _err(msg: str, fld: str, offset: int) -> ParseError:
     return ParseError(msg, fmt="dtb", field=fld, offset=offset)
 
 
-def _parse(buf: bytes) -> DeviceTree:
-    head = _parse_header(buf)
+_BLOCK_NAMES = {"rsvmap": "reservation map", "struct": "struct block",
+                "strings": "strings block"}
+
+
+def _parse(buf: bytes, file_size: int) -> DeviceTree:
+    """``buf`` is the blob (at most totalsize bytes of a file of ``file_size``)."""
+    head = _parse_header(buf, file_size)
     hsize = F.header_size(head.version)
-    rsv, rsv_end = _parse_rsvmap(buf, head)
-    limit = head.off_dt_strings
-    if head.size_dt_struct is not None:
-        limit = head.off_dt_struct + head.size_dt_struct
-        if limit > head.off_dt_strings:
-            raise _err(f"struct block [{head.off_dt_struct:#x}, {limit:#x}) overlaps the strings "
-                       f"block at {head.off_dt_strings:#x}", "header.size_dt_struct", 0x24)
-    strings = buf[head.off_dt_strings:head.off_dt_strings + head.size_dt_strings]
-    top, walked = _walk(buf, head.off_dt_struct, limit, strings, head.off_dt_strings)
-    struct_end = limit if head.size_dt_struct is not None else walked
-    data_end = head.off_dt_strings + head.size_dt_strings
+    old = head.version < F.FIRST_VERSION
+    starts = {"rsvmap": head.off_mem_rsvmap, "struct": head.off_dt_struct,
+              "strings": head.off_dt_strings}
+
+    def limit(name: str) -> int:
+        # a block whose size the header does not give ends where the next one starts
+        at = starts[name]
+        return min([s for n, s in starts.items() if n != name and s > at] + [head.totalsize])
+
+    sizes = {"struct": head.size_dt_struct,
+             "strings": head.size_dt_strings if head.version >= 3 else None}
+    for name, fld, at in (("struct", "size_dt_struct", 0x24), ("strings", "size_dt_strings", 0x20)):
+        size = sizes[name]
+        if not size:
+            continue
+        start = starts[name]
+        for other, ostart in starts.items():
+            if other != name and start <= ostart < start + size and \
+                    (ostart > start or other == "rsvmap" or sizes.get(other) != 0):
+                raise _err(f"{_BLOCK_NAMES[name]} [{start:#x}, {start + size:#x}) overlaps the "
+                           f"{_BLOCK_NAMES[other]} at {ostart:#x}", f"header.{fld}", at)
+    rsv, rsv_end, term = _parse_rsvmap(buf, head, limit("rsvmap"))
+    str_size = sizes["strings"]
+    str_end = head.off_dt_strings + str_size if str_size is not None else limit("strings")
+    strings = buf[head.off_dt_strings:str_end]
+    struct_limit = head.off_dt_struct + head.size_dt_struct \
+        if head.size_dt_struct is not None else limit("struct")
+    top, walked = _walk(buf, head.off_dt_struct, struct_limit, strings, head.off_dt_strings, old)
+    struct_end = struct_limit if head.size_dt_struct is not None else walked
+    standard = head.off_mem_rsvmap <= head.off_dt_struct <= head.off_dt_strings
+    if old or not standard:
+        # dtc's old formats and other block orders are read, and written back as a packed
+        # version 17 blob in the usual order (what dtc -I dtb -O dtb writes).
+        return DeviceTree(version=max(head.version, F.LAST_COMP_VERSION), last_comp_version=16,
+                          boot_cpuid_phys=head.boot_cpuid_phys, reservations=rsv, top=top,
+                          strings=bytearray(strings), rsv_term=term, read_version=head.version,
+                          relaid=True)
     return DeviceTree(
         version=head.version, last_comp_version=head.last_comp_version,
         boot_cpuid_phys=head.boot_cpuid_phys, reservations=rsv, top=top,
         strings=bytearray(strings), gap0=buf[hsize:head.off_mem_rsvmap],
         gap1=buf[rsv_end:head.off_dt_struct], gap2=buf[struct_end:head.off_dt_strings],
-        struct_tail=buf[walked:struct_end], pad=buf[data_end:head.totalsize],
-        trailer=buf[head.totalsize:], data_end=data_end)
+        struct_tail=buf[walked:struct_end], pad=buf[str_end:head.totalsize],
+        data_end=str_end, rsv_term=term, read_version=head.version)
 
 
-def _parse_header(buf: bytes) -> Header:
-    n = len(buf)
+def _parse_header(buf: bytes, file_size: int) -> Header:
+    n = file_size
     if n < 4:
         raise _err(f"truncated header: {n} bytes, a DTB header needs at least 36",
                    "header.magic", 0)
@@ -346,17 +384,16 @@ def _parse_header(buf: bytes) -> Header:
     if magic != F.FDT_MAGIC:
         raise _err(f"bad magic {magic:#010x} (a DTB starts with 0xd00dfeed)", "header.magic", 0)
     version = _U32.unpack_from(buf, 20)[0] if n >= 24 else F.LAST_COMP_VERSION
-    hsize = F.header_size(max(version, F.FIRST_VERSION))
+    if n >= 24 and version not in F.OLD_VERSIONS and version < F.FIRST_VERSION:
+        raise _err(f"version {version} is not supported (1, 2, 3, 16 and later are)",
+                   "header.version", 20)
+    hsize = F.header_size(version)
     if n < hsize:
         raise _err(f"truncated header: {n} bytes, a version {version} header needs {hsize}",
                    "header", 0)
-    vals = list(struct.unpack_from(">" + "I" * (hsize // 4), buf, 0))
-    if hsize < _HDR.size:
-        vals.append(None)
-    h = Header(*vals)
-    if h.version < F.FIRST_VERSION:
-        raise _err(f"version {h.version} is not supported (16 and later are)",
-                   "header.version", 20)
+    fields = F.header_fields(version)
+    got = dict(zip(fields, struct.unpack_from(">" + "I" * len(fields), buf, 0), strict=True))
+    h = Header(**{"boot_cpuid_phys": 0, "size_dt_strings": 0, "size_dt_struct": None, **got})
     if h.last_comp_version > F.LAST_COMP_VERSION:
         raise _err(f"last_comp_version {h.last_comp_version} is newer than 17",
                    "header.last_comp_version", 24)
@@ -375,27 +412,28 @@ def _parse_header(buf: bytes) -> Header:
                        f"[{hsize:#x}, totalsize {h.totalsize:#x})", f"header.{name}", at)
         if off % align:
             raise _err(f"{off:#x} is not {align}-byte aligned", f"header.{name}", at)
-    if not h.off_mem_rsvmap <= h.off_dt_struct <= h.off_dt_strings:
-        raise _err(f"blocks out of order: reservations at {h.off_mem_rsvmap:#x}, struct at "
-                   f"{h.off_dt_struct:#x}, strings at {h.off_dt_strings:#x}", "header", 8)
     return h
 
 
-def _parse_rsvmap(buf: bytes, h: Header) -> tuple[list[Reservation], int]:
+def _parse_rsvmap(buf: bytes, h: Header, end: int) -> tuple[list[Reservation], int, bytes]:
+    # As libfdt and dtc read it: the first entry of size 0 ends the map.
     out: list[Reservation] = []
     pos = h.off_mem_rsvmap
     while True:
-        if pos + _RSV.size > h.off_dt_struct:
-            raise _err(f"no terminating entry before the struct block at {h.off_dt_struct:#x}",
+        if pos + _RSV.size > end:
+            what = "the end of the blob" if end == h.totalsize else \
+                ("the struct block" if end == h.off_dt_struct else "the strings block")
+            raise _err(f"reservation map truncated: no terminating entry (size 0) before "
+                       f"{what} at {end:#x}",
                        f"rsvmap[{len(out)}]", pos)
         address, size = _RSV.unpack_from(buf, pos)
         pos += _RSV.size
-        if address == 0 and size == 0:
-            return out, pos
+        if size == 0:
+            return out, pos, buf[pos - _RSV.size:pos]
         out.append(Reservation(address, size))
 
 
-def _walk(buf: bytes, start: int, end: int, strings: bytes, strings_at: int
+def _walk(buf: bytes, start: int, end: int, strings: bytes, strings_at: int, old: bool = False
           ) -> tuple[list[Node | Nop], int]:
     top: list[Node | Nop] = []
     stack: list[Node] = []
@@ -425,14 +463,17 @@ def _walk(buf: bytes, start: int, end: int, strings: bytes, strings_at: int
                 name = _name_at(strings, nameoff, strings_at, where("?"), pos)
                 names[nameoff] = name
             vstart = pos + _PROP.size
+            if old and ln >= 8:  # versions 1-3 align such values to 8, from the block start
+                vstart = start + _align(vstart - start, 8)
             vend = vstart + ln
             nxt = _align(vend)
             if nxt > end:
                 raise _err(f"value of {ln:#x} bytes runs past the struct block end {end:#x}",
                            where(name), pos)
-            pad = buf[vend:nxt]
-            stack[-1].items.append(Prop(name, buf[vstart:vend], nameoff,
-                                        pad if pad.strip(b"\0") else b""))
+            pad = b"" if old else buf[vend:nxt]
+            if not (old and name == "name" and is_redundant_name(stack[-1], buf[vstart:vend])):
+                stack[-1].items.append(Prop(name, buf[vstart:vend], nameoff,
+                                            pad if pad.strip(b"\0") else b""))
             pos = nxt
         elif tag == F.FDT_BEGIN_NODE:
             if root_done:
@@ -445,8 +486,11 @@ def _walk(buf: bytes, start: int, end: int, strings: bytes, strings_at: int
             nxt = _align(nul + 1)
             if nxt > end:
                 raise _err("node name padding runs past the struct block end", where(), pos)
-            pad = buf[nul + 1:nxt]
-            node = Node(buf[pos + 4:nul].decode("latin-1"), [], pad if pad.strip(b"\0") else b"")
+            pad = b"" if old else buf[nul + 1:nxt]
+            name = buf[pos + 4:nul].decode("latin-1")
+            if old:
+                name = _base_name(name, stack, where(), pos)
+            node = Node(name, [], pad if pad.strip(b"\0") else b"")
             (stack[-1].items if stack else top).append(node)
             stack.append(node)
             pos = nxt
@@ -467,6 +511,22 @@ def _walk(buf: bytes, start: int, end: int, strings: bytes, strings_at: int
             return top, pos + 4
         else:
             raise _err(f"bad token {tag:#010x}", where(), pos)
+
+
+def is_redundant_name(node: Node, value: bytes) -> bool:
+    """A ``name`` property equal to the node's name without its unit address: versions 1-3
+    add it, and dtc's checks drop it from any input."""
+    return value == node.name.partition("@")[0].encode("latin-1") + b"\0"
+
+
+def _base_name(full: str, stack: list[Node], fld: str, pos: int) -> str:
+    # versions 1-3 hold full paths: "/" for the root, then "/a", "/a/b"
+    parent = "/" + "/".join(n.name for n in stack[1:]) if stack else ""
+    prefix = parent if parent in ("", "/") else parent + "/"
+    if not full.startswith(prefix) or (not stack and full != "/") or \
+            (stack and "/" in full[len(prefix):]):
+        raise _err(f"node path {full!r} is not a child of {parent or 'the blob'!r}", fld, pos)
+    return full[len(prefix):] if stack else ""
 
 
 def _name_at(strings: bytes, nameoff: int, strings_at: int, fld: str, pos: int) -> str:

@@ -4,12 +4,13 @@ hand-over announcement written back to a new file."""
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from kimagekit import dts, ppc_fdt
 from kimagekit.devicetree import DeviceTree, Header, Reservation, encode
 from kimagekit.errors import UnrecognisedFormat, UsageError, input_named
-from kimagekit.fileio import atomic_write, mapped, read_head, read_input
+from kimagekit.fileio import atomic_write, atomic_write_with_tail, mapped, read_head, read_input
 from kimagekit.formats.fdt import FDT_MAGIC
 
 Pathish = str | os.PathLike[str]
@@ -32,6 +33,8 @@ def load_tree(path: Pathish) -> DeviceTree:
         with mapped(path) as view:
             return DeviceTree.parse(view)
     if dts.looks_like_dts(head):
+        if _regular(path):  # dtc reads it by name, so /include/ resolves beside it
+            return dts.from_dts_file(path)
         return dts.from_dts(read_input(path).decode("latin-1"))
     raise UnrecognisedFormat("not a device tree (no DTB magic, no /dts-v1/ tag)", fmt="dtb")
 
@@ -55,8 +58,30 @@ def set_property(path: Pathish, output: Pathish, node: str, prop: str, kind: str
         tree = load_tree(path)
         tree.set(node, prop, encode(kind, values))
         data = tree.build(pack=pack)
-    atomic_write(output, data, inputs=(path,))
+    write_tree(path, output, data)
     return len(data)
+
+
+def write_tree(source: Pathish, output: Pathish, blob: bytes) -> None:
+    """Write ``blob`` atomically; when ``source`` is a DTB followed by more bytes than its
+    totalsize, those follow the new blob unchanged, copied sparse and never read into memory."""
+    if not _regular(source):  # a pipe was read whole: nothing follows the tree
+        atomic_write(output, blob, inputs=(source,))
+        return
+    head = read_head(source, 8)
+    size = os.stat(source).st_size
+    total = int.from_bytes(head[4:8], "big") if is_dtb(head) and len(head) == 8 else size
+    if total >= size:
+        atomic_write(output, blob, inputs=(source,))
+    else:
+        atomic_write_with_tail(output, blob, source, total, inputs=(source,))
+
+
+def _regular(path: Pathish) -> bool:
+    try:
+        return os.fspath(path) != "-" and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -68,13 +93,15 @@ class DtbSummary:
     handovers: tuple[ppc_fdt.Handover, ...]
     ram: tuple[ppc_fdt.Range, ...]
     node_count: int
+    read_version: int  # the file's version; ``header`` is the blob as kimagekit writes it
 
 
 def describe(path: Pathish) -> DtbSummary:
     tree = load_tree(path)
     return DtbSummary("dtb" if is_dtb(read_head(path, 4)) else "dts", tree.header(),
                       tuple(tree.reservations), ppc_fdt.chosen_items(tree),
-                      ppc_fdt.handovers(tree), ppc_fdt.ram_ranges(tree), tree.node_count())
+                      ppc_fdt.handovers(tree), ppc_fdt.ram_ranges(tree), tree.node_count(),
+                      tree.read_version or tree.version)
 
 
 @dataclass(frozen=True)
@@ -101,5 +128,5 @@ def patch_handover(file: Pathish, output: Pathish, *, start: int | None = None,
                 raise UsageError("--start and --size are needed (or --remove)")
             done = (ppc_fdt.set_handover(tree, start, size, style),)
         data = tree.build(pack=pack)
-    atomic_write(output, data, inputs=(file,))
+    write_tree(file, output, data)
     return DtbPatchResult(str(output), "removed" if remove else "set", done, len(data))

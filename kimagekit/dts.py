@@ -1,13 +1,23 @@
-"""Device tree source text: written the way ``dtc -I dtb -O dts`` (1.6) writes it, read through
-the ``fdt`` package behind the error choke point."""
+"""Device tree source text: written the way ``dtc -I dtb -O dts`` (1.6) writes it; read by dtc
+itself when it is installed, else by the exact subset reader in :mod:`kimagekit.dts_subset`."""
 
 from __future__ import annotations
 
+import os
 import re
+import resource
+import shutil
+import signal
 import struct
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
 
-from kimagekit.devicetree import DeviceTree, Node, Prop, Reservation
-from kimagekit.errors import ParseError, converted
+from kimagekit.devicetree import DeviceTree, Node, is_redundant_name
+from kimagekit.dts_subset import compile_subset
+from kimagekit.errors import ParseError, UsageError
+from kimagekit.fileio import read_input
 
 _ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r",
             0x5C: "\\\\", 0x22: '\\"', 0: "\\0"}
@@ -26,6 +36,8 @@ def _node(node: Node, level: int, out: list[str]) -> None:
     tabs = "\t" * level
     out.append(f"{tabs}{node.name or '/'} {{")
     for p in node.props():
+        if p.name == "name" and is_redundant_name(node, p.value):
+            continue  # dtc's checks drop it
         out.append(f"{tabs}\t{p.name}{_value(p.value)}")
     for c in node.children():
         out.append("")
@@ -57,100 +69,76 @@ def looks_like_dts(head: bytes) -> bool:
     return text.startswith(b"/dts-v1/")
 
 
-def from_dts(text: str) -> DeviceTree:
-    """Parse DTS source. Limits of the ``fdt`` reader apply (no ``/bits/``, no ``/include/``)."""
-    import fdt
+# The dtc to use: ``$KIMAGEKIT_DTC`` when set (empty: none, forcing kimagekit's own subset
+# reader), else dtc on PATH. Passing ``dtc=`` to the functions below overrides both.
+AUTO = "auto"
+DTC_TIMEOUT = 60.0  # seconds
+DTC_MAX_OUTPUT = 256 << 20  # bytes: a DTB's offsets are 32-bit, real ones are far smaller
 
-    with converted("dts", "source"):
+
+def dtc_path() -> str | None:
+    env = os.environ.get("KIMAGEKIT_DTC")
+    if env is not None:
+        return env or None
+    return shutil.which("dtc")
+
+
+def from_dts(text: str, *, dtc: str | None = AUTO) -> DeviceTree:
+    """Compile DTS source: by dtc (the reference compiler) when there is one, else by
+    :mod:`kimagekit.dts_subset`, which refuses what it cannot compile exactly as dtc does."""
+    tool = dtc_path() if dtc == AUTO else dtc
+    raw = text.encode("utf-8")  # the bytes dtc would read from a file holding this text
+    if tool is None:
+        return compile_subset(raw.decode("latin-1"))
+    return DeviceTree.parse(run_dtc(tool, raw))
+
+
+def from_dts_file(path: str | os.PathLike[str], *, dtc: str | None = AUTO,
+                  include_dirs: Sequence[str | os.PathLike[str]] = ()) -> DeviceTree:
+    """Compile a DTS file (dtc resolves ``/include/`` beside it and in ``include_dirs``)."""
+    tool = dtc_path() if dtc == AUTO else dtc
+    if tool is None:
+        return compile_subset(read_input(path).decode("latin-1"))
+    return DeviceTree.parse(run_dtc(tool, None, source=path, include_dirs=include_dirs))
+
+
+def run_dtc(tool: str, text: bytes | None, *, source: str | os.PathLike[str] | None = None,
+            include_dirs: Sequence[str | os.PathLike[str]] = ()) -> bytes:
+    """``dtc -I dts -O dtb`` on ``text`` (stdin) or ``source``; time and output size bounded.
+    A failure is one ParseError line carrying dtc's own diagnostics."""
+    with tempfile.TemporaryDirectory(prefix="kimagekit-dtc-") as tmp:
+        out = Path(tmp) / "out.dtb"
+        cmd = [tool, "-q", "-I", "dts", "-O", "dtb", "-o", str(out)]
+        for d in include_dirs:
+            cmd += ["-i", str(d)]
+        cmd.append("-" if source is None else str(source))
         try:
-            obj = fdt.parse_dts(_one_statement_per_line(text))
-        except NotImplementedError as exc:
-            raise ParseError(str(exc), fmt="dts", field="source") from exc
-        except Exception as exc:  # fdt raises bare Exception for syntax it cannot read
-            if isinstance(exc, ValueError | IndexError | KeyError | AssertionError):
-                raise
-            raise ParseError(f"unreadable DTS ({type(exc).__name__}: {exc})", fmt="dts",
-                             field="source") from exc
-        entries = [Reservation(int(e["address"]), int(e["size"])) for e in obj.entries]
-        obj.entries.clear()  # the list may be fdt's shared default: leave it empty for the next
-        tree = DeviceTree(version=17, last_comp_version=16,
-                          boot_cpuid_phys=int(obj.header.boot_cpuid_phys or 0),
-                          reservations=entries, top=[], strings=bytearray())
-        tree.top.append(_convert(obj.root, tree, is_root=True))
-    return tree
+            run = subprocess.run(cmd, input=text if source is None else None,
+                                 stdin=None if source is None else subprocess.DEVNULL,
+                                 capture_output=True, timeout=DTC_TIMEOUT, check=False,
+                                 preexec_fn=_limit_output)
+        except subprocess.TimeoutExpired:
+            raise ParseError(f"dtc did not finish within {DTC_TIMEOUT:g} s", fmt="dts",
+                             field="dtc") from None
+        except OSError as exc:
+            raise UsageError(f"cannot run dtc ({tool}): {exc.strerror}", fmt="dts") from None
+        if run.returncode == -signal.SIGXFSZ:
+            raise ParseError(f"dtc's output is larger than {DTC_MAX_OUTPUT} bytes", fmt="dts",
+                             field="dtc")
+        if run.returncode < 0:
+            name = signal.Signals(-run.returncode).name
+            raise ParseError(f"dtc died of {name}: {_one_line(run.stderr)}", fmt="dts",
+                             field="dtc")
+        if run.returncode != 0:
+            raise ParseError(f"dtc refused it: {_one_line(run.stderr)}", fmt="dts", field="dtc")
+        return out.read_bytes()
 
 
-def _one_statement_per_line(text: str) -> str:
-    """fdt's reader is line-based (``a { b; };`` on one line loses ``b``): drop comments and
-    break after every ``{``, ``;`` and before ``}`` outside strings."""
-    out: list[str] = []
-    i, n, quote = 0, len(text), False
-    while i < n:
-        c = text[i]
-        if quote:
-            out.append(c)
-            if c == "\\" and i + 1 < n:
-                out.append(text[i + 1])
-                i += 1
-            elif c == '"':
-                quote = False
-        elif c == '"':
-            quote = True
-            out.append(c)
-        elif text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-            continue
-        elif text.startswith("//", i):
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-            continue
-        elif c in "{;":
-            out.append(c + "\n")
-        elif c == "}":
-            out.append("\n}")
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out)
+def _limit_output() -> None:  # pragma: no cover - runs in the child
+    resource.setrlimit(resource.RLIMIT_FSIZE, (DTC_MAX_OUTPUT, DTC_MAX_OUTPUT))
 
 
-def _convert(src: object, tree: DeviceTree, is_root: bool = False) -> Node:
-    name = "" if is_root else str(getattr(src, "name", ""))
-    node = Node(name)
-    for p in getattr(src, "props", []):
-        pname = str(p.name)
-        node.items.append(Prop(pname, _prop_bytes(p), tree._nameoff(pname)))
-    for c in getattr(src, "nodes", []):
-        node.items.append(_convert(c, tree))
-    return node
-
-
-def _prop_bytes(p: object) -> bytes:
-    import fdt
-
-    if isinstance(p, fdt.PropStrings):
-        return b"".join(_unescape(str(s)) + b"\0" for s in p.data)
-    if isinstance(p, fdt.PropWords):
-        width = int(p.word_size) // 8
-        return b"".join(int(w).to_bytes(width, "big") for w in p.data)
-    if isinstance(p, fdt.PropBytes):
-        return bytes(p.data)
-    return b""
-
-
-_ESC_RE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)", re.S)
-_SIMPLE = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13}
-
-
-def _unescape(s: str) -> bytes:
-    # dtc's escapes: \x with up to 2 hex digits, octal with up to 3 digits, C letters.
-    def one(m: re.Match[str]) -> str:
-        e = m.group(1)
-        if e[0] == "x":
-            return chr(int(e[1:], 16))
-        if e[0] in "01234567":
-            return chr(int(e, 8) & 0xFF)
-        return chr(_SIMPLE[e]) if e in _SIMPLE else e
-
-    return _ESC_RE.sub(one, s).encode("latin-1")
+def _one_line(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    text = "; ".join(lines) or "no diagnostics (exit status only)"
+    return text if len(text) <= 400 else text[:397] + "..."

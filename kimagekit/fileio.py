@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from kimagekit.input_files import open_input, too_big
 from kimagekit.output_files import check_output, is_stdout, locked, write_output
 
-__all__ = ["Buffer", "atomic_write", "check_output", "input_size", "is_stdout", "locked",
-           "map_file", "mapped", "read_head", "read_input", "reread"]
+__all__ = ["Buffer", "atomic_write", "atomic_write_with_tail", "check_output", "input_size",
+           "is_stdout", "locked", "map_file", "mapped", "read_head", "read_input", "reread"]
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
@@ -75,3 +75,11 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
     """Write ``data`` to ``path`` atomically, re-read and compared before the rename; ``-`` or
     ``/dev/stdout`` is stdout. Refused when ``path`` is one of ``inputs`` unless ``in_place``."""
     write_output(path, data, inputs=inputs, in_place=in_place)
+
+
+def atomic_write_with_tail(path: str | os.PathLike[str], data: bytes | bytearray | memoryview,
+                           source: str | os.PathLike[str], tail_offset: int, *,
+                           inputs: Iterable[object | None] = ()) -> None:
+    """:func:`atomic_write` of ``data`` followed by ``source``'s bytes from ``tail_offset`` to its
+    end, copied without ever holding them (holes stay holes), each range re-read and compared."""
+    write_output(path, data, inputs=inputs, tail=(os.fspath(source), tail_offset))

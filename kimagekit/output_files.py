@@ -25,6 +25,7 @@ STDOUT_NAMES = ("-", "/dev/stdout")
 _TMP = re.compile(r"\..*\.kimagekit-tmp\.(\d+)\Z")
 _CHUNK = 1 << 20
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
+Tail = tuple[str, int]  # a source file, and the offset its copied tail starts at
 
 
 class _State:
@@ -97,11 +98,11 @@ def _write_all(fd: int, data: memoryview) -> None:
         done += os.write(fd, data[done:done + _CHUNK])
 
 
-def _same_as_written(fd: int, data: memoryview) -> bool:
+def _same_as_written(fd: int, data: memoryview, *, whole: bool = True) -> bool:
     for pos in range(0, len(data), _CHUNK):
-        if os.pread(fd, _CHUNK, pos) != data[pos:pos + _CHUNK]:
+        if os.pread(fd, min(_CHUNK, len(data) - pos), pos) != data[pos:pos + _CHUNK]:
             return False
-    return os.pread(fd, 1, len(data)) == b""
+    return not whole or os.pread(fd, 1, len(data)) == b""
 
 
 def _create(folder: str, name: str) -> tuple[int, str | None]:
@@ -128,19 +129,80 @@ def _link(fd: int, name: str) -> None:
         os.close(proc)
 
 
-def _to_stdout(data: memoryview) -> None:
+def _to_stdout(data: memoryview, tail: Tail | None = None) -> None:
     sys.stdout.flush()
     _write_all(1, data)
+    if tail is not None:
+        source, start = tail
+        with open(source, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            for at in range(start, size, _CHUNK):
+                _write_all(1, memoryview(os.pread(src.fileno(), min(_CHUNK, size - at), at)))
     state.wrote_stdout = True
 
 
+def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The ``[a, b)`` ranges of ``fd`` between ``start`` and ``end`` that hold data (holes left
+    out, as ``SEEK_DATA``/``SEEK_HOLE`` report them; all of it where they are not supported)."""
+    out: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            return [(start, end)] if start < end else []
+        if data >= end:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        out.append((data, hole))
+        pos = hole
+    return out
+
+
+def _copy_range(src: int, dst: int, at: int, to: int, n: int) -> None:
+    while n > 0:
+        try:
+            done = os.copy_file_range(src, dst, n, at, to)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            done = os.pwrite(dst, os.pread(src, min(n, _CHUNK), at), to)
+        if done <= 0:
+            raise OSError(errno.EIO, "short copy")
+        at, to, n = at + done, to + done, n - done
+
+
+def _append_tail(fd: int, head: int, tail: Tail) -> bool:
+    """Copy ``tail`` (a file and the offset its tail starts at) after ``head`` bytes of ``fd``
+    without holding it: data ranges by ``copy_file_range``, holes left as holes (a sparse tail
+    stays sparse). Each copied range is re-read and compared; False when one differs."""
+    source, start = tail
+    with open(source, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        base = head - start
+        extents = data_extents(src.fileno(), start, size)
+        for a, b in extents:
+            _copy_range(src.fileno(), fd, a, a + base, b - a)
+        os.ftruncate(fd, head + max(size - start, 0))
+        for a, b in extents:
+            for at in range(a, b, _CHUNK):
+                n = min(_CHUNK, b - at)
+                if os.pread(fd, n, at + base) != os.pread(src.fileno(), n, at):
+                    return False
+    return True
+
+
 def write_output(path: object, data: bytes | bytearray | memoryview, *,
-                 inputs: Iterable[object | None] = (), in_place: bool = False) -> None:
-    """Write ``data`` to ``path`` as the module docstring says (``-``: stdout)."""
+                 inputs: Iterable[object | None] = (), in_place: bool = False,
+                 tail: Tail | None = None) -> None:
+    """Write ``data`` to ``path`` as the module docstring says (``-``: stdout); ``tail`` (a
+    source file and an offset in it) follows ``data`` byte for byte, copied sparse."""
     check_output(path, inputs, in_place=in_place)
     view = memoryview(data).cast("B")
     if is_stdout(path):
-        _to_stdout(view)
+        _to_stdout(view, tail)
         return
     target = os.path.realpath(os.fspath(path))  # type: ignore[call-overload]
     folder, name = os.path.split(target)
@@ -165,8 +227,10 @@ def write_output(path: object, data: bytes | bytearray | memoryview, *,
                                            f"in place: {exc.strerror}") from exc
                 os.fchmod(fd, stat.S_IMODE(old.st_mode))  # chown drops set-id bits
         _write_all(fd, view)
+        if tail is not None and not _append_tail(fd, len(view), tail):
+            raise _out_error(path, "read-back of the copied tail differs from its source")
         os.fsync(fd)
-        if not _same_as_written(fd, view):
+        if not _same_as_written(fd, view, whole=tail is None):
             raise _out_error(path, "read-back differs from what was written")
         if tmp is None:
             tmp = os.path.join(folder, f".{name}.kimagekit-tmp.{os.getpid()}")

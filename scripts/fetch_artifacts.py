@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Download and unpack the real Debian kernels the tests and benchmarks use (never committed).
 
-    python scripts/fetch_artifacts.py            # both, into $KIMAGEKIT_CACHE or ~/.cache/kimagekit
+    python scripts/fetch_artifacts.py            # all, into $KIMAGEKIT_CACHE or ~/.cache/kimagekit
 
 Each package is fetched once with ``apt-get download`` (the ppc64el one through a private APT
 state for that architecture) and unpacked with ``dpkg-deb -x``; later runs reuse the cache.
-Prints one ``name=path`` line per artifact. Exit 1 when a download fails.
+Also dtc's source (``dtc-src``: its ``tests/*.dts`` are the DTS reader's acceptance corpus),
+from the Debian source package ``device-tree-compiler`` through a private deb-src list, unpacked
+into ``dtc-src-VERSION``. Prints one ``name=path`` line per artifact. Exit 1 when a download
+fails.
 """
 
 from __future__ import annotations
@@ -67,12 +70,71 @@ def fetch(name: str) -> Path:
     return target
 
 
+DTC_SOURCE = "device-tree-compiler"
+# The machine's own release first; a mirror may lack one release's source files.
+DTC_SUITES = ("bookworm", "trixie", "sid")
+
+
+def dtc_source_dir() -> Path | None:
+    """The unpacked dtc source tree fetched before, if any (its ``tests/`` folder inside)."""
+    found = sorted(p for p in cache_dir().glob("dtc-src-*") if (p / "tests").is_dir())
+    return found[-1] if found else None
+
+
+def _mirror() -> str:
+    for src in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in src.read_text().splitlines():
+            if line.startswith("URIs:"):
+                return line.split()[1]
+    return "http://deb.debian.org/debian"
+
+
+def fetch_dtc_source() -> Path:
+    have = dtc_source_dir()
+    if have is not None:
+        return have
+    work = cache_dir() / "dtc-src-download"
+    uri = _mirror()
+    for suite in DTC_SUITES:
+        state = work / suite
+        (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+        (state / "sources.list").write_text(f"deb-src {uri} {suite} main\n")
+        opts = [f"-oDir::Etc::SourceList={state / 'sources.list'}",
+                "-oDir::Etc::SourceParts=/dev/null", f"-oDir::State::Lists={state / 'lists'}"]
+        subprocess.run(["apt-get", *opts, "update", "-qq"], check=False, cwd=state,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        show = subprocess.run(["apt-cache", *opts, "showsrc", DTC_SOURCE], check=False,
+                              capture_output=True, text=True).stdout
+        versions = [ln.split()[1] for ln in show.splitlines() if ln.startswith("Version:")]
+        if not versions:
+            continue
+        version = versions[0]
+        upstream = version.split(":")[-1].rsplit("-", 1)[0]
+        # only the upstream tarball is needed; the Debian one may be missing on the mirror
+        subprocess.run(["apt-get", *opts, "source", "--download-only",
+                        f"{DTC_SOURCE}={version}"], check=False, cwd=state,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tars = sorted(state.glob(f"{DTC_SOURCE}_{upstream}.orig.tar.*"))
+        if not tars:
+            continue
+        target = cache_dir() / f"dtc-src-{upstream}"
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        subprocess.run(["tar", "-xf", str(tars[-1]), "-C", str(tmp), "--strip-components=1"],
+                       check=True)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target
+    raise FileNotFoundError(f"no suite of {uri} served the {DTC_SOURCE} source")
+
+
 def main() -> int:
-    names = sys.argv[1:] or list(PACKAGES)
+    names = sys.argv[1:] or [*PACKAGES, "dtc-src"]
     failed = 0
     for name in names:
         try:
-            print(f"{name}={fetch(name)}")
+            print(f"{name}={fetch_dtc_source() if name == 'dtc-src' else fetch(name)}")
         except (OSError, subprocess.CalledProcessError) as exc:
             print(f"{name}: download failed: {exc}", file=sys.stderr)
             failed = 1

@@ -45,10 +45,10 @@ class Blob:
         return self
 
     def blob(self, rsv: list[tuple[int, int]] = (), version: int = 17, gap: int = 0,
-             pad: int = 0, boot_cpu: int = 0) -> bytes:
+             pad: int = 0, boot_cpu: int = 0, term: bool = True) -> bytes:
         hsize = 40 if version >= 17 else 36
         body = b"".join(self.tokens) + struct.pack(">I", END)
-        rmap = b"".join(struct.pack(">QQ", a, s) for a, s in rsv) + bytes(16)
+        rmap = b"".join(struct.pack(">QQ", a, s) for a, s in rsv) + bytes(16 if term else 0)
         off_rsv = (hsize + 7) & -8
         off_struct = off_rsv + len(rmap) + gap
         off_strings = off_struct + len(body) + gap
@@ -87,9 +87,12 @@ def samples() -> dict[str, bytes]:
     over = bytearray(good)  # strings start inside the struct block
     struct.pack_into(">I", over, 12, struct.unpack_from(">I", good, 12)[0] - 8)
     s["corrupt-blocks-overlap.dtb"] = bytes(over)
-    order = bytearray(good)  # reservation map claimed after the struct block
+    order = bytearray(good)  # reservation map claimed inside the struct block
     struct.pack_into(">I", order, 16, struct.unpack_from(">I", good, 8)[0] + 8)
-    s["corrupt-blocks-out-of-order.dtb"] = bytes(order)
+    s["corrupt-rsvmap-in-struct.dtb"] = bytes(order)
+    # two entries, then the struct block where the all-zero terminator should be
+    s["corrupt-rsvmap-truncated.dtb"] = small().blob(rsv=[(0x1000, 0x10), (0x2000, 0x20)],
+                                                     term=False)
     b = Blob().begin("")
     b.tokens.append(struct.pack(">I", BEGIN) + b"abcd")
     raw = bytearray(b.blob())  # the FDT_END word becomes more name: no NUL before the end
@@ -113,6 +116,35 @@ def samples() -> dict[str, bytes]:
     b.strings = b"big\0"
     s["corrupt-value-past-end.dtb"] = b.end().blob()
     return s
+
+
+# dtc's tests/mangle-layout.c, rewritten: the blocks of a v17 blob laid out again in ``order``
+# ("m" reservation map, "t" struct, "s" strings), each at its alignment after the last, zeros
+# in the gaps, under a fresh version 16 or 17 header.
+ORDERS = ("mts", "mst", "tms", "tsm", "smt", "stm")
+
+
+def mangle_layout(fdt: bytes, version: int, order: str) -> bytes:
+    f = struct.unpack_from(">10I", fdt)
+    off_struct, off_strings, off_rsv, size_strings, size_struct = f[2], f[3], f[4], f[8], f[9]
+    n = 0
+    while struct.unpack_from(">QQ", fdt, off_rsv + 16 * n)[1]:
+        n += 1
+    src = {"m": (8, fdt[off_rsv:off_rsv + 16 * (n + 1)]),
+           "t": (4, fdt[off_struct:off_struct + size_struct]),
+           "s": (1, fdt[off_strings:off_strings + size_strings])}
+    hsize = 40 if version >= 17 else 36
+    out = bytearray(hsize)
+    offs: dict[str, int] = {}
+    for block in order:
+        align, data = src[block]
+        at = (len(out) + align - 1) & -align
+        out += bytes(at - len(out)) + data
+        offs[block] = at
+    vals = [0xD00DFEED, len(out), offs["t"], offs["s"], offs["m"], version, 16, f[7],
+            size_strings] + ([size_struct] if version >= 17 else [])
+    struct.pack_into(f">{len(vals)}I", out, 0, *vals)
+    return bytes(out)
 
 
 def main() -> None:

@@ -262,3 +262,11 @@ def test_random_trees_read_the_same_by_dtc(tree: DeviceTree, pack: bool) -> None
 def libfdt_full_check(blob: bytes) -> int:
     libfdt = need_module("libfdt")
     return int(libfdt.fdt_check_full(bytearray(blob), len(blob)))
+
+
+def test_dts_in_without_dtc_compiles_like_dtc(corpus: Path) -> None:
+    dtc = need_tool("dtc")
+    for src in sorted((corpus / "dtb").glob("*.dts")):
+        ref = subprocess.run([dtc, "-q", "-I", "dts", "-O", "dtb", str(src)], check=True,
+                             capture_output=True).stdout
+        assert dts.from_dts_file(src, dtc=None).build() == ref, src.name

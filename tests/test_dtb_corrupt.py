@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from conftest import TESTDATA
 
@@ -15,8 +17,10 @@ CASES = {
                               "totalsize 0x176 is beyond the end of the file (0x16e bytes)"),
     "blocks-overlap": ("header.size_dt_struct", 0x24,
                        "struct block [0x48, 0x13c) overlaps the strings block at 0x134"),
-    "blocks-out-of-order": ("header", 0x8, "blocks out of order: reservations at 0x50, "
-                            "struct at 0x48, strings at 0x13c"),
+    "rsvmap-in-struct": ("header.size_dt_struct", 0x24,
+                         "struct block [0x48, 0x13c) overlaps the reservation map at 0x50"),
+    "rsvmap-truncated": ("rsvmap[2]", 0x48, "reservation map truncated: no terminating entry "
+                         "(size 0) before the struct block at 0x48"),
     "unterminated-node-name": ("struct.node[/]", 0x40,
                                "node name is not terminated inside the struct block"),
     "unterminated-string": ("strings", 0x15D,
@@ -65,3 +69,46 @@ def test_every_truncation_of_a_good_blob_is_refused_cleanly() -> None:
                                            f"({n:#x} bytes)")
         err = info.value
         assert (err.fmt, err.field, err.offset, err.message) == ("dtb", *want), n
+
+
+def test_reservation_map_truncated_at_the_blob_end() -> None:
+    # the map is the last block: its missing terminator would lie past totalsize
+    good = (TESTDATA / "dtb" / "small.dtb").read_bytes()
+    last = bytearray(good[:0x28]) + good[0x48:0x176] + bytes(2) + struct.pack(">QQ", 0x1000, 16)
+    struct.pack_into(">IIII", last, 4, len(last), 0x28, 0x11C, 0x158)
+    with pytest.raises(ParseError) as info:
+        DeviceTree.parse(bytes(last))
+    assert str(info.value) == ("dtb: rsvmap[1] at offset 0x168: reservation map truncated: no "
+                               "terminating entry (size 0) before the end of the blob at 0x168")
+
+
+def test_reservation_map_ends_at_the_first_size_zero_entry() -> None:
+    # libfdt and dtc stop at size 0 whatever the address: so does kimagekit, keeping the bytes
+    good = bytearray((TESTDATA / "dtb" / "small.dtb").read_bytes())
+    struct.pack_into(">Q", good, 0x38, 0xABC000)  # the terminator's address
+    tree = DeviceTree.parse(bytes(good))
+    assert [(r.address, r.size) for r in tree.reservations] == [(0x400000, 0x1000)]
+    assert tree.build() == bytes(good)
+
+
+def test_unknown_version_refused() -> None:
+    good = bytearray((TESTDATA / "dtb" / "small.dtb").read_bytes())
+    struct.pack_into(">I", good, 20, 5)
+    with pytest.raises(ParseError) as info:
+        DeviceTree.parse(bytes(good))
+    assert str(info.value) == ("dtb: header.version at offset 0x14: version 5 is not supported "
+                               "(1, 2, 3, 16 and later are)")
+
+
+def test_old_version_node_path_must_name_a_child() -> None:
+    # version 1 holds full paths; "/cpus" inside "/chosen" is not a child of it
+    b = bytearray(struct.pack(">7I", 0xD00DFEED, 0, 0, 0, 32, 1, 1) + bytes(4) + bytes(16))
+    body = struct.pack(">I", 1) + b"/\0\0\0" + struct.pack(">I", 1) + b"/chosen\0" + \
+        struct.pack(">I", 1) + b"/cpus\0\0\0" + struct.pack(">III", 2, 2, 2) + \
+        struct.pack(">I", 9)
+    b += body
+    struct.pack_into(">III", b, 4, len(b), 48, len(b))
+    with pytest.raises(ParseError) as info:
+        DeviceTree.parse(bytes(b))
+    assert str(info.value) == ("dtb: struct.node[/chosen] at offset 0x44: node path '/cpus' is "
+                               "not a child of '/chosen'")

@@ -156,7 +156,9 @@ def register(root: typer.Typer) -> None:
 # -- inspect -----------------------------------------------------------------------------------
 def render_summary(s: DtbSummary) -> list[str]:
     h = s.header
-    lines = [f"version {h.version} (last compatible {h.last_comp_version}), totalsize "
+    read = "" if s.read_version == h.version else \
+        f"read from version {s.read_version}, written back as "
+    lines = [f"{read}version {h.version} (last compatible {h.last_comp_version}), totalsize "
              f"{h.totalsize:#x}, boot_cpuid_phys {h.boot_cpuid_phys}",
              f"blocks: reservations {h.off_mem_rsvmap:#x}, struct {h.off_dt_struct:#x}"
              f"+{h.size_dt_struct or 0:#x}, strings {h.off_dt_strings:#x}+{h.size_dt_strings:#x}",

@@ -11,7 +11,6 @@ from construct import (
     Bytes,
     Construct,
     GreedyBytes,
-    If,
     Int32ub,
     Int64ub,
     NullTerminated,
@@ -31,23 +30,28 @@ FDT_END = 0x9
 FDT_TAGSIZE = 4
 # The deepest tree libfdt walks (FDT_MAX_DEPTH); deeper input is refused the same way.
 FDT_MAX_DEPTH = 64
-# Versions whose layout we read and write: 16 lacks size_dt_struct, 17 is current.
+# Versions whose layout we read: 1-3 (dtc's old flat trees: full-path node names, values of 8
+# bytes or more 8-aligned, no NOPs) and 16 on; 16 lacks size_dt_struct, 17 is current.
+OLD_VERSIONS = (1, 2, 3)
 FIRST_VERSION = 16
 LAST_COMP_VERSION = 17
 
-_HEADER_V16 = (
-    "magic", "totalsize", "off_dt_struct", "off_dt_strings", "off_mem_rsvmap", "version",
-    "last_comp_version", "boot_cpuid_phys", "size_dt_strings",
-)
+_HEADER_V1 = ("magic", "totalsize", "off_dt_struct", "off_dt_strings", "off_mem_rsvmap", "version",
+              "last_comp_version")
+_HEADER_V16 = (*_HEADER_V1, "boot_cpuid_phys", "size_dt_strings")
 HEADER_FIELDS = (*_HEADER_V16, "size_dt_struct")
 
 
+def header_fields(version: int) -> tuple[str, ...]:
+    """The header fields a blob of ``version`` has: v2 adds boot_cpuid_phys, v3
+    size_dt_strings, v17 size_dt_struct."""
+    n = 7 + (version >= 2) + (version >= 3) + (version >= LAST_COMP_VERSION)
+    return HEADER_FIELDS[:n]
+
+
 def fdt_header_for(version: int) -> Construct:  # type: ignore[type-arg,unused-ignore]
-    """The header for ``version``: 17 and later add ``size_dt_struct`` (40 bytes, else 36)."""
-    return Struct(
-        *(name / Int32ub for name in _HEADER_V16),
-        "size_dt_struct" / If(lambda _: version >= LAST_COMP_VERSION, Int32ub),
-    )
+    """The header for ``version``: 28 bytes (v1), 32 (v2), 36 (v3, v16), 40 (v17 and later)."""
+    return Struct(*(name / Int32ub for name in header_fields(version)))
 
 
 fdt_header = fdt_header_for(LAST_COMP_VERSION)
