@@ -11,7 +11,7 @@ from conftest import TESTDATA
 
 from kimagekit.cli import main
 from kimagekit.devicetree import DeviceTree
-from kimagekit.fileio import data_extents
+from kimagekit.output_files import data_extents
 
 SMALL = TESTDATA / "dtb" / "small.dtb"
 GIB = 1 << 30
