@@ -13,6 +13,7 @@ from kimagekit.cli import ima as ima_cli
 from kimagekit.cli import image as image_cli
 from kimagekit.cli import inspect as inspect_cli
 from kimagekit.cli import kernel as kernel_cli
+from kimagekit.cli import signature as signature_cli
 from kimagekit.errors import KimageError
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ dtb_cli.register(app)
 image_cli.register(app)
 build_cli.register(app)
 kernel_cli.register(app)
+signature_cli.register(app)
 inspect_cli.register(app)
 
 

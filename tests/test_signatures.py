@@ -1,0 +1,259 @@
+"""Authenticode signatures of PE kernels: kimagekit's verdict against sbverify's on kernels that
+sbsign signed with keys generated here, corrupt signatures refused in one line, and the real
+Debian kernel's signature described."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import debian_artifact, need_tool
+from kernel_helpers import kgen
+from sig_helpers import Pki, make_pki, sbsign, sbverify
+
+from kimagekit.cli import main
+from kimagekit.sig import authenticode
+from kimagekit.sig.keys import load_certs
+from kimagekit.sig.pe_digest import hash_layout, image_digest
+
+CERT_DIRENT = 0x58 + 112 + 4 * 8  # make_kernels' PE32+ header: the SECURITY data directory
+CHECKSUM = 0x58 + 64
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    need_tool("sbsign")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def signed(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("signed")
+    (d / "plain.efi").write_bytes(kgen.make_bzimage(pe=True))
+    return sbsign(pki.signer_key, pki.signer, d / "plain.efi", d / "signed.efi")
+
+
+def _variant(src: Path, name: str, edit: object) -> Path:
+    data = bytearray(src.read_bytes())
+    assert callable(edit)
+    edit(data)
+    out = src.with_name(name)
+    out.write_bytes(data)
+    return out
+
+
+def _flip_text(d: bytearray) -> None:
+    d[0x900] ^= 1  # inside .text (raw data from 0x200)
+
+
+def _flip_checksum(d: bytearray) -> None:
+    d[CHECKSUM] ^= 0x5A
+
+
+def _grow_table(d: bytearray) -> None:
+    """8 more bytes in the certificate table: its data directory entry is not hashed."""
+    at, size = struct.unpack_from("<II", d, CERT_DIRENT)
+    struct.pack_into("<II", d, CERT_DIRENT, at, size + 8)
+    d += bytes(8)
+
+
+CASES = {
+    # name: (edit, which cert, verified)
+    "good-ca": (None, "ca", True),
+    "good-signer": (None, "signer", True),
+    "wrong-cert": (None, "other", False),
+    "hashed-byte": (_flip_text, "ca", False),
+    "checksum-byte": (_flip_checksum, "ca", True),
+    "table-entry-size": (_grow_table, "ca", True),
+}
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_verify_signature_agrees_with_sbverify(case: str, pki: Pki, signed: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    edit, which, expected = CASES[case]
+    image = signed if edit is None else _variant(signed, f"{case}.efi", edit)
+    cert = {"ca": pki.ca, "signer": pki.signer, "other": pki.other}[which]
+    assert sbverify(cert, image) is expected
+    code, out, err = _run(["verify-signature", str(image), "--cert", str(cert)], capsys)
+    assert (code, err) == (0 if expected else 1, "")
+    subject = {"ca": "CN=kimagekit test CA", "signer": "CN=kimagekit test signer"}.get(which)
+    if expected:
+        assert out == (f"{image}: verified: chains to {subject} ({cert}) "
+                       "(signer CN=kimagekit test signer)\n")
+    elif case == "wrong-cert":
+        assert out == (f"{image}: NOT VERIFIED: no certificate of the chain is among the given "
+                       "certificates, nor its issuer (signer CN=kimagekit test signer)\n")
+    else:
+        assert out == (f"{image}: NOT VERIFIED: the image digest does not match the signed one "
+                       "(sha256) (signer CN=kimagekit test signer)\n")
+
+
+def test_two_signatures_only_the_first_counts(pki: Pki, signed: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A second sbsign appends a second entry. The kernel (since the 2023 wrapper-length fix)
+    checks the first one only; sbverify takes any entry that verifies, so the two agree on the
+    first signer's chain and differ, by design, on the second's: kimagekit says what kexec does."""
+    twice = sbsign(pki.other_key, pki.other, signed, signed.with_name("twice.efi"))
+    summary = authenticode.summaries(twice.read_bytes())
+    assert [(s.index, s.signer, s.used_by_kexec, s.image_digest_ok) for s in summary] == [
+        (0, "CN=kimagekit test signer", True, True), (1, "CN=kimagekit other", False, True)]
+    for cert, by_sbverify, by_kexec in ((pki.ca, True, True), (pki.other, True, False),
+                                        (pki.signer.with_name("none.pem"), None, None)):
+        if by_sbverify is None:
+            continue
+        assert sbverify(cert, twice) is by_sbverify
+        code, _, err = _run(["verify-signature", str(twice), "--cert", str(cert)], capsys)
+        assert (code, err) == (0 if by_kexec else 1, "")
+
+
+def test_truncated_certificate_table_is_refused_in_one_line(
+        pki: Pki, signed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = signed.read_bytes()
+    at, size = struct.unpack_from("<II", data, CERT_DIRENT)
+    cut = signed.with_name("cut.efi")
+    cut.write_bytes(data[:at + size // 2])
+    assert sbverify(pki.ca, cut) is False
+    code, out, err = _run(["verify-signature", str(cut), "--cert", str(pki.ca)], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"kimagekit: error: {cut}: pe: DataDirectory[SECURITY] at offset "
+                   f"{CERT_DIRENT:#x}: certificate table ({size} bytes at {at:#x}) is not "
+                   "inside the file after the headers\n")
+
+
+def _resign_blob(signed: Path, name: str, edit: object) -> tuple[Path, int]:
+    """``signed`` with its PKCS#7 blob edited in place (the entry keeps its length)."""
+    data = bytearray(signed.read_bytes())
+    at, _ = struct.unpack_from("<II", data, CERT_DIRENT)
+    assert callable(edit)
+    edit(data, at + 8)
+    out = signed.with_name(name)
+    out.write_bytes(data)
+    return out, at + 8
+
+
+def test_wrong_content_oid_is_refused(pki: Pki, signed: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def edit(d: bytearray, der: int) -> None:
+        oid = bytes.fromhex("2b060104018237020104")  # 1.3.6.1.4.1.311.2.1.4
+        i = d.index(oid, der)
+        d[i + len(oid) - 1] = 0x05  # ...2.1.5
+    bad, der = _resign_blob(signed, "oid.efi", edit)
+    # sbverify does not look at the content type (messageDigest does not cover it); the kernel
+    # refuses anything but SpcIndirectDataContent for a kexec image: kimagekit does as it does
+    assert sbverify(pki.ca, bad) is True
+    code, out, err = _run(["verify-signature", str(bad), "--cert", str(pki.ca)], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"kimagekit: error: {bad}: pkcs7: SignedData.encapContentInfo.contentType "
+                   f"at offset {der:#x}: signed content type 1.3.6.1.4.1.311.2.1.5 is not "
+                   "SpcIndirectDataContent (1.3.6.1.4.1.311.2.1.4)\n")
+
+
+def test_absurd_pkcs7_length_is_refused(pki: Pki, signed: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    def edit(d: bytearray, der: int) -> None:
+        d[der + 1:der + 4] = b"\x82\xff\xff"
+    bad, der = _resign_blob(signed, "len.efi", edit)
+    code, out, err = _run(["verify-signature", str(bad), "--cert", str(pki.ca)], capsys)
+    assert (code, out) == (2, "")
+    entry = struct.unpack_from("<I", bad.read_bytes(), der - 8)[0]
+    assert err == (f"kimagekit: error: {bad}: pe: certificate[0].pkcs7 at offset "
+                   f"{der + 1:#x}: PKCS#7 length 65539 runs past its certificate entry "
+                   f"({entry - 8} bytes)\n")
+
+
+def test_truncated_pkcs7_is_refused(pki: Pki, signed: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The DER header claims fewer bytes than the structure needs: asn1crypto's complaint, at
+    the PKCS#7's offset."""
+    def edit(d: bytearray, der: int) -> None:
+        (n,) = struct.unpack_from(">H", d, der + 2)
+        struct.pack_into(">H", d, der + 2, n - 200)
+    bad, der = _resign_blob(signed, "trunc.efi", edit)
+    assert sbverify(pki.ca, bad) is False
+    code, out, err = _run(["verify-signature", str(bad), "--cert", str(pki.ca)], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"kimagekit: error: {bad}: pkcs7: ")
+    assert f" at offset {der:#x}: " in err and err.count("\n") == 1
+
+
+def test_unsigned_kernel_is_not_verified(pki: Pki, signed: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    plain = signed.with_name("plain.efi")
+    code, out, err = _run(["verify-signature", str(plain), "--cert", str(pki.ca), "--json"],
+                          capsys)
+    assert (code, err) == (1, "")
+    assert json.loads(out) == {"file": str(plain), "verified": False,
+                               "reason": "not signed (no certificate table)",
+                               "trusted_by": None, "trusted_subject": None, "signer": None,
+                               "image_digest_ok": None, "signatures": 0}
+
+
+def test_keyring_directory_says_which_cert(pki: Pki, signed: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    ring = signed.parent / "ring"
+    ring.mkdir(exist_ok=True)
+    for cert in (pki.other, pki.ca):
+        (ring / cert.name).write_bytes(cert.read_bytes())
+    code, out, err = _run(["verify-signature", str(signed), "--keyring", str(ring), "--json"],
+                          capsys)
+    assert (code, err) == (0, "")
+    got = json.loads(out)
+    assert (got["verified"], got["trusted_by"], got["trusted_subject"]) == (
+        True, str(ring / "ca.pem"), "CN=kimagekit test CA")
+
+
+def test_no_trust_anchor_is_a_usage_error(signed: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(["verify-signature", str(signed)], capsys)
+    assert (code, out, err) == (2, "", "kimagekit: error: give --cert CERT (repeatable) or "
+                                "--keyring DIR\n")
+
+
+def test_image_digest_regions_follow_verify_pefile(signed: Path) -> None:
+    """Headers without CheckSum and the SECURITY entry, the one section, no certificate."""
+    data = signed.read_bytes()
+    layout = hash_layout(data)
+    at, size = struct.unpack_from("<II", data, CERT_DIRENT)
+    assert layout.ranges == ((0, CHECKSUM), (CHECKSUM + 4, CERT_DIRENT - CHECKSUM - 4),
+                             (CERT_DIRENT + 8, 0x200 - CERT_DIRENT - 8), (0x200, at - 0x200),
+                             (at, 0))
+    assert layout.cert_table == (at, size)
+    assert len(data) == at + size
+    (s,) = authenticode.summaries(data)
+    assert image_digest(data, layout, "sha256").hex() == s.image_digest
+
+
+def test_debian_kernel_signed_by_debian(capsys: pytest.CaptureFixture[str]) -> None:
+    vmlinuz = debian_artifact("amd64-vmlinuz")
+    (s,) = authenticode.summaries(vmlinuz.read_bytes())
+    assert (s.signer, s.issuer, s.digest_algorithm, s.image_digest_ok, s.signature_ok) == (
+        "CN=Debian Secure Boot Signer 2022 - linux", "CN=Debian Secure Boot CA", "sha256",
+        True, True)
+    code, out, _ = _run(["inspect", str(vmlinuz), "--json"], capsys)
+    assert code == 0
+    sigs = json.loads(out)["summary"]["pe"]["signatures"]
+    assert [(x["signer"], x["image_digest_ok"]) for x in sigs] == [
+        ("CN=Debian Secure Boot Signer 2022 - linux", True)]
+
+
+def test_debian_kernel_resigned_agrees_with_sbverify(pki: Pki, tmp_path: Path) -> None:
+    vmlinuz = debian_artifact("amd64-vmlinuz")
+    need_tool("sbattach")
+    bare = tmp_path / "bare.efi"
+    bare.write_bytes(vmlinuz.read_bytes())
+    subprocess.run(["sbattach", "--remove", str(bare)], check=True, capture_output=True)
+    ours = sbsign(pki.signer_key, pki.signer, bare, tmp_path / "ours.efi")
+    for cert, expected in ((pki.ca, True), (pki.other, False)):
+        assert sbverify(cert, ours) is expected
+        got = authenticode.verify_buffer(ours.read_bytes(), load_certs([cert]))
+        assert got.verified is expected
