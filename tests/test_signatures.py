@@ -4,6 +4,7 @@ Debian kernel's signature described."""
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import subprocess
@@ -257,3 +258,62 @@ def test_debian_kernel_resigned_agrees_with_sbverify(pki: Pki, tmp_path: Path) -
         assert sbverify(cert, ours) is expected
         got = authenticode.verify_buffer(ours.read_bytes(), load_certs([cert]))
         assert got.verified is expected
+
+
+def _debian_ca(tmp: Path) -> Path:
+    """Debian's Secure Boot CA, as shim-signed embeds it: the .vendor_cert section starts with
+    shim's cert table (authority size, deauthority size, authority offset, deauthority offset)."""
+    shim = debian_artifact("amd64-shim")
+    need_tool("objcopy")
+    section = tmp / "vendor_cert.bin"
+    subprocess.run(["objcopy", "-O", "binary", "--only-section=.vendor_cert", str(shim),
+                    str(section)], check=True, capture_output=True)
+    blob = section.read_bytes()
+    size, _, at, _ = struct.unpack_from("<IIII", blob, 0)
+    der = blob[at:at + size]
+    pem = tmp / "debian-ca.pem"
+    pem.write_bytes(b"-----BEGIN CERTIFICATE-----\n"
+                    + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n")
+    return pem
+
+
+def test_debian_kernel_chains_to_debian_ca_from_shim(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vmlinuz = debian_artifact("amd64-vmlinuz")
+    ca = _debian_ca(tmp_path)
+    assert sbverify(ca, vmlinuz) is True
+    code, out, err = _run(["verify-signature", str(vmlinuz), "--cert", str(ca)], capsys)
+    assert (code, err) == (0, "")
+    assert out == (f"{vmlinuz}: verified: chains to CN=Debian Secure Boot CA ({ca}) "
+                   "(signer CN=Debian Secure Boot Signer 2022 - linux)\n")
+
+
+KINDS = {"bzImage": lambda: kgen.make_bzimage(pe=True),
+         "arm64 Image": lambda: kgen.make_arm64_image(pe=True),
+         "arm64 zboot": lambda: kgen.make_zboot(pe=True)}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_pe_kernel_kind_agrees_with_sbverify(kind: str, pki: Pki, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """bzImage, arm64 Image and EFI zboot (its outer PE): good, wrong cert, a hashed byte."""
+    plain = tmp_path / "plain.efi"
+    plain.write_bytes(KINDS[kind]())
+    image = sbsign(pki.signer_key, pki.signer, plain, tmp_path / "signed.efi")
+    code, out, _ = _run(["inspect", str(image), "--json"], capsys)
+    found = json.loads(out)
+    pe_info = found["summary"]["pe"]
+    assert (code, found["format"], pe_info["signed"]) == (0, kind, True)
+    assert [(s["signer"], s["issuer"], s["image_digest_ok"], s["signature_ok"])
+            for s in pe_info["signatures"]] == [
+        ("CN=kimagekit test signer", "CN=kimagekit test CA", True, True)]
+    flipped = _variant(image, "flipped.efi", _flip_section)
+    for path, cert, expected in ((image, pki.ca, True), (image, pki.other, False),
+                                 (flipped, pki.ca, False)):
+        assert sbverify(cert, path) is expected
+        code, _, err = _run(["verify-signature", str(path), "--cert", str(cert)], capsys)
+        assert (code, err) == (0 if expected else 1, "")
+
+
+def _flip_section(d: bytearray) -> None:
+    d[0x210] ^= 0xFF  # inside .text for every kind (raw data from 0x200)

@@ -16,7 +16,7 @@ from kimagekit.errors import KimageError
 from kimagekit.formats import pe
 from kimagekit.sig import keys
 from kimagekit.sig.keys import TrustedCert
-from kimagekit.sig.pe_digest import first_signature, hash_layout, image_digest
+from kimagekit.sig.pe_digest import HashLayout, first_signature, hash_layout, image_digest
 from kimagekit.sig.pkcs7 import AuthenticodeData, SignerInfo, parse_authenticode
 
 RSA_ALGOS = ("rsassa_pkcs1v15",)  # rsaEncryption: the one RSA form 6.1's pkcs7 parser takes
@@ -111,21 +111,29 @@ def _find(trusted: tuple[TrustedCert, ...], by_id: tuple[bytes, int] | None,
     return None
 
 
+@dataclass(frozen=True)
+class _Trust:
+    key: TrustedCert | None  # the given certificate that verified the chain
+    rejected: bool  # a given certificate matched but its key refused: -EKEYREJECTED
+    reason: str
+
+
 def _trust(si: SignerInfo, chain: list[x509.Certificate], signed: bytes,
-           trusted: tuple[TrustedCert, ...]) -> tuple[TrustedCert | None, str]:
+           trusted: tuple[TrustedCert, ...]) -> _Trust:
     """``pkcs7_validate_trust_one``: the first certificate of the chain that is in the keyring
     (by issuer+serial or key id) must verify the signature below it; else the key that signed
     the chain's last certificate; else a key matching the signer info directly."""
-    below: tuple[bytes, bytes, str, bool] = (si.signature, signed, si.digest_algorithm, False)
+    below = (si.signature, signed, si.digest_algorithm)
     for x in chain:
         t = _find(trusted, keys.cert_id(x), keys.skid(x))
         if t is not None:
             return _matched(t, below)
         if x.issuer == x.subject and keys.verify_issued(x, x):
-            return None, (f"the chain ends at the self-signed {x.subject.rfc4514_string()}, "
-                          "which is not among the given certificates")
+            return _Trust(None, False, f"the chain ends at the self-signed "
+                          f"{x.subject.rfc4514_string()}, which is not among the given "
+                          "certificates")
         h = x.signature_hash_algorithm
-        below = (x.signature, x.tbs_certificate_bytes, h.name if h else "", True)
+        below = (x.signature, x.tbs_certificate_bytes, h.name if h else "")
     if chain:
         by_name, key_id = keys.akid(chain[-1])
         t = _find(trusted, by_name, key_id)
@@ -134,25 +142,17 @@ def _trust(si: SignerInfo, chain: list[x509.Certificate], signed: bytes,
     if si.issuer_der is not None and si.serial is not None:
         t = _find(trusted, (si.issuer_der, si.serial), None)
         if t is not None:
-            return _matched(t, (si.signature, signed, si.digest_algorithm, False))
-    return None, "no certificate of the chain is among the given certificates, nor its issuer"
+            return _matched(t, (si.signature, signed, si.digest_algorithm))
+    return _Trust(None, False, "no certificate of the chain is among the given certificates, "
+                  "nor its issuer")
 
 
-def _matched(t: TrustedCert, below: tuple[bytes, bytes, str, bool]) -> tuple[TrustedCert | None,
-                                                                             str]:
-    sig, data, digest, _ = below
+def _matched(t: TrustedCert, below: tuple[bytes, bytes, str]) -> _Trust:
+    sig, data, digest = below
     if keys.verify(t.cert, sig, data, digest):
-        return t, f"chains to {t.subject} ({t.path})"
-    return None, f"{t.subject} ({t.path}) matches the chain but its key does not verify it"
-
-
-def _pkcs7_at(buf: bytes | memoryview) -> tuple[int, AuthenticodeData, int] | None:
-    layout = hash_layout(buf)
-    first = first_signature(buf, layout)
-    if first is None:
-        return None
-    return first.entry_offset, parse_authenticode(first.der, first.der_offset), \
-        len(_entries(buf, layout.cert_table))
+        return _Trust(t, False, f"chains to {t.subject} ({t.path})")
+    return _Trust(None, True, f"{t.subject} ({t.path}) matches the chain but its key does not "
+                  "verify it")
 
 
 def verify_buffer(buf: bytes | memoryview, trusted: tuple[TrustedCert, ...],
@@ -182,13 +182,14 @@ def verify_buffer(buf: bytes | memoryview, trusted: tuple[TrustedCert, ...],
             return Verification(name, False, problem, None, None, signer_name, ok_digest, count)
         signed = si.signed_attrs if si.signed_attrs is not None else \
             hashlib.new(si.digest_algorithm, data.content).digest()
-        t, why = _trust(si, chain, signed, trusted)
-        if t is not None and trusted_by is None:
-            trusted_by, reason = t, why
-        elif t is None and "does not verify" in why:
-            return Verification(name, False, why, None, None, signer_name, ok_digest, count)
-        elif t is None and not reason:
-            reason = why
+        found = _trust(si, chain, signed, trusted)
+        if found.rejected:
+            return Verification(name, False, found.reason, None, None, signer_name, ok_digest,
+                                count)
+        if found.key is not None and trusted_by is None:
+            trusted_by, reason = found.key, found.reason
+        elif trusted_by is None and not reason:
+            reason = found.reason
     if trusted_by is None:
         return Verification(name, False, reason, None, None, signer_name, ok_digest, count)
     if not ok_digest:
@@ -230,10 +231,8 @@ def summaries(buf: bytes | memoryview) -> tuple[SignatureSummary, ...]:
     return tuple(out)
 
 
-def _summary(buf: bytes | memoryview, layout: object, i: int, at: int,
+def _summary(buf: bytes | memoryview, layout: HashLayout, i: int, at: int,
              length: int) -> SignatureSummary:
-    from kimagekit.sig.pe_digest import HashLayout
-    assert isinstance(layout, HashLayout)
     der_at = at + pe.WIN_CERTIFICATE_SIZE
     try:
         der = bytes(buf[der_at:at + length])
