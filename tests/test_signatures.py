@@ -317,3 +317,79 @@ def test_every_pe_kernel_kind_agrees_with_sbverify(kind: str, pki: Pki, tmp_path
 
 def _flip_section(d: bytearray) -> None:
     d[0x210] ^= 0xFF  # inside .text for every kind (raw data from 0x200)
+
+
+# --- build --require-signature -------------------------------------------------------------------
+
+def _build(kernel: Path, out: Path, *extra: str) -> list[str]:
+    from conftest import corpus_dir
+    from image_helpers import PURGATORY_CORPUS
+    c = corpus_dir()
+    if c is None:
+        pytest.skip("real-file corpus not found")
+    return ["build", "--arch", "x86_64", "--kernel", str(kernel), "--purgatory",
+            str(c / PURGATORY_CORPUS), "-o", str(out), *extra]
+
+
+def test_build_require_signature_accepts_a_verified_kernel(
+        pki: Pki, signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.img"
+    code, _, err = _run(_build(signed, out, "--require-signature", str(pki.ca)), capsys)
+    assert (code, err) == (0, "")
+    assert out.exists()
+
+
+def test_build_require_signature_with_a_keyring_directory(
+        pki: Pki, signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    (ring / "ca.pem").write_bytes(pki.ca.read_bytes())
+    code, _, err = _run(_build(signed, tmp_path / "x.img", "--require-signature", str(ring)),
+                        capsys)
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize("case", ["wrong-cert", "hashed-byte", "unsigned"])
+def test_build_require_signature_refuses_as_kexec_sig_force(
+        case: str, pki: Pki, signed: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    kernel = {"wrong-cert": signed, "unsigned": signed.with_name("plain.efi"),
+              "hashed-byte": _variant(signed, "b-hashed.efi", _flip_text)}[case]
+    cert = pki.other if case == "wrong-cert" else pki.ca
+    out = tmp_path / "x.img"
+    code, stdout, err = _run(_build(kernel, out, "--require-signature", str(cert)), capsys)
+    why = {"wrong-cert": "no certificate of the chain is among the given certificates, nor "
+                         "its issuer",
+           "unsigned": "not signed (no certificate table)",
+           "hashed-byte": "the image digest does not match the signed one (sha256)"}[case]
+    assert (code, stdout, out.exists()) == (2, "", False)
+    assert err == (f"kimagekit: error: {kernel}: kexec-sig: kernel: signature not verified "
+                   f"(KEXEC_SIG_FORCE would refuse it): {why}\n")
+
+
+@pytest.mark.parametrize("case", ["unsigned", "no-pe", "hashed-byte", "signed"])
+def test_build_without_require_warns_like_kexec_sig(
+        case: str, signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if case == "no-pe":
+        kernel = tmp_path / "bzImage"
+        kernel.write_bytes(kgen.make_bzimage())
+    else:
+        kernel = {"unsigned": signed.with_name("plain.efi"), "signed": signed,
+                  "hashed-byte": _variant(signed, "w-hashed.efi", _flip_text)}[case]
+    code, _, err = _run(_build(kernel, tmp_path / "x.img"), capsys)
+    warning = {"unsigned": "not signed (no certificate table): a KEXEC_SIG_FORCE kernel "
+                           "refuses it",
+               "no-pe": "not signed (no PE header): a KEXEC_SIG_FORCE kernel refuses it",
+               "hashed-byte": "the image digest does not match the signature: a "
+                              "KEXEC_SIG_FORCE kernel refuses it"}.get(case)
+    assert code == 0
+    assert err == ("" if warning is None else f"kimagekit: {kernel}: {warning}\n")
+
+
+def test_build_require_signature_is_x86_only(pki: Pki, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["build", "--arch", "ppc64le", "--kernel", str(tmp_path / "v"),
+                         "--dtb", str(tmp_path / "d"), "-o", str(tmp_path / "o"),
+                         "--require-signature", str(pki.ca)], capsys)
+    assert (code, err) == (2, "kimagekit: error: --require-signature checks PE kernels "
+                           "(x86_64): a ppc64 vmlinux carries no Authenticode signature\n")

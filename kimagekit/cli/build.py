@@ -17,7 +17,7 @@ from kimagekit.arch.build import (
     build_ppc64,
     build_x86_64,
 )
-from kimagekit.cli.common import emit_json, out
+from kimagekit.cli.common import emit_json, out, warn
 from kimagekit.cli.image import ls_lines
 from kimagekit.errors import UsageError
 from kimagekit.image import HandoverStyle
@@ -68,12 +68,16 @@ def register(app: typer.Typer) -> None:
         ima_kexec: bool = typer.Option(
             True, "--ima-kexec/--no-ima-kexec",
             help="x86_64: the loading kernel has CONFIG_IMA_KEXEC (room for SETUP_IMA)."),
+        require_signature: Path | None = typer.Option(
+            None, "--require-signature", help="x86_64: refuse a kernel whose signature does "
+            "not chain to this certificate (or a directory of them), as KEXEC_SIG_FORCE does."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     ) -> None:
         """Place kernel, initrd, hand-over, device tree (and purgatory) as kexec_file_load does;
         seal, write atomically, re-read and verify."""
         inputs = BuildInputs(kernel, output, initrd=initrd, cmdline=cmdline, purgatory=purgatory,
-                             ima=ima, handover=handover, policy=policy)
+                             ima=ima, handover=handover, policy=policy,
+                             require_signature=require_signature)
         if arch == "x86_64":
             if dtb is not None or handover is not None:
                 raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
@@ -108,6 +112,8 @@ def register(app: typer.Typer) -> None:
             built = build_ppc64(replace(inputs, handover_size=size),
                                 arch=arch, dtb=dtb, handover_style=handover_style,
                                 page_size=page)
+        if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
+            warn(built.result.signature_warning)
         if as_json:
             emit_json(built)
             return

@@ -14,6 +14,7 @@ from cryptography import x509
 
 from kimagekit.errors import KimageError
 from kimagekit.formats import pe
+from kimagekit.pe_file import has_pe
 from kimagekit.sig import keys
 from kimagekit.sig.keys import TrustedCert
 from kimagekit.sig.pe_digest import HashLayout, first_signature, hash_layout, image_digest
@@ -159,6 +160,8 @@ def verify_buffer(buf: bytes | memoryview, trusted: tuple[TrustedCert, ...],
                   name: str = "") -> Verification:
     """Verified only if every step the kernel takes passes; a malformed PE or signature raises
     (``ParseError``), a well-formed one that fails is ``verified=False`` with the reason."""
+    if not has_pe(buf):
+        return Verification(name, False, "not signed (no PE header)", None, None, None, None, 0)
     layout = hash_layout(buf)
     first = first_signature(buf, layout)
     count = len(_entries(buf, layout.cert_table))
