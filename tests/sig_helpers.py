@@ -30,7 +30,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(cn: str, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+def make_cert(cn: str, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
           issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None, serial: int,
           ca: bool) -> x509.Certificate:
     pub = key.public_key()
@@ -46,23 +46,23 @@ def _cert(cn: str, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     return b.sign(signing_key, hashes.SHA256())
 
 
-def _pem_key(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+def pem_key(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def make_pki(d: Path) -> Pki:
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = _cert("kimagekit test CA", ca_key, None, 1, True)
+    ca = make_cert("kimagekit test CA", ca_key, None, 1, True)
     signer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    signer = _cert("kimagekit test signer", signer_key, (ca, ca_key), 2, False)
+    signer = make_cert("kimagekit test signer", signer_key, (ca, ca_key), 2, False)
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    other = _cert("kimagekit other", other_key, None, 3, True)
+    other = make_cert("kimagekit other", other_key, None, 3, True)
     files = {"ca.pem": ca, "signer.pem": signer, "other.pem": other}
     for name, c in files.items():
         (d / name).write_bytes(c.public_bytes(serialization.Encoding.PEM))
-    (d / "signer.key").write_bytes(_pem_key(signer_key))
-    (d / "other.key").write_bytes(_pem_key(other_key))
+    (d / "signer.key").write_bytes(pem_key(signer_key))
+    (d / "other.key").write_bytes(pem_key(other_key))
     return Pki(d / "ca.pem", d / "signer.pem", d / "signer.key", d / "other.pem",
                d / "other.key")
 
