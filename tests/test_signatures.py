@@ -9,6 +9,7 @@ import json
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import debian_artifact, need_tool
@@ -393,3 +394,65 @@ def test_build_require_signature_is_x86_only(pki: Pki, tmp_path: Path,
                          "--require-signature", str(pki.ca)], capsys)
     assert (code, err) == (2, "kimagekit: error: --require-signature checks PE kernels "
                            "(x86_64): a ppc64 vmlinux carries no Authenticode signature\n")
+
+
+# --- signatures sbsign cannot make (testdata/make_signed.py signs without it) --------------------
+
+def _make_signed() -> Any:
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "testdata" / "make_signed.py"
+    spec = importlib.util.spec_from_file_location("make_signed", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ms = _make_signed()
+
+
+def _pem(tmp: Path, name: str, cert: Any) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    path = tmp / name
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+@pytest.mark.parametrize(("case", "by_sbverify", "by_kexec"), [
+    ("ecdsa", True, True),
+    ("no-attributes", True, True),
+    ("sha384", False, True),  # sbverify hashes images with SHA-256 only
+    ("intermediate-in-message", True, True),
+    ("no-key-identifiers", True, False),  # the kernel finds issuers by AKID only
+])
+def test_make_signed_cases(case: str, by_sbverify: bool, by_kexec: bool, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    need_tool("sbverify")
+    k = ms.test_keys()
+    plain = kgen.make_bzimage(pe=True)
+    root = k.ca_cert
+    if case == "ecdsa":
+        signed_pe = ms.sign_pe(plain, k.ec_key, k.ec_cert)
+    elif case == "no-attributes":
+        signed_pe = ms.sign_pe(plain, k.rsa_key, k.rsa_cert, attributes=False)
+    elif case == "sha384":
+        signed_pe = ms.sign_pe(plain, k.ec_key, k.ec_cert, digest="sha384")
+    elif case == "intermediate-in-message":
+        # root -> intermediate (carried in the message) -> signer; only the root is given
+        mid = ms.make_cert("intermediate", k.rsa_key, (k.ca_cert, k.ca_key), 10, ca=True)
+        leaf = ms.make_cert("leaf", k.ec_key, (mid, k.rsa_key), 11)
+        signed_pe = ms.sign_pe(plain, k.ec_key, leaf, extra_certs=(mid,))
+    else:
+        leaf = ms.make_cert("no ids", k.ec_key, (k.ca_cert, k.ca_key), 12, key_ids=False)
+        signed_pe = ms.sign_pe(plain, k.ec_key, leaf)
+    image = tmp_path / f"{case}.efi"
+    image.write_bytes(signed_pe)
+    ca = _pem(tmp_path, "ca.pem", root)
+    assert sbverify(ca, image) is by_sbverify
+    code, out, err = _run(["verify-signature", str(image), "--cert", str(ca)], capsys)
+    assert (code, err) == (0 if by_kexec else 1, "")
+    if by_kexec:
+        assert out.startswith(f"{image}: verified: chains to CN=make_signed CA ({ca}) ")
+    else:
+        assert out == (f"{image}: NOT VERIFIED: no certificate of the chain is among the given "
+                       "certificates, nor its issuer (signer CN=no ids)\n")

@@ -71,7 +71,7 @@ def _signer_check(data: AuthenticodeData, si: SignerInfo,
             return "messageDigest does not match the signed content"
         signed = si.signed_attrs
     else:
-        signed = hashlib.new(si.digest_algorithm, data.content).digest()
+        signed = data.content  # no authenticated attributes: the content itself is signed
     if si.signature_algorithm not in RSA_ALGOS + ECDSA_ALGOS:
         return f"signature algorithm {si.signature_algorithm} is not one the kernel takes"
     if cert is None:
@@ -133,8 +133,7 @@ def _trust(si: SignerInfo, chain: list[x509.Certificate], signed: bytes,
             return _Trust(None, False, f"the chain ends at the self-signed "
                           f"{x.subject.rfc4514_string()}, which is not among the given "
                           "certificates")
-        h = x.signature_hash_algorithm
-        below = (x.signature, x.tbs_certificate_bytes, h.name if h else "")
+        below = (x.signature, x.tbs_certificate_bytes, keys.signature_digest(x))
     if chain:
         by_name, key_id = keys.akid(chain[-1])
         t = _find(trusted, by_name, key_id)
@@ -183,8 +182,7 @@ def verify_buffer(buf: bytes | memoryview, trusted: tuple[TrustedCert, ...],
             chain, problem = _chain(data, cert)
         if problem is not None:
             return Verification(name, False, problem, None, None, signer_name, ok_digest, count)
-        signed = si.signed_attrs if si.signed_attrs is not None else \
-            hashlib.new(si.digest_algorithm, data.content).digest()
+        signed = si.signed_attrs if si.signed_attrs is not None else data.content
         found = _trust(si, chain, signed, trusted)
         if found.rejected:
             return Verification(name, False, found.reason, None, None, signer_name, ok_digest,

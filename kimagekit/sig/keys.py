@@ -5,6 +5,7 @@ directory of them, and the signature checks ``cryptography`` does for the kernel
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from kimagekit.errors import UsageError
@@ -55,15 +57,31 @@ def _read(path: Path) -> list[x509.Certificate]:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+        for c in certs:  # decoded lazily: fail here, not mid-verification
+            _ = (c.extensions, c.subject.rfc4514_string(), c.issuer.rfc4514_string())
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm):
         raise UsageError(f"{path}: not an X.509 certificate (PEM or DER)") from None
+    return certs
 
 
 def cert_id(c: x509.Certificate) -> tuple[bytes, int]:
-    """What the kernel keys a certificate by first: its issuer and serial number."""
-    return c.issuer.public_bytes(), c.serial_number
+    """What the kernel keys a certificate by first: its issuer and serial number (any
+    serial: the kernel does not hold RFC 5280's positive-serial rule against it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return c.issuer.public_bytes(), c.serial_number
+
+
+def signature_digest(c: x509.Certificate) -> str:
+    """The hash of the certificate's own signature ("" when cryptography does not know it)."""
+    try:
+        h = c.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return ""
+    return h.name if h is not None else ""
 
 
 def skid(c: x509.Certificate) -> bytes | None:
@@ -104,7 +122,7 @@ def verify(key_cert: x509.Certificate, signature: bytes, data: bytes, digest: st
             return None
     except InvalidSignature:
         return False
-    except UnsupportedAlgorithm:
+    except (UnsupportedAlgorithm, ValueError):
         return None
     return True
 
@@ -112,8 +130,8 @@ def verify(key_cert: x509.Certificate, signature: bytes, data: bytes, digest: st
 def verify_issued(child: x509.Certificate, issuer: x509.Certificate) -> bool | None:
     """The child's signature checked with the issuer's key (names are not compared: the kernel
     found the issuer by its identifiers)."""
-    hash_alg = child.signature_hash_algorithm
-    if hash_alg is None:
+    digest = signature_digest(child)
+    if not digest:
         return None
-    return verify(issuer, child.signature, child.tbs_certificate_bytes, hash_alg.name,
+    return verify(issuer, child.signature, child.tbs_certificate_bytes, digest,
                   rsa_pss=child.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS)

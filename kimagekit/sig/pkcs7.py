@@ -5,6 +5,7 @@ kernel's ``pkcs7_parser.c`` and ``mscode_parser.c`` keep: the signer infos, the 
 from __future__ import annotations
 
 import datetime
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from typing import Any, ClassVar
 
 from asn1crypto import algos, cms, core
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.utils import CryptographyDeprecationWarning
 
 from kimagekit.errors import ParseError, converted
 
@@ -57,11 +60,12 @@ class AuthenticodeData:
 
 @contextmanager
 def _asn1(field: str, offset: int) -> Iterator[None]:
-    """asn1crypto parses lazily and raises ValueError, TypeError or KeyError at any access."""
+    """asn1crypto parses lazily and raises ValueError, TypeError or KeyError at any access;
+    cryptography raises ValueError, InvalidVersion or UnsupportedAlgorithm on certificates."""
     try:
         with converted(FMT, field, offset):
             yield
-    except TypeError as exc:
+    except (TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         raise ParseError(str(exc) or "malformed DER", fmt=FMT, field=field,
                          offset=offset) from exc
 
@@ -112,11 +116,21 @@ def parse_authenticode(der: bytes, offset: int = 0) -> AuthenticodeData:
             signers.append(_signer(si, i, offset))
     if not signers:
         raise _err("no signer info", "SignedData.signerInfos", offset)
+    if len({si.signed_attrs is None for si in signers}) > 1:
+        # pkcs7_check_authattrs: all signers with authenticated attributes, or none
+        raise _err("authenticated attributes supplied inconsistently across signers",
+                   "SignedData.signerInfos", offset)
     certs = []
     with _asn1("SignedData.certificates", offset):
         for choice in signed["certificates"] or ():
             if choice.name == "certificate":
-                certs.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+                with warnings.catch_warnings():  # a non-positive serial: the kernel takes it
+                    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                    cert = x509.load_der_x509_certificate(choice.chosen.dump())
+                # cryptography decodes lazily: make a bad extension or name fail here
+                _ = (cert.extensions, cert.subject.rfc4514_string(),
+                     cert.issuer.rfc4514_string(), cert.tbs_certificate_bytes)
+                certs.append(cert)
     return AuthenticodeData(content, image_algo, image_digest, tuple(signers), tuple(certs))
 
 
