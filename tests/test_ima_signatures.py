@@ -184,3 +184,23 @@ def test_corpus_lists_name_their_keys(corpus: Path) -> None:
         ("ima-sig", "unknown key", "6e6c1046"): 1, ("ima-sig", "unknown key", "f1f2ba3c"): 1,
         ("ima-sigv2", "no signature", None): 1, ("evm-sig", "not checked", "78511c2a"): 1,
         ("ima-modsig", "not checked", None): 1})
+
+
+@pytest.mark.parametrize(("sig", "status", "reason"), [
+    (b"\x03\x02\x04", "invalid", "signature at offset {at:#x} is 3 bytes, shorter than its "
+                                 "9-byte header"),
+    (bytes.fromhex("0902040000000100001122"), "invalid",
+     "signature at offset {at:#x}: type 0x09 version 2 is not an IMA digital signature (type "
+     "0x03 or 0x06, version 2 or 3)"),
+    (bytes.fromhex("050204000000000100") + bytes(256), "not checked",
+     "an EVM portable signature (over the inode's xattrs and metadata), which kimagekit does "
+     "not check"),
+], ids=["short-header", "wrong-type", "evm-portable"])
+def test_malformed_signature_headers(tmp_path: Path, sig: bytes, status: str,
+                                     reason: str) -> None:
+    body = make_ima.entry(10, "ima-sig", [make_ima.d_ng("sha256", bytes(32)),
+                                          make_ima.n_ng("/x"), sig])
+    (tmp_path / "l.bin").write_bytes(body)
+    (got,) = ima_sig.check_file(tmp_path / "l.bin", [])
+    at = 4 + 20 + 4 + 7 + 4 + 4 + 40 + 4 + 3 + 4  # the sig field's data
+    assert (got.status.value, got.reason) == (status, reason.format(at=at))

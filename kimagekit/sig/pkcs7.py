@@ -65,9 +65,19 @@ def _asn1(field: str, offset: int) -> Iterator[None]:
     try:
         with converted(FMT, field, offset):
             yield
+    except ParseError as err:
+        cause = err.__cause__
+        if not isinstance(cause, ValueError | KeyError | IndexError):
+            raise
+        raise _err(_first_line(cause), field, offset) from cause
     except (TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
-        raise ParseError(str(exc) or "malformed DER", fmt=FMT, field=field,
-                         offset=offset) from exc
+        raise _err(_first_line(exc), field, offset) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """asn1crypto puts the problem first and its parse path ("while parsing ...") after."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else "malformed DER"
 
 
 def _err(msg: str, field: str, offset: int) -> ParseError:
