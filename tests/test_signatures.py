@@ -476,3 +476,27 @@ def test_inspect_text_lines(signed: Path, tmp_path: Path,
     assert code == 0
     assert ("    signature 0 at 0xf80: unreadable: pkcs7: ContentInfo at offset 0xf88: "
             "Insufficient data - 1 bytes requested but only 0 available") in out.splitlines()
+
+
+def test_a_key_given_as_certificate_is_a_usage_error(pki: Pki, signed: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(["verify-signature", str(signed), "--cert", str(pki.signer_key)],
+                          capsys)
+    assert (code, out, err) == (2, "", f"kimagekit: error: {pki.signer_key}: not an X.509 "
+                                "certificate (PEM or DER)\n")
+    code, out, err = _run(["verify-signature", str(signed), "--keyring", str(pki.ca)], capsys)
+    assert (code, out, err) == (2, "", f"kimagekit: error: --keyring {pki.ca}: not a "
+                                "directory\n")
+
+
+def test_build_debian_kernel_with_debian_ca_required(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vmlinuz = debian_artifact("amd64-vmlinuz")
+    ca = _debian_ca(tmp_path)
+    out = tmp_path / "deb.img"
+    code, stdout, err = _run(["build", "--arch", "x86_64", "--kernel", str(vmlinuz),
+                              "--purgatory-from", str(vmlinuz), "--no-ima-kexec", "-o",
+                              str(out), "--require-signature", str(ca), "--json"], capsys)
+    assert (code, err) == (0, "")
+    result = json.loads(stdout)["result"]
+    assert (result["output"], result["signature_warning"]) == (str(out), None)
