@@ -69,6 +69,10 @@ def hash_layout(data: bytes | memoryview) -> HashLayout:
         raise _err(f"NumberOfRvaAndSizes {ndirs} does not fit SizeOfHeaders",
                    "OptionalHeader.NumberOfRvaAndSizes", opt + fixed - 4)
     dirent = dirs + SECURITY_DIRENT
+    if dirent + pe.DATA_DIRECTORY_SIZE > header_size:
+        # the kernel digests around this entry whether or not NumberOfRvaAndSizes covers it
+        raise _err(f"SizeOfHeaders {header_size:#x} ends before the certificate table's data "
+                   f"directory entry at {dirent:#x}", "OptionalHeader.SizeOfHeaders", opt + 60)
     table: tuple[int, int] | None = None
     if ndirs > pe.IMAGE_DIRECTORY_ENTRY_SECURITY:
         at, length = struct.unpack_from("<II", data, dirent)
