@@ -172,7 +172,8 @@ def test_sigv3_signs_the_file_id(tmp_path: Path) -> None:
 
 def test_corpus_lists_name_their_keys(corpus: Path) -> None:
     """The Fedora 40 boot signs 21 files with one key; the ibmtss template sampler names two
-    ima-sig keys and one EVM key (whose portable signature kimagekit does not check)."""
+    ima-sig keys, one EVM key (whose portable signature kimagekit does not check) and a
+    modsig signer."""
     fedora = corpus / "ima/binary/ibmtss-31443b7-ima-sha1.log"
     got = Counter((s.status.value, s.key_id) for s in ima_sig.check_file(fedora, []))
     assert got == Counter({("no signature", None): 341, ("unknown key", "a3204a9e"): 21})
@@ -183,7 +184,13 @@ def test_corpus_lists_name_their_keys(corpus: Path) -> None:
         ("ima-sig", "no signature", None): 1, ("ima-modsig", "no signature", None): 1,
         ("ima-sig", "unknown key", "6e6c1046"): 1, ("ima-sig", "unknown key", "f1f2ba3c"): 1,
         ("ima-sigv2", "no signature", None): 1, ("evm-sig", "not checked", "78511c2a"): 1,
-        ("ima-modsig", "not checked", None): 1})
+        ("ima-modsig", "unknown key", None): 1})
+    (modsig,) = [s for s in ima_sig.check_file(sampler, [])
+                 if s.template_name == "ima-modsig" and s.status == Status.UNKNOWN_KEY]
+    assert (modsig.file_name, modsig.hash_algo, modsig.reason) == (
+        "/boot/vmlinuz-6.1.6-200.fc37.x86_64", "sha256",
+        "no given certificate is the modsig's signer (serial "
+        "250b78a054442c431874fd0a7339e6f67bd3ab83 issued by CN=Subject) or its issuer")
 
 
 @pytest.mark.parametrize(("sig", "status", "reason"), [
@@ -204,3 +211,63 @@ def test_malformed_signature_headers(tmp_path: Path, sig: bytes, status: str,
     (got,) = ima_sig.check_file(tmp_path / "l.bin", [])
     at = 4 + 20 + 4 + 7 + 4 + 4 + 40 + 4 + 3 + 4  # the sig field's data
     assert (got.status.value, got.reason) == (status, reason.format(at=at))
+
+
+# --- ima-modsig: an appended module-style PKCS#7, checked against openssl cms -verify -----------
+
+def _cms_sign(tmp: Path, key: Path, cert_der: Path, content: Path, *, attrs: bool) -> bytes:
+    pem = tmp / (cert_der.stem + ".pem")
+    pem.write_bytes(_load(cert_der).public_bytes(serialization.Encoding.PEM))
+    out = tmp / "modsig.p7s"
+    subprocess.run([need_tool("openssl"), "cms", "-sign", "-in", str(content), "-signer",
+                    str(pem), "-inkey", str(key), "-binary", "-nocerts", "-outform", "DER",
+                    "-out", str(out), "-md", "sha256", *([] if attrs else ["-noattr"])],
+                   check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def _cms_verify(tmp: Path, der: bytes, cert_der: Path, content: Path) -> bool:
+    pem = tmp / (cert_der.stem + ".pem")
+    pem.write_bytes(_load(cert_der).public_bytes(serialization.Encoding.PEM))
+    sig = tmp / "check.p7s"
+    sig.write_bytes(der)
+    done = subprocess.run([need_tool("openssl"), "cms", "-verify", "-binary", "-inform", "DER",
+                           "-in", str(sig), "-content", str(content), "-certfile", str(pem),
+                           "-CAfile", str(pem), "-purpose", "any", "-out", "/dev/null"],
+                          capture_output=True, check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize(("case", "by_openssl", "status"), [
+    ("good", True, "valid"),
+    ("other-cert", False, "unknown key"),
+    ("other-content", False, "invalid"),
+    ("with-attributes", True, "invalid"),  # openssl takes them; a module signature may not
+])
+def test_modsig_agrees_with_openssl_cms(case: str, by_openssl: bool, status: str,
+                                        tmp_path: Path) -> None:
+    key, der, _ = _key(tmp_path, "mod")
+    _, other, _ = _key(tmp_path, "other")
+    module = tmp_path / "mod.ko"
+    module.write_bytes(b"module body\n")
+    modsig = _cms_sign(tmp_path, key, der, module, attrs=case == "with-attributes")
+    content = module
+    if case == "other-content":
+        content = tmp_path / "other.ko"
+        content.write_bytes(b"another body\n")
+    cert = other if case == "other-cert" else der
+    assert _cms_verify(tmp_path, modsig, cert, content) is by_openssl
+    d_modsig = make_ima.d_ng("sha256", hashlib.sha256(content.read_bytes()).digest())
+    body = make_ima.entry(10, "ima-modsig", [make_ima.d_ng("sha256", bytes(32)),
+                                             make_ima.n_ng("/mod.ko"), b"", d_modsig, modsig])
+    (tmp_path / "l.bin").write_bytes(body)
+    (got,) = ima_sig.check_file(tmp_path / "l.bin", [cert])
+    reason = {"valid": None,
+              "unknown key": "no given certificate is the modsig's signer (serial 7 issued by "
+                             "CN=ima mod) or its issuer",
+              "invalid": (f"CN=ima mod ({cert}) matches the chain but its key does not verify "
+                          "it" if case == "other-content" else
+                          "a module signature with authenticated attributes (the kernel "
+                          "refuses it)")}[status]
+    assert (got.status.value, got.reason, got.key) == (
+        status, reason, str(cert) if status == "valid" else None)

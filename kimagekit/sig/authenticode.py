@@ -54,8 +54,9 @@ class Verification:
     signatures: int  # entries in the certificate table
 
 
-def _signer_cert(data: AuthenticodeData, si: SignerInfo) -> x509.Certificate | None:
-    for c in data.certificates:
+def signer_cert(certs: tuple[x509.Certificate, ...], si: SignerInfo) -> x509.Certificate | None:
+    """The message's certificate the signer info names (``pkcs7_find_key``)."""
+    for c in certs:
         if si.issuer_der is not None and keys.cert_id(c) == (si.issuer_der, si.serial):
             return c
         if si.sid_key_id is not None and keys.skid(c) == si.sid_key_id:
@@ -82,8 +83,8 @@ def _signer_check(data: AuthenticodeData, si: SignerInfo,
     return None if ok else "the signature does not verify with the signer's certificate"
 
 
-def _chain(data: AuthenticodeData, cert: x509.Certificate) -> tuple[list[x509.Certificate],
-                                                                     str | None]:
+def chain_in_message(certs: tuple[x509.Certificate, ...],
+                     cert: x509.Certificate) -> tuple[list[x509.Certificate], str | None]:
     """``pkcs7_verify_sig_chain``: issuers found in the message by the AuthorityKeyIdentifier,
     each link's signature checked; stops at a self-signed cert or one naming no issuer."""
     chain = [cert]
@@ -92,7 +93,7 @@ def _chain(data: AuthenticodeData, cert: x509.Certificate) -> tuple[list[x509.Ce
         if x.issuer == x.subject and keys.verify_issued(x, x):
             return chain, None
         by_name, key_id = keys.akid(x)
-        parent = next((p for p in data.certificates
+        parent = next((p for p in certs
                        if (by_name is not None and keys.cert_id(p) == by_name)
                        or (key_id is not None and keys.skid(p) == key_id)), None)
         if parent is None or parent in chain:
@@ -113,27 +114,28 @@ def _find(trusted: tuple[TrustedCert, ...], by_id: tuple[bytes, int] | None,
 
 
 @dataclass(frozen=True)
-class _Trust:
+class Trust:
     key: TrustedCert | None  # the given certificate that verified the chain
     rejected: bool  # a given certificate matched but its key refused: -EKEYREJECTED
     reason: str
 
 
-def _trust(si: SignerInfo, chain: list[x509.Certificate], signed: bytes,
-           trusted: tuple[TrustedCert, ...]) -> _Trust:
+def trust(si: SignerInfo, chain: list[x509.Certificate], signed: bytes,
+          trusted: tuple[TrustedCert, ...], prehashed: bool = False) -> Trust:
     """``pkcs7_validate_trust_one``: the first certificate of the chain that is in the keyring
     (by issuer+serial or key id) must verify the signature below it; else the key that signed
-    the chain's last certificate; else a key matching the signer info directly."""
-    below = (si.signature, signed, si.digest_algorithm)
+    the chain's last certificate; else a key matching the signer info directly. ``signed``
+    is what the signer info signs (its digest when ``prehashed``)."""
+    below = (si.signature, signed, si.digest_algorithm, prehashed)
     for x in chain:
         t = _find(trusted, keys.cert_id(x), keys.skid(x))
         if t is not None:
             return _matched(t, below)
         if x.issuer == x.subject and keys.verify_issued(x, x):
-            return _Trust(None, False, f"the chain ends at the self-signed "
+            return Trust(None, False, f"the chain ends at the self-signed "
                           f"{x.subject.rfc4514_string()}, which is not among the given "
                           "certificates")
-        below = (x.signature, x.tbs_certificate_bytes, keys.signature_digest(x))
+        below = (x.signature, x.tbs_certificate_bytes, keys.signature_digest(x), False)
     if chain:
         by_name, key_id = keys.akid(chain[-1])
         t = _find(trusted, by_name, key_id)
@@ -142,16 +144,16 @@ def _trust(si: SignerInfo, chain: list[x509.Certificate], signed: bytes,
     if si.issuer_der is not None and si.serial is not None:
         t = _find(trusted, (si.issuer_der, si.serial), None)
         if t is not None:
-            return _matched(t, (si.signature, signed, si.digest_algorithm))
-    return _Trust(None, False, "no certificate of the chain is among the given certificates, "
+            return _matched(t, (si.signature, signed, si.digest_algorithm, prehashed))
+    return Trust(None, False, "no certificate of the chain is among the given certificates, "
                   "nor its issuer")
 
 
-def _matched(t: TrustedCert, below: tuple[bytes, bytes, str]) -> _Trust:
-    sig, data, digest = below
-    if keys.verify(t.cert, sig, data, digest):
-        return _Trust(t, False, f"chains to {t.subject} ({t.path})")
-    return _Trust(None, True, f"{t.subject} ({t.path}) matches the chain but its key does not "
+def _matched(t: TrustedCert, below: tuple[bytes, bytes, str, bool]) -> Trust:
+    sig, data, digest, prehashed = below
+    if keys.verify(t.cert, sig, data, digest, prehashed=prehashed):
+        return Trust(t, False, f"chains to {t.subject} ({t.path})")
+    return Trust(None, True, f"{t.subject} ({t.path}) matches the chain but its key does not "
                   "verify it")
 
 
@@ -173,17 +175,17 @@ def verify_buffer(buf: bytes | memoryview, trusted: tuple[TrustedCert, ...],
     trusted_by: TrustedCert | None = None
     reason = ""
     for si in data.signers:
-        cert = _signer_cert(data, si)
+        cert = signer_cert(data.certificates, si)
         if cert is not None and signer_name is None:
             signer_name = cert.subject.rfc4514_string()
         problem = _signer_check(data, si, cert)
         chain: list[x509.Certificate] = []
         if problem is None and cert is not None:
-            chain, problem = _chain(data, cert)
+            chain, problem = chain_in_message(data.certificates, cert)
         if problem is not None:
             return Verification(name, False, problem, None, None, signer_name, ok_digest, count)
         signed = si.signed_attrs if si.signed_attrs is not None else data.content
-        found = _trust(si, chain, signed, trusted)
+        found = trust(si, chain, signed, trusted)
         if found.rejected:
             return Verification(name, False, found.reason, None, None, signer_name, ok_digest,
                                 count)
@@ -242,7 +244,7 @@ def _summary(buf: bytes | memoryview, layout: HashLayout, i: int, at: int,
         return SignatureSummary(i, at, i == 0, None, None, None, None, None, None, None, None,
                                 str(err))
     si = data.signers[0]
-    cert = _signer_cert(data, si)
+    cert = signer_cert(data.certificates, si)
     ok = image_digest(buf, layout, data.image_digest_algorithm) == data.image_digest
     return SignatureSummary(
         i, at, i == 0, cert.subject.rfc4514_string() if cert else None,

@@ -23,9 +23,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from kimagekit import ima_log
-from kimagekit.errors import input_named
+from kimagekit.errors import KimageError, input_named
 from kimagekit.ima_log import ImaEntry
+from kimagekit.sig import keys
+from kimagekit.sig.authenticode import chain_in_message, signer_cert, trust
 from kimagekit.sig.keys import HASHES, TrustedCert, load_certs
+from kimagekit.sig.pkcs7 import parse_detached
 
 Pathish = str | os.PathLike[str]
 EVM_IMA_XATTR_DIGSIG, EVM_XATTR_PORTABLE_DIGSIG, IMA_VERITY_DIGSIG = 0x03, 0x05, 0x06
@@ -40,7 +43,7 @@ class Status(enum.Enum):
     INVALID = "invalid"
     UNKNOWN_KEY = "unknown key"
     NO_SIGNATURE = "no signature"
-    NOT_CHECKED = "not checked"  # a signature kimagekit does not verify (EVM, appended modsig)
+    NOT_CHECKED = "not checked"  # a signature kimagekit does not verify (EVM portable)
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,10 @@ def _fields(e: ImaEntry) -> dict[str, tuple[bytes, int]]:
     return out
 
 
-def check_entry(e: ImaEntry, keys: dict[int, TrustedCert]) -> EntrySignature | None:
-    """The entry's signature checked; None for a template that carries none (or a violation)."""
+def check_entry(e: ImaEntry, keys: dict[int, TrustedCert],
+                certs: tuple[TrustedCert, ...] = ()) -> EntrySignature | None:
+    """The entry's signature checked; None for a template that carries none (or a violation).
+    ``keys`` by evmctl key id (for ``sig``), ``certs`` as given (for an appended ``modsig``)."""
     if e.template_name not in SIGNED_TEMPLATES or e.is_violation:
         return None
     fields = _fields(e)
@@ -99,9 +104,11 @@ def check_entry(e: ImaEntry, keys: dict[int, TrustedCert]) -> EntrySignature | N
     sig_id = "evmsig" if e.template_name == "evm-sig" else "sig"
     sig, sig_at = fields.get(sig_id, (b"", e.offset))
     if not sig:
-        if e.template_name == "ima-modsig" and fields.get("modsig", (b"",))[0]:
-            return result(Status.NOT_CHECKED, "only an appended (modsig) PKCS#7 signature, "
-                          "which kimagekit does not check")
+        modsig, modsig_at = fields.get("modsig", (b"", e.offset))
+        if e.template_name == "ima-modsig" and modsig:
+            status, reason, key = _check_modsig(modsig, modsig_at, e, certs)
+            algo = next((f.algo for f in e.fields if f.id == "d-modsig"), None)
+            return result(status, reason, key=key, algo=algo)
         return result(Status.NO_SIGNATURE)
     if len(sig) < SIG_HEADER.size:
         return result(Status.INVALID, f"signature at offset {sig_at:#x} is {len(sig)} bytes, "
@@ -140,6 +147,50 @@ def check_entry(e: ImaEntry, keys: dict[int, TrustedCert]) -> EntrySignature | N
                   trusted.path, algo, version)
 
 
+def _check_modsig(modsig: bytes, at: int, e: ImaEntry,
+                  certs: tuple[TrustedCert, ...]) -> tuple[Status, str | None, str | None]:
+    """An appended module-style signature as ``ima_modsig_verify`` checks it against the IMA
+    keyring: a detached PKCS#7 of ``data`` without authenticated attributes, whose signer
+    signs the digest the ``d-modsig`` field records (the file without the signature)."""
+    digest_field = next((f for f in e.fields if f.id == "d-modsig"), None)
+    try:
+        msg = parse_detached(modsig, at)
+    except KimageError as err:
+        return Status.INVALID, str(err), None
+    if any(si.signed_attrs is not None for si in msg.signers):
+        return Status.INVALID, "a module signature with authenticated attributes (the kernel " \
+            "refuses it)", None
+    if digest_field is None or digest_field.digest is None:
+        return Status.INVALID, "the entry records no d-modsig digest", None
+    trusted_by = None
+    for si in msg.signers:
+        if si.digest_algorithm != digest_field.algo:
+            return Status.INVALID, (f"the signer uses {si.digest_algorithm}, d-modsig holds "
+                                    f"{digest_field.algo}"), None
+        cert = signer_cert(msg.certificates, si)
+        chain: list[x509.Certificate] = []
+        if cert is not None:
+            if keys.verify(cert, si.signature, digest_field.digest, si.digest_algorithm,
+                           prehashed=True) is not True:
+                return Status.INVALID, "the signature does not verify with the signer's " \
+                    "certificate", None
+            chain, problem = chain_in_message(msg.certificates, cert)
+            if problem is not None:
+                return Status.INVALID, problem, None
+        found = trust(si, chain, digest_field.digest, certs, prehashed=True)
+        if found.rejected:
+            return Status.INVALID, found.reason, None
+        if found.key is not None and trusted_by is None:
+            trusted_by = found.key
+    if trusted_by is None:
+        si = msg.signers[0]
+        who = (f"serial {si.serial:x} issued by {si.issuer}" if si.issuer is not None
+               else f"key id {(si.sid_key_id or b'').hex()}")
+        return Status.UNKNOWN_KEY, f"no given certificate is the modsig's signer ({who}) or " \
+            "its issuer", None
+    return Status.VALID, None, trusted_by.path
+
+
 def _verify(cert: x509.Certificate, signature: bytes, digest: bytes, algo: str) -> bool:
     try:
         key = cert.public_key()
@@ -159,7 +210,7 @@ def check_signatures(entries: Iterable[ImaEntry],
                      certs: tuple[TrustedCert, ...]) -> Iterator[EntrySignature]:
     keys = keyring(certs)
     for e in entries:
-        found = check_entry(e, keys)
+        found = check_entry(e, keys, certs)
         if found is not None:
             yield found
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import SignatureAlgorithmOID
 
@@ -107,17 +107,21 @@ def akid(c: x509.Certificate) -> tuple[tuple[bytes, int] | None, bytes | None]:
 
 
 def verify(key_cert: x509.Certificate, signature: bytes, data: bytes, digest: str,
-           rsa_pss: bool = False) -> bool | None:
-    """Whether ``signature`` over ``data`` verifies with the certificate's key; None when the
-    kernel could not check it (an algorithm it lacks)."""
+           rsa_pss: bool = False, prehashed: bool = False) -> bool | None:
+    """Whether ``signature`` over ``data`` (or, ``prehashed``, over the data whose ``digest``
+    ``data`` is) verifies with the certificate's key; None when the kernel could not check it
+    (an algorithm it lacks)."""
     if rsa_pss or digest not in HASHES:
         return None
+    algo: hashes.HashAlgorithm | utils.Prehashed = HASHES[digest]()
+    if prehashed:
+        algo = utils.Prehashed(HASHES[digest]())
     try:
         key = key_cert.public_key()
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, data, padding.PKCS1v15(), HASHES[digest]())
+            key.verify(signature, data, padding.PKCS1v15(), algo)
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, data, ec.ECDSA(HASHES[digest]()))
+            key.verify(signature, data, ec.ECDSA(algo))
         else:
             return None
     except InvalidSignature:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from asn1crypto import algos, cms, core
+from asn1crypto import x509 as x509_asn1
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
@@ -20,6 +21,7 @@ from kimagekit.errors import ParseError, converted
 
 FMT = "pkcs7"
 SIGNED_DATA = "1.2.840.113549.1.7.2"
+DATA = "1.2.840.113549.1.7.1"
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"
 # The digests the kernel's PKCS#7 parser knows (sm3 and streebog aside), as hashlib names.
@@ -120,6 +122,11 @@ def parse_authenticode(der: bytes, offset: int = 0) -> AuthenticodeData:
         raise _err(f"indirect data type {spc_type} is not SpcPeImageData "
                    f"({SPC_PE_IMAGE_DATA})", "SpcIndirectDataContent.data.type", offset)
     image_algo = _digest(algo, "SpcIndirectDataContent.messageDigest.digestAlgorithm", offset)
+    return AuthenticodeData(content, image_algo, image_digest, _signers(signed, offset),
+                            _certificates(signed, offset))
+
+
+def _signers(signed: cms.SignedData, offset: int) -> tuple[SignerInfo, ...]:
     signers = []
     with _asn1("SignedData.signerInfos", offset):
         for i, si in enumerate(signed["signer_infos"]):
@@ -130,6 +137,10 @@ def parse_authenticode(der: bytes, offset: int = 0) -> AuthenticodeData:
         # pkcs7_check_authattrs: all signers with authenticated attributes, or none
         raise _err("authenticated attributes supplied inconsistently across signers",
                    "SignedData.signerInfos", offset)
+    return tuple(signers)
+
+
+def _certificates(signed: cms.SignedData, offset: int) -> tuple[x509.Certificate, ...]:
     certs = []
     with _asn1("SignedData.certificates", offset):
         for choice in signed["certificates"] or ():
@@ -141,7 +152,30 @@ def parse_authenticode(der: bytes, offset: int = 0) -> AuthenticodeData:
                 _ = (cert.extensions, cert.subject.rfc4514_string(),
                      cert.issuer.rfc4514_string(), cert.tbs_certificate_bytes)
                 certs.append(cert)
-    return AuthenticodeData(content, image_algo, image_digest, tuple(signers), tuple(certs))
+    return tuple(certs)
+
+
+_SHORT = {"common_name": "CN", "organization_name": "O", "organizational_unit_name": "OU",
+          "country_name": "C", "state_or_province_name": "ST", "locality_name": "L",
+          "street_address": "STREET", "domain_component": "DC", "user_id": "UID"}
+
+
+def _rfc4514(name: x509_asn1.Name) -> str:
+    """A Name as RFC 4514 writes it (as cryptography's ``rfc4514_string`` does for
+    certificates): last RDN first, values escaped."""
+    rdns = []
+    for rdn in name.chosen:
+        parts = []
+        for atv in rdn:
+            kind = atv["type"].native
+            key = _SHORT.get(kind, atv["type"].dotted)
+            value = atv["value"].native
+            text = value if isinstance(value, str) else "#" + atv["value"].dump().hex()
+            for ch in '\\,+"<>;':
+                text = text.replace(ch, "\\" + ch)
+            parts.append(f"{key}={text}")
+        rdns.append("+".join(parts))
+    return ",".join(reversed(rdns))
 
 
 def _signer(si: cms.SignerInfo, index: int, offset: int) -> SignerInfo:
@@ -150,7 +184,7 @@ def _signer(si: cms.SignerInfo, index: int, offset: int) -> SignerInfo:
     issuer_der = issuer = serial = key_id = None
     if sid.name == "issuer_and_serial_number":
         issuer_der = bytes(sid.chosen["issuer"].dump())
-        issuer = str(sid.chosen["issuer"].human_friendly)
+        issuer = _rfc4514(sid.chosen["issuer"])
         serial = int(sid.chosen["serial_number"].native)
     else:
         key_id = bytes(sid.chosen.native)
@@ -170,3 +204,29 @@ def _signer(si: cms.SignerInfo, index: int, offset: int) -> SignerInfo:
     return SignerInfo(issuer_der, issuer, serial, key_id, digest,
                       str(si["signature_algorithm"]["algorithm"].native),
                       bytes(si["signature"].native), signed_attrs, message_digest, signing_time)
+
+
+@dataclass(frozen=True)
+class DetachedData:
+    """A detached PKCS#7 over plain data (a module-style appended signature)."""
+
+    signers: tuple[SignerInfo, ...]
+    certificates: tuple[x509.Certificate, ...]
+
+
+def parse_detached(der: bytes, offset: int = 0) -> DetachedData:
+    """``pkcs7_parse_message`` for a module signature: signedData of ``data`` with no content
+    (the signed bytes are supplied separately)."""
+    with _asn1("ContentInfo", offset):
+        info = cms.ContentInfo.load(der, strict=True)
+        kind = info["content_type"].dotted
+    if kind != SIGNED_DATA:
+        raise _err(f"content type {kind} is not signedData ({SIGNED_DATA})",
+                   "ContentInfo.contentType", offset)
+    with _asn1("SignedData.encapContentInfo", offset):
+        signed = info["content"]
+        data_type = signed["encap_content_info"]["content_type"].dotted
+    if data_type != DATA:
+        raise _err(f"signed content type {data_type} is not data ({DATA})",
+                   "SignedData.encapContentInfo.contentType", offset)
+    return DetachedData(_signers(signed, offset), _certificates(signed, offset))
