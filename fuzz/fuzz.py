@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Random-mutation fuzzer for every kimagekit parser.
 
-    python fuzz/fuzz.py --target ima --runs 1000000   # targets: ima, dtb, image, purgatory, kernel
+    python fuzz/fuzz.py --target ima --runs 1000000   # targets: ima, dtb, image, purgatory, kernel,
+                                                      # signature
 
 Each target has seeds (synthetic files from testdata/ and its generators, plus small corpus files
 when present) and an ``exercise`` function that parses, walks and rebuilds. An input is a seed with
@@ -177,8 +178,49 @@ def exercise_kernel(data: bytes) -> None:
             pe_file.parse_pe(data)
 
 
+def seeds_signature() -> list[bytes]:
+    """PE kernels signed by testdata/make_signed.py: RSA with and without authenticated
+    attributes, ECDSA with the issuer carried in the message; and the corpus's IMA list with
+    every signed template, when present."""
+    sys.path.insert(0, str(ROOT / "testdata"))
+    import make_kernels
+    import make_signed
+
+    keys = make_signed.test_keys()
+    plain = make_kernels.make_bzimage(pe=True)
+    # and IMA lists with ima-sig, ima-sigv2, ima-modsig and evm-sig entries
+    return [*_files("", corpus="ima/binary/ibmtss-0ab80cc-imatest.log"),
+            make_signed.sign_pe(plain, keys.rsa_key, keys.rsa_cert),
+            make_signed.sign_pe(plain, keys.rsa_key, keys.rsa_cert, attributes=False),
+            make_signed.sign_pe(make_kernels.make_zboot(pe=True), keys.ec_key, keys.ec_cert,
+                                extra_certs=(keys.ca_cert,))]
+
+
+def exercise_signature(data: bytes) -> None:
+    from kimagekit.sig.authenticode import summaries, verify_buffer
+
+    sys.path.insert(0, str(ROOT / "testdata"))
+    import make_signed
+
+    from kimagekit.sig.keys import TrustedCert
+
+    keys = make_signed.test_keys()
+    trusted = (TrustedCert("ca", keys.ca_cert), TrustedCert("rsa", keys.rsa_cert))
+    if not data.startswith(b"MZ"):
+        from kimagekit.sig.ima_sig import check_signatures
+
+        with contextlib.suppress(KimageError):
+            fmt = ima_log.detect_or_raise(data)
+            list(check_signatures(ima_log.iter_entries(data, fmt), trusted))
+        return
+    summaries(data)  # never raises: a bad entry carries its error
+    with contextlib.suppress(KimageError):
+        verify_buffer(data, trusted)
+
+
 TARGETS: dict[str, tuple[Callable[[], list[bytes]], Callable[[bytes], None]]] = {
     "kernel": (seeds_kernel, exercise_kernel),
+    "signature": (seeds_signature, exercise_signature),
     "ima": (seeds_ima, exercise_ima),
     "dtb": (seeds_dtb, exercise_dtb),
     "purgatory": (seeds_purgatory, exercise_purgatory),

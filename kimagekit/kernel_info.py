@@ -16,6 +16,7 @@ from kimagekit import vmlinux as vm
 from kimagekit.errors import KimageError, input_named
 from kimagekit.fileio import atomic_write, map_file, mapped
 from kimagekit.pe_file import PeInfo
+from kimagekit.sig.authenticode import SignatureSummary, summaries
 
 Pathish = str | os.PathLike[str]
 
@@ -28,6 +29,7 @@ class PeSummary:
     signed: bool
     certificate_table: tuple[int, int] | None
     certificates: int
+    signatures: tuple[SignatureSummary, ...] = ()  # each PKCS#7 entry; needs the file's bytes
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,13 @@ class ZbootSummary:
     signed: bool
 
 
-def pe_summary(p: PeInfo | None) -> PeSummary | None:
+def pe_summary(p: PeInfo | None, data: bytes | memoryview | None = None) -> PeSummary | None:
+    """``data``: the PE file itself, to describe its signatures (the whole file is hashed)."""
     if p is None:
         return None
+    sigs = summaries(data) if data is not None and p.signed else ()
     return PeSummary(p.machine, p.optional_magic, p.sections, p.signed, p.certificate_table,
-                     len(p.certificates))
+                     len(p.certificates), sigs)
 
 
 def vmlinux_summary(k: vm.ElfKernel) -> VmlinuxSummary:
@@ -122,10 +126,11 @@ def vmlinux_summary(k: vm.ElfKernel) -> VmlinuxSummary:
                           k.relocatable, k.build_id, k.banner, loads, k.symbol_count, k.size)
 
 
-def arm64_summary(a: kernels.Arm64Image) -> Arm64Summary:
+def arm64_summary(a: kernels.Arm64Image,
+                  data: bytes | memoryview | None = None) -> Arm64Summary:
     return Arm64Summary(a.size, a.text_offset, a.image_size, a.flags,
                         "big" if a.big_endian else "little", a.page_size, a.phys_anywhere,
-                        pe_summary(a.pe), a.banner)
+                        pe_summary(a.pe, data), a.banner)
 
 
 def describe_bzimage(path: Pathish) -> BzImageSummary:
@@ -137,13 +142,14 @@ def describe_bzimage(path: Pathish) -> BzImageSummary:
             kernels.probe_bzimage64(view, img)
         except KimageError as err:
             reason = str(err)
+        pe = pe_summary(img.pe, view)
     p = img.payload
     payload = None if p is None else PayloadSummary(
         p.offset, p.length, p.compression, p.claimed_size, p.decompressed_size,
         None if p.vmlinux is None else vmlinux_summary(p.vmlinux))
     return BzImageSummary(img.size, img.header.protocol, img.header.version, img.version_string,
                           img.setup_sects, img.kernel_offset,
-                          {f.name: f.value for f in img.header.fields}, pe_summary(img.pe),
+                          {f.name: f.value for f in img.header.fields}, pe,
                           img.pe is not None and img.pe.signed, payload, reason is None, reason)
 
 
@@ -154,15 +160,16 @@ def describe_vmlinux(path: Pathish) -> VmlinuxSummary:
 
 def describe_arm64(path: Pathish) -> Arm64Summary:
     with mapped(path) as view:
-        return arm64_summary(kernels.read_arm64_image(view))
+        return arm64_summary(kernels.read_arm64_image(view), view)
 
 
 def describe_zboot(path: Pathish) -> ZbootSummary:
     with mapped(path) as view:
         z = kernels.read_zboot(view, decompress=True)
+        pe = pe_summary(z.pe, view)
     return ZbootSummary(z.size, z.comp_type, z.payload_offset, z.payload_size, z.compression,
                         z.decompressed_size, None if z.image is None else arm64_summary(z.image),
-                        pe_summary(z.pe), z.pe is not None and z.pe.signed)
+                        pe, z.pe is not None and z.pe.signed)
 
 
 def is_vmlinux(head: bytes) -> bool:

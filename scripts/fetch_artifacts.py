@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Download and unpack the real Debian kernels the tests and benchmarks use (never committed).
+"""Download and unpack the real Debian kernels (and the shim holding Debian's Secure Boot CA) the
+tests and benchmarks use (never committed).
 
     python scripts/fetch_artifacts.py            # all, into $KIMAGEKIT_CACHE or ~/.cache/kimagekit
 
@@ -25,6 +26,9 @@ PACKAGES = {
     "amd64-vmlinuz": (f"linux-image-{VERSION}-amd64", None, f"boot/vmlinuz-{VERSION}-amd64"),
     "ppc64le-vmlinux": (f"linux-image-{VERSION}-powerpc64le", "ppc64el",
                         f"boot/vmlinux-{VERSION}-powerpc64le"),
+    # Debian's shim embeds the Debian Secure Boot CA (its .vendor_cert section) that signs the
+    # kernels' signing certificate
+    "amd64-shim": ("shim-signed", None, "usr/lib/shim/shimx64.efi.signed"),
 }
 
 

@@ -157,14 +157,14 @@ def make_bzimage(payload: bytes | None = None, *, compression: str = "gzip",
     return bytes(out)
 
 
-def _wrap_pe(out: bytearray, signed: bool) -> None:
+def _wrap_pe(out: bytearray, signed: bool, machine: int = 0x8664) -> None:
     """MZ + PE32+ headers at 0x40 (inside the boot sector, as the EFI stub has them), one
     section; with ``signed`` a certificate table (a filler PKCS#7 blob) appended."""
     out[0:2] = b"MZ"
     struct.pack_into("<I", out, 0x3C, 0x40)
     out[0x40:0x44] = b"PE\0\0"
     opt_size = 112 + 16 * 8
-    struct.pack_into("<HHIIIHH", out, 0x44, 0x8664, 1, 0, 0, 0, opt_size, 0x206)
+    struct.pack_into("<HHIIIHH", out, 0x44, machine, 1, 0, 0, 0, opt_size, 0x206)
     opt = 0x58
     struct.pack_into("<HBBIIIII", out, opt, 0x20B, 2, 20, len(out), 0, 0, 0x1000, 0x200)
     struct.pack_into("<Q", out, opt + 24, 0)
@@ -185,15 +185,21 @@ def _wrap_pe(out: bytearray, signed: bool) -> None:
         struct.pack_into("<II", out, opt + 112 + 4 * 8, cert_at, len(cert))
 
 
-def make_arm64_image(*, flags: int = 0b1010, size: int = 0x2000) -> bytes:
+def make_arm64_image(*, flags: int = 0b1010, size: int = 0x2000, pe: bool = False) -> bytes:
+    """An arm64 Image; with ``pe`` the EFI stub's MZ/PE32+ headers (the banner then moves past
+    them)."""
     img = bytearray(size)
     struct.pack_into("<IIQQQ", img, 0, 0x14000000, 0, 0x80000, size, flags)
     img[0x38:0x3C] = b"ARM\x64"
-    img[0x100:0x100 + len(BANNER) + 1] = BANNER + b"\0"
+    at = 0x400 if pe else 0x100
+    img[at:at + len(BANNER) + 1] = BANNER + b"\0"
+    if pe:
+        _wrap_pe(img, False, machine=0xAA64)
     return bytes(img)
 
 
-def make_zboot(inner: bytes | None = None, compression: str = "gzip") -> bytes:
+def make_zboot(inner: bytes | None = None, compression: str = "gzip", pe: bool = False) -> bytes:
+    """An EFI zboot image; with ``pe`` its outer PE32+ headers (as the zboot stub has them)."""
     payload = compress(inner if inner is not None else make_arm64_image(), compression)[:-4]
     head = bytearray(0x200)
     head[0:4] = b"MZ\0\0"
@@ -202,7 +208,10 @@ def make_zboot(inner: bytes | None = None, compression: str = "gzip") -> bytes:
     name = {"zstd": b"zstd22"}.get(compression, compression.encode())
     head[24:24 + len(name)] = name
     struct.pack_into("<II", head, 0x38, 0x818223CD, 0)
-    return bytes(head) + payload
+    out = bytearray(head + payload)
+    if pe:
+        _wrap_pe(out, False, machine=0xAA64)
+    return bytes(out)
 
 
 # --- corrupt kernels -----------------------------------------------------------------------------

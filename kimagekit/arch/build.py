@@ -28,6 +28,7 @@ from kimagekit.image import (
 from kimagekit.purgatory import FMT as PURGATORY_FMT
 from kimagekit.purgatory import DigestPolicy, PurgatoryObject, check_target, parse_purgatory
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
+from kimagekit.sig.kexec_sig import check_kernel_signature
 
 Pathish = str | os.PathLike[str]
 PPC_ARCHES = ("ppc64le", "ppc64")
@@ -51,6 +52,7 @@ class BuildInputs:
     handover_size: int | None = None
     policy: DigestPolicy = DigestPolicy.SEED
     force: bool = False
+    require_signature: Pathish | None = None  # x86-64: KEXEC_SIG_FORCE against these certs
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class X86BuildResult:
     boot_params: int
     digest: str
     handover_entries: int | None
+    signature_warning: str | None = None  # unsigned or digest mismatch, without --require
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     why = check_page_size(page_size)
     if why is not None:
         raise UsageError(f"page size {why}", fmt=ppc64.FMT, field="page_size")
+    if inputs.require_signature is not None:
+        raise UsageError("--require-signature checks PE kernels (x86_64): a ppc64 vmlinux "
+                         "carries no Authenticode signature")
     ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size)
     with input_named(dtb):
         tree = load_tree(dtb)
@@ -123,6 +129,7 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     if inputs.handover is not None:
         raise UsageError("x86-64 hands over an IMA list only", fmt=x86_64.FMT, field="handover")
     check_output(inputs.output, (*_inputs(inputs), purgatory_from), stdout=False)
+    sig_warning = check_kernel_signature(inputs.kernel, inputs.require_signature)
     # The destination limit (MAXMEM - 1, set by the paging mode at run time) is not modelled.
     target = Target("x86_64", X86_PAGE_SIZE, ram).with_hole_search(hole_search)
     if (inputs.purgatory is None) == (purgatory_from is None):
@@ -151,8 +158,8 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     k, bp = info.segment(Role.KERNEL), info.segment(Role.BOOT_PARAMS)
     assert k is not None and bp is not None
     return Built(X86BuildResult(str(inputs.output), "x86_64", inputs.policy.value, info.entry,
-                                k.mem + bz.KERNEL_ENTRY64_OFFSET, bp.mem, digest, entries),
-                 info, warnings)
+                                k.mem + bz.KERNEL_ENTRY64_OFFSET, bp.mem, digest, entries,
+                                sig_warning), info, warnings)
 
 
 def _inputs(i: BuildInputs) -> tuple[Pathish | None, ...]:

@@ -16,6 +16,7 @@ from kimagekit.cli import ima as ima_cli
 from kimagekit.cli import image as image_cli
 from kimagekit.cli import inspect as inspect_cli
 from kimagekit.cli import kernel as kernel_cli
+from kimagekit.cli import signature as signature_cli
 from kimagekit.errors import KimageError, escape
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ dtb_cli.register(app)
 image_cli.register(app)
 build_cli.register(app)
 kernel_cli.register(app)
+signature_cli.register(app)
 inspect_cli.register(app)
 
 

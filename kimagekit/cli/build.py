@@ -70,12 +70,16 @@ def register(app: typer.Typer) -> None:
             help="x86_64: the loading kernel has CONFIG_IMA_KEXEC (room for SETUP_IMA)."),
         force: bool = typer.Option(False, "--force", help="Write a hand-over the next kernel "
                                    "would refuse."),
+        require_signature: Path | None = typer.Option(
+            None, "--require-signature", help="x86_64: refuse a kernel whose signature does "
+            "not chain to this certificate (or a directory of them), as KEXEC_SIG_FORCE does."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     ) -> None:
         """Place kernel, initrd, hand-over, device tree (and purgatory) as kexec_file_load does;
         seal, write atomically, re-read and verify."""
         inputs = BuildInputs(kernel, output, initrd=initrd, cmdline=cmdline, purgatory=purgatory,
-                             ima=ima, handover=handover, policy=policy, force=force)
+                             ima=ima, handover=handover, policy=policy, force=force,
+                             require_signature=require_signature)
         if arch == "x86_64":
             if dtb is not None or handover is not None:
                 raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
@@ -113,6 +117,8 @@ def register(app: typer.Typer) -> None:
             built = build_ppc64(replace(inputs, handover_size=size),
                                 arch=arch, dtb=dtb, handover_style=handover_style,
                                 page_size=page)
+        if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
+            warn(built.result.signature_warning)
         for w in built.warnings:
             warn(f"warning: {output}: {w}")
         if as_json:

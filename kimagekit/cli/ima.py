@@ -11,8 +11,10 @@ import typer
 
 from kimagekit import ima_ascii, ima_files, ima_log, ima_replay, pcrs
 from kimagekit.cli.common import emit_json, input_named, jsonable, out, warn
+from kimagekit.cli.ima_sig import sig_failed, sig_lines
 from kimagekit.errors import UsageError
 from kimagekit.ima_log import ImaEntry, ListFormat
+from kimagekit.sig import ima_sig
 
 app = typer.Typer(no_args_is_help=True, help="IMA measurement lists and kexec buffers.")
 
@@ -84,15 +86,21 @@ def show(
 def check(
     file: Path = ListArg,
     as_json: bool = typer.Option(False, "--json"),
+    key: list[Path] = typer.Option([], "--key", help="X.509 certificate (PEM or DER) to check "
+                                   "file signatures with, as evmctl's --key; repeatable."),
 ) -> None:
     """Recompute every template digest (never trusting the stored one); for a kexec buffer also
-    apply the next kernel's restore rules. Exit 1 on any mismatch or refusal."""
+    apply the next kernel's restore rules; with --key check each entry's file signature. Exit 1
+    on any mismatch or refusal (or a signature invalid or by an unknown key)."""
     res = ima_files.check_file(file)
     fmt, report, restore_error = res.fmt, res.report, res.restore_error
+    sigs = ima_sig.check_file(file, list(key)) if key else None
+    ok = res.ok and not (sigs and sig_failed(sigs))
     if as_json:
         emit_json({"file": str(file), "format": _format_json(fmt), "entries": report.entries,
                    "violations": report.violations, "mismatches": report.mismatches,
-                   "restore_error": restore_error, "ok": res.ok})
+                   "restore_error": restore_error, "ok": ok,
+                   **({"signatures": sigs} if sigs is not None else {})})
     else:
         for m in report.mismatches:
             out(f"entry {m.index} ({m.path or 'no file name'}) at offset {m.offset:#x} "
@@ -100,10 +108,12 @@ def check(
                 f"computed {m.computed.hex()}")
         if restore_error:
             out(f"the next kernel would refuse this buffer: {restore_error}")
-        verdict = "OK" if res.ok else "FAILED"
+        for line in sig_lines(sigs) if sigs is not None else []:
+            out(line)
+        verdict = "OK" if ok else "FAILED"
         out(f"{verdict}: {report.entries} entries, {report.violations} violations, "
             f"{len(report.mismatches)} template digest mismatches ({fmt.bank})")
-    if not res.ok:
+    if not ok:
         raise typer.Exit(1)
 
 

@@ -44,8 +44,19 @@ def _pe_lines(p: PeSummary | None) -> list[str]:
     sig = (f"signed (Authenticode, {p.certificates} certificate(s), table "
            f"{p.certificate_table[1]} bytes at {p.certificate_table[0]:#x})"
            if p.signed and p.certificate_table else "not signed")
-    return [f"PE wrapper: {p.optional_magic}, machine {p.machine:#x}, sections "
-            f"{' '.join(p.sections)}; {sig}"]
+    lines = [f"PE wrapper: {p.optional_magic}, machine {p.machine:#x}, sections "
+             f"{' '.join(p.sections)}; {sig}"]
+    for s in p.signatures:
+        if s.error is not None:
+            lines.append(f"  signature {s.index} at {s.offset:#x}: unreadable: {s.error}")
+            continue
+        digest = "matches the file" if s.image_digest_ok else "DOES NOT MATCH the file"
+        lines.append(f"  signature {s.index} at {s.offset:#x}"
+                     f"{' (the one kexec checks)' if s.used_by_kexec else ''}: signer "
+                     f"{s.signer or 'not in the signature'}, issuer {s.issuer}, serial "
+                     f"{s.serial}, {s.digest_algorithm}, signing time "
+                     f"{s.signing_time or 'none'}; image digest {digest}")
+    return lines
 
 
 def render_vmlinux(k: VmlinuxSummary) -> list[str]:
