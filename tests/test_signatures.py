@@ -388,7 +388,7 @@ def test_build_without_require_warns_like_kexec_sig(
                "hashed-byte": "the image digest does not match the signature: a "
                               "KEXEC_SIG_FORCE kernel refuses it"}.get(case)
     assert code == 0
-    assert err == ("" if warning is None else f"kimagekit: {kernel}: {warning}\n")
+    assert err == ("" if warning is None else f"kimagekit: warning: {kernel}: {warning}\n")
 
 
 def test_build_require_signature_is_x86_only(pki: Pki, tmp_path: Path,

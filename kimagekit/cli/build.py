@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
                                 arch=arch, dtb=dtb, handover_style=handover_style,
                                 page_size=page)
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
-            warn(built.result.signature_warning)
+            warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:
             warn(f"warning: {output}: {w}")
         if as_json:
