@@ -171,6 +171,7 @@ def campaign(entry: str, runs: int, *, seed: int = 1, out: Path = ROOT / "fuzz/o
             try:
                 msg = parent.recv()
             except EOFError:
+                proc.join(5)
                 _record(st, out, current, Outcome("died", f"worker died in {entry} "
                                                   f"(exit {proc.exitcode})"))
                 st.next = current + 1
