@@ -111,6 +111,7 @@ class State:
     counts: dict[str, int] = field(default_factory=dict)
     findings: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    note: str = ""  # what a person changed by hand, if anything
 
     def path(self, out: Path) -> Path:
         return out / f"{self.entry}-seed{self.seed}.json"

@@ -6,9 +6,10 @@ Output bounds (the output may not be larger; a larger one is a finding):
 - build-ppc64, build-x86_64: the inputs as the image stores them (kernel, initrd, purgatory and
   DTB/DTS files by size, the IMA list at most 5 bytes per byte (an empty ASCII field becomes a u32
   length and a NUL) plus the 24-byte ima_kexec_hdr, raw hand-over bytes by size, the command
-  line, --handover-size (declared: x86-64 stores the hand-over to its memsz) + one page per
-  segment and two more (each segment is page-aligned in the file; headers, notes) + 8 KiB (ELF
-  headers, the x86 boot_params' fixed part, the new /chosen and reservation).
+  line twice (the image's header keeps it, and /chosen or boot_params), --handover-size
+  (declared: x86-64 stores the hand-over to its memsz) + one page per segment and two more (each
+  segment is page-aligned in the file; headers, notes) + 8 KiB (ELF headers, the x86
+  boot_params' fixed part, the new /chosen and reservation).
 - ima-convert: 5 bytes per input byte + 64 per entry written (a wider --bank) + 24 (a header).
 - ima-append: the list + 5 per byte of NEW + 64 per entry written + 24.
 - patch-image: the image + the new contents (raw bytes by size, an IMA list as above) + 64 KiB
@@ -206,8 +207,9 @@ def _image_bound(p: dict[str, Path | None], o: Opts, out: Path, nseg: int,
     ima = 5 * sizes.pop("ima", 0) + 24
     files = sum(sizes.values())
     declared = o["handover_size"] or 0
-    bound = files + ima + declared + len(o["cmdline"]) + (nseg + 2) * page + 8192
-    return out, bound, (f"files {files} + ima {ima} + handover-size {declared} + cmdline "
+    cmdline = 2 * len(o["cmdline"])  # in the image's header and in /chosen or boot_params
+    bound = files + ima + declared + cmdline + (nseg + 2) * page + 8192
+    return out, bound, (f"files {files} + ima {ima} + handover-size {declared} + 2 x cmdline "
                         f"{len(o['cmdline'])} + ({nseg} segments + 2) x page {page:#x} + 8192")
 
 

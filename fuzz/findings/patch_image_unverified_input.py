@@ -6,8 +6,10 @@ patch (here one bit of the stored digest flipped) writes the patched image, then
 after the write (image.patch_handover: atomic_write, then verify), and blames the patch for
 damage the input already had.
 
-Campaign: patch-image seed 1 input 47 and 16 others (all "output left by OutputError at
-image.py:577:patch_handover"). Exit 1 while either part is there."""
+Campaign: patch-image seed 1 input 47 (319 in 10^4: "output left by OutputError at
+image.py:577:patch_handover"); the same write-then-check order leaves the output behind on a
+ParseError from stored_digest (inputs 1941, 2970: the note's purgatory symbols damaged). Exit 1
+while either part is there."""
 
 import sys
 import tempfile
