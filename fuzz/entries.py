@@ -44,6 +44,7 @@ from kimagekit.cli import build as cli_build  # noqa: E402
 from kimagekit.dtb_file import patch_handover as dtb_patch_handover  # noqa: E402
 from kimagekit.errors import UsageError  # noqa: E402
 from kimagekit.handover import patch_file  # noqa: E402
+from kimagekit.ima_log import encode_list  # noqa: E402
 from kimagekit.image import HandoverStyle, write_image  # noqa: E402
 from kimagekit.purgatory import DigestPolicy  # noqa: E402
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, parse_mem_ranges  # noqa: E402
@@ -90,13 +91,14 @@ def _make_seeds(slot: str) -> list[bytes]:
                 *_corpus(PURGATORY_RO)]
     if slot == "x86-purgatory":
         return _corpus(PURGATORY_RO) or [make_images.make_purgatory()]
-    if slot == "ima":
-        return (_read(sorted((ROOT / "testdata/ima").glob("*.[bk]*")), 1 << 20)
-                + _corpus("ima/binary/*", 16 * 1024) + _corpus("ima/ascii/*", 16 * 1024))
+    if slot == "ima":  # a list the next kernel takes first, so builds get past the hand-over
+        return [encode_list(make_images.restorable_entries(), "<"),
+                *_read(sorted((ROOT / "testdata/ima").glob("*.[bk]*")), 1 << 20),
+                *_corpus("ima/binary/*", 16 * 1024), *_corpus("ima/ascii/*", 16 * 1024)]
     if slot == "ima-binary":  # lists append can extend: binary lists and kexec buffers
         return _read(sorted((ROOT / "testdata/ima").glob("*.[bk]*")), 1 << 20)
     if slot == "handover":
-        return [b"HANDOVER" * 100, bytes(0x800)]
+        return [make_images.handover_buffer(), b"HANDOVER" * 100, bytes(0x800)]
     if slot == "image":
         return _images()
     raise KeyError(slot)
@@ -105,9 +107,9 @@ def _make_seeds(slot: str) -> list[bytes]:
 def _images() -> list[bytes]:
     """kexec images to patch: built by kimagekit itself from the seeds above."""
     out = []
-    ima = ROOT / "testdata/ima/small-le.bin"
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
+        ima = make_images.restorable_list(t / "ima.bin")
         for name in ("vmlinux", "dtb", "initrd"):
             (t / name).write_bytes(seeds(name)[0])
         (t / "bz").write_bytes(seeds("bzimage")[0])
@@ -170,7 +172,8 @@ def _ppc_base(rng: random.Random, files: Files) -> Opts:
         files["handover"], files["ima"] = rng.choice(seeds("handover")), None
     return {"arch": "ppc64le" if little else "ppc64", "page_size": rng.choice([0x10000, 0x1000]),
             "handover_size": None, "style": rng.choice(["seed", "ima"]),
-            "policy": rng.choice(list(DigestPolicy)), "cmdline": "console=hvc0 root=/dev/vda"}
+            "policy": rng.choice(list(DigestPolicy)), "cmdline": "console=hvc0 root=/dev/vda",
+            "force": rng.random() < 0.25}
 
 
 def _ppc_options(rng: random.Random, opts: Opts) -> str:
@@ -195,7 +198,7 @@ def _ppc_run(p: dict[str, Path | None], o: Opts, out: Path) -> tuple[Path, int, 
     inputs = arch_build.BuildInputs(p["kernel"], out, initrd=p["initrd"], cmdline=o["cmdline"],
                                     purgatory=p["purgatory"], ima=p["ima"],
                                     handover=p["handover"], handover_size=size,
-                                    policy=o["policy"])
+                                    policy=o["policy"], force=o["force"])
     built = arch_build.build_ppc64(inputs, arch=o["arch"], dtb=p["dtb"],
                                    handover_style=HandoverStyle(o["style"]), page_size=page)
     return _image_bound(p, o, out, len(built.image.segments), page)
@@ -217,7 +220,8 @@ def _image_bound(p: dict[str, Path | None], o: Opts, out: Path, nseg: int,
 def _x86_base(rng: random.Random, files: Files) -> Opts:
     return {"handover_size": None, "mem": None, "hole": rng.choice(list(HoleSearch)),
             "ima_kexec": files["ima"] is not None or rng.random() < 0.5,
-            "policy": rng.choice(list(DigestPolicy)), "cmdline": "console=ttyS0"}
+            "policy": rng.choice(list(DigestPolicy)), "cmdline": "console=ttyS0",
+            "force": rng.random() < 0.25}
 
 
 def _x86_options(rng: random.Random, opts: Opts) -> str:
@@ -239,7 +243,7 @@ def _x86_run(p: dict[str, Path | None], o: Opts, out: Path) -> tuple[Path, int, 
     assert p["kernel"] is not None
     inputs = arch_build.BuildInputs(p["kernel"], out, initrd=p["initrd"], cmdline=o["cmdline"],
                                     purgatory=p["purgatory"], ima=p["ima"], handover_size=size,
-                                    policy=o["policy"])
+                                    policy=o["policy"], force=o["force"])
     built = arch_build.build_x86_64(inputs, ram=ram, hole_search=o["hole"],
                                     ima_kexec=o["ima_kexec"])
     return _image_bound(p, o, out, len(built.image.segments), arch_build.X86_PAGE_SIZE)
@@ -249,7 +253,7 @@ def _x86_run(p: dict[str, Path | None], o: Opts, out: Path) -> tuple[Path, int, 
 def _convert_base(rng: random.Random, files: Files) -> Opts:
     return {"to": rng.choice(ima_files.FORMS), "endian": rng.choice([None, "<", ">"]),
             "bank": rng.choice([None, "sha1", "sha256", "sha384", "sha512"]),
-            "header": rng.random() < 0.8}
+            "header": rng.random() < 0.8, "force": rng.random() < 0.25}
 
 
 def _convert_options(rng: random.Random, opts: Opts) -> str:
@@ -260,14 +264,14 @@ def _convert_options(rng: random.Random, opts: Opts) -> str:
 def _convert_run(p: dict[str, Path | None], o: Opts, out: Path) -> tuple[Path, int, str]:
     assert p["list"] is not None
     w = ima_files.convert_file(p["list"], out, o["to"], endian=o["endian"], bank=o["bank"],
-                               header=o["header"])
+                               header=o["header"], force=o["force"])
     n = p["list"].stat().st_size
     return out, 5 * n + 64 * w.entries + 24, f"5 x {n} + 64 x {w.entries} entries + 24"
 
 
 def _append_run(p: dict[str, Path | None], o: Opts, out: Path) -> tuple[Path, int, str]:
     assert p["list"] is not None and p["new"] is not None
-    w = ima_files.append_file(p["list"], p["new"], out)
+    w = ima_files.append_file(p["list"], p["new"], out, force=o.get("force", False))
     a, b = p["list"].stat().st_size, p["new"].stat().st_size
     return (out, a + 5 * b + 64 * w.entries + 24,
             f"{a} + 5 x {b} + 64 x {w.entries} entries + 24")
@@ -279,7 +283,7 @@ def _no_options(rng: random.Random, opts: Opts) -> str:
 
 # patch-handover on images and on device trees
 def _patch_base(rng: random.Random, files: Files) -> Opts:
-    return {"reseal": rng.random() < 0.5}
+    return {"reseal": rng.random() < 0.5, "force": rng.random() < 0.25}
 
 
 def _patch_options(rng: random.Random, opts: Opts) -> str:
@@ -289,7 +293,8 @@ def _patch_options(rng: random.Random, opts: Opts) -> str:
 
 def _patch_run(p: dict[str, Path | None], o: Opts, out: Path) -> tuple[Path, int, str]:
     assert p["image"] is not None
-    patch_file(p["image"], out, ima=p["ima"], data=p["data"], reseal=o["reseal"])
+    patch_file(p["image"], out, ima=p["ima"], data=p["data"], reseal=o["reseal"],
+               force=o["force"])
     img = p["image"].stat().st_size
     new = (5 * p["ima"].stat().st_size + 24) if p["ima"] is not None else (
         p["data"].stat().st_size if p["data"] is not None else 0)
@@ -342,7 +347,8 @@ ENTRIES: dict[str, Entry] = {
                            "initrd": "initrd", "ima": "ima"},
                           ("initrd", "ima"), _x86_base, _x86_options, _x86_run),
     "ima-convert": Entry({"list": "ima"}, (), _convert_base, _convert_options, _convert_run),
-    "ima-append": Entry({"list": "ima-binary", "new": "ima"}, (), lambda r, f: {},
+    "ima-append": Entry({"list": "ima-binary", "new": "ima"}, (),
+                        lambda r, f: {"force": r.random() < 0.25},
                         _no_options, _append_run),
     "patch-image": Entry({"image": "image", "ima": "ima", "data": "handover"}, (),
                          _patch_image_base, _patch_options, _patch_run),

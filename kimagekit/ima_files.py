@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kimagekit import ima_ascii, ima_kexec, ima_log
-from kimagekit.errors import Refused, RuleError, UsageError, about_file, input_named
+from kimagekit.errors import KimageError, Refused, RuleError, UsageError, about_file, input_named
 from kimagekit.fileio import atomic_write, reread
 from kimagekit.ima_log import ListFormat, ListReport
 
@@ -70,12 +70,25 @@ def convert_file(path: Pathish, output: Pathish, to: Form, *,
         size = ima_log.DIGEST_SIZES[bank] if bank else (
             len(entries[0].template_digest) if entries else 20)
         data = ima_log.encode_list(entries, e, size)
-    atomic_write(output, data, inputs=(path,))
-    with input_named(output), reread(output, data) as view:
-        back = list(ima_log.iter_entries(view))
+    back = _readable(data, to, e, output)
     if [(b.pcr, b.template_name) for b in back] != [(a.pcr, a.template_name) for a in entries]:
-        raise UsageError(f"{output}: re-reading the output gave different entries")
+        raise UsageError(f"{output}: the output would read back as different entries; "
+                         "nothing written")
+    atomic_write(output, data, inputs=(path,))  # re-read and compared before the rename
     return Written(str(output), len(back), len(data))
+
+
+def _readable(data: bytes, to: Form, endian: ima_log.Endian,
+              output: Pathish) -> list[ima_log.ImaEntry]:
+    """The entries ``data`` (about to be written) reads back as; a form that cannot be read
+    back (an ASCII line for a template the reader does not know) is refused before writing."""
+    try:
+        if to == "ascii":
+            return list(ima_ascii.parse_ascii(data, endian=endian))
+        return list(ima_log.iter_entries(data))
+    except KimageError as err:
+        raise UsageError(f"{output}: the {to} output would not read back ({err}); nothing "
+                         "written") from err
 
 
 def judge_buffer(data: bytes, endian: ima_log.Endian, output: Pathish) -> None:
@@ -108,6 +121,8 @@ def append_file(path: Pathish, new: Pathish, output: Pathish, *, force: bool = F
     with input_named(path), ima_log.open_list(path) as (fmt, view):
         if fmt.kind == "ascii":
             raise UsageError("append writes binary lists and kexec buffers; convert first")
+        for _ in ima_log.iter_entries(view, fmt):  # a damaged list is named, never copied
+            pass
         data = ima_kexec.append(bytes(view), extra, fmt)
     if fmt.kind == "kexec-buffer" and not force:
         judge_buffer(data, fmt.endian, output)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from kimagekit.errors import OutputError, ParseError, RuleError, UsageError, converted
+from kimagekit.errors import OutputError, ParseError, Refused, RuleError, UsageError, converted
 from kimagekit.fileio import atomic_write, check_output, locked, map_file, mapped
 from kimagekit.formats import elf
 from kimagekit.formats import kexec as kx
@@ -226,7 +226,12 @@ def _e_flags(img: KexecImage) -> int:
 def write_image(path: str | os.PathLike[str], img: KexecImage) -> VerifyResult:
     """Write atomically, then re-read the file and verify it; an image that does not verify is
     an OutputError."""
-    atomic_write(path, b"".join(image_chunks(img)))
+    data = b"".join(image_chunks(img))
+    composed = verify_bytes(data)
+    if not composed.ok:  # refused before anything is written
+        raise OutputError(f"{path}: the composed image does not verify: {composed.reason}; "
+                          "nothing written")
+    atomic_write(path, data)
     res = verify(path)
     if not res.ok:
         raise OutputError(f"{path}: the written image does not verify: {res.reason}")
@@ -547,6 +552,12 @@ def verify(path: str | os.PathLike[str]) -> VerifyResult:
         return _verify(info, view, mm)
 
 
+def verify_bytes(data: bytes | memoryview) -> VerifyResult:
+    """:func:`verify` of an image held in memory (before it is written)."""
+    view = memoryview(data)
+    return _verify(read_image(view), view, None)
+
+
 def _verify(info: ImageInfo, view: memoryview, mm: mmap.mmap | None) -> VerifyResult:
     raw_regions, digest = stored_digest(info, view)
     regions = tuple(r for r in _parse_regions(raw_regions, info.little) if r != (0, 0))
@@ -668,14 +679,29 @@ def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, res
             raise RuleError(f"new contents are {len(data)} bytes, {len(data) - ho.memsz} more "
                             f"than the hand-over's memsz {ho.memsz}", fmt=FMT,
                             field=f"segment[{ho.index}]")
+        _refuse_unverified(info, view)
         img = _rebuilt(info, view, ho.index, data, reseal)
-        atomic_write(target, b"".join(image_chunks(img)), inputs=(path,), in_place=in_place)
+        out = b"".join(image_chunks(img))
+        composed = verify_bytes(out)
+        if not composed.ok:
+            raise OutputError(f"{target}: the patched image would not verify: "
+                              f"{composed.reason}; nothing written")
+        atomic_write(target, out, inputs=(path,), in_place=in_place)
     res = verify(target)
     if not res.ok:
         raise OutputError(f"{target}: the patched image does not verify: {res.reason}")
     with open_image(target) as (new, _):
         seg = new.segments[ho.index]
     return PatchResult(seg, ho.bufsz, reseal and ho.checksummed, res)
+
+
+def _refuse_unverified(info: ImageInfo, view: memoryview) -> None:
+    """An image whose digest already fails is not patched: a patch (a reseal above all) would
+    hide the damage behind a fresh, consistent image."""
+    before = _verify(info, view, None)
+    if not before.ok:
+        raise Refused(f"the image does not verify before patching: {before.reason}; nothing "
+                      "written", fmt=FMT, field="digest")
 
 
 def _rebuilt(info: ImageInfo, view: memoryview, index: int, data: bytes,
