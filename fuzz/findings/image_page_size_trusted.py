@@ -30,12 +30,13 @@ bad = 0
 with tempfile.TemporaryDirectory() as tmp:
     t = Path(tmp)
     (t / "vmlinux").write_bytes(make_images.make_vmlinux())
-    build_ppc64(BuildInputs(t / "vmlinux", t / "good.img", ima=ROOT / "testdata/ima/small-le.bin"),
+    ima = make_images.restorable_list(t / "ima.bin")
+    build_ppc64(BuildInputs(t / "vmlinux", t / "good.img", ima=ima),
                 arch="ppc64le", dtb=ROOT / "testdata/dtb/small.dtb", page_size=0x1000)
     image = bytearray((t / "good.img").read_bytes())
     at = image.index(b"ppc64le") + NOTE_ARCH_LEN  # note.head.page_size follows the arch
     assert struct.unpack_from("<Q", image, at)[0] == 0x1000
-    (t / "new").write_bytes(b"NEW" * 10)
+    (t / "new").write_bytes(make_images.handover_buffer())
     for page in (1 << 26, 1 << 40, 1 << 63):
         struct.pack_into("<Q", image, at, page)
         (t / "odd.img").write_bytes(image)

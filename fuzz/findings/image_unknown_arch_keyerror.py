@@ -22,12 +22,13 @@ from kimagekit.handover import patch_file  # noqa: E402
 with tempfile.TemporaryDirectory() as tmp:
     t = Path(tmp)
     (t / "vmlinux").write_bytes(make_images.make_vmlinux())
-    build_ppc64(BuildInputs(t / "vmlinux", t / "good.img", ima=ROOT / "testdata/ima/small-le.bin"),
+    ima = make_images.restorable_list(t / "ima.bin")
+    build_ppc64(BuildInputs(t / "vmlinux", t / "good.img", ima=ima),
                 arch="ppc64le", dtb=ROOT / "testdata/dtb/small.dtb", page_size=0x1000)
     image = (t / "good.img").read_bytes()
     assert image.count(b"ppc64le") == 1
     (t / "odd.img").write_bytes(image.replace(b"ppc64le", b"ppc64lf"))
-    (t / "new").write_bytes(b"NEW" * 10)
+    (t / "new").write_bytes(make_images.handover_buffer())
     try:
         patch_file(t / "odd.img", t / "out.img", data=t / "new")
         print("patched: no error at all")

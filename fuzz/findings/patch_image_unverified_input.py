@@ -28,14 +28,13 @@ bad = 0
 with tempfile.TemporaryDirectory() as tmp:
     t = Path(tmp)
     (t / "vmlinux").write_bytes(make_images.make_vmlinux())
-    (t / "purgatory.ro").write_bytes(make_images.make_purgatory())
-    built = build_ppc64(BuildInputs(t / "vmlinux", t / "good.img", purgatory=t / "purgatory.ro",
-                                    ima=ROOT / "testdata/ima/small-le.bin"),
+    built = build_ppc64(BuildInputs(t / "vmlinux", t / "good.img",
+                                    ima=make_images.restorable_list(t / "ima.bin")),
                         arch="ppc64le", dtb=ROOT / "testdata/dtb/small.dtb", page_size=0x1000)
     image = bytearray((t / "good.img").read_bytes())
     at = image.find(bytes.fromhex(built.result.digest))  # the stored digest
     image[at] ^= 1
-    (t / "new").write_bytes(b"NEW" * 10)
+    (t / "new").write_bytes(make_images.handover_buffer())
     for in_place in (False, True):
         src = t / "damaged.img"
         src.write_bytes(image)

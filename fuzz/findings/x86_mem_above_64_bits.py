@@ -25,8 +25,8 @@ with tempfile.TemporaryDirectory() as tmp:
     (t / "bzImage").write_bytes(make_kernels.make_bzimage())
     (t / "purgatory.ro").write_bytes(make_images.make_purgatory())
     # as `kimagekit build --arch x86_64 --mem 0x10000000000000000+0x1000,0x100000-0x3fffffff`
-    ram = parse_mem_ranges("0x10000000000000000+0x1000,0x100000-0x3fffffff")
     try:
+        ram = parse_mem_ranges("0x10000000000000000+0x1000,0x100000-0x3fffffff")
         build_x86_64(BuildInputs(t / "bzImage", t / "out.img", purgatory=t / "purgatory.ro"),
                      ram=ram)
     except KimageError as err:
