@@ -1,4 +1,4 @@
-"""Image comparisons for run_all.py: ``patch-handover`` on a 301 MB image against ``cp`` of it
+"""Image comparisons for run_all.py: ``patch-handover`` on a 301 MiB image against ``cp`` of it
 (in place and ``-o``), in place against ``verify`` of the same image, and the purgatory of a
 Debian bzImage found while decompressing against the whole decompression.
 
@@ -93,7 +93,7 @@ def cases() -> list[Case]:
     kernel_mb, initrd_mb = (16, 48) if quick() else (45, 256)
     img = WORK / f"k{kernel_mb}-i{initrd_mb}.img"
     data = img.with_suffix(".handover")
-    size = f"{kernel_mb + initrd_mb + 1} MB image"
+    size = f"{kernel_mb + initrd_mb} MiB image"
     setup = functools.partial(_setup, kernel_mb, initrd_mb)
     patch = [*KIMAGEKIT, "patch-handover", str(img), "--data", str(data)]
     cp = ["cp", str(img), str(WORK / "copy.img")]

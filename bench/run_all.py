@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import sys
 import time
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="paired rounds (default 5, quick 2)")
     ap.add_argument("--markdown", type=Path, default=ROOT / "bench/.cache/run_all.md")
     args = ap.parse_args(argv)
+    args.markdown = args.markdown.resolve()
+    # children inherit this folder, and `python -m`/`-c` put it first on sys.path
+    os.chdir(ROOT)
     runner.set_quick(args.quick)
     rounds = args.rounds or (2 if args.quick else 5)
 
