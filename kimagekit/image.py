@@ -690,7 +690,9 @@ def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, res
             raise RuleError(f"new contents are {len(data)} bytes, {len(data) - ho.memsz} more "
                             f"than the hand-over's memsz {ho.memsz}", fmt=FMT,
                             field=f"segment[{ho.index}]")
-        plan = None if ho.checksummed else _edit_plan(info, view, ho, data)
+        # in place needs write access to the file itself (a rename needs only the folder's)
+        plan = None if ho.checksummed or (in_place and not os.access(target, os.W_OK)) \
+            else _edit_plan(info, view, ho, data)
         if plan is None:
             img = _rebuilt(info, view, ho.index, data, reseal)
             atomic_write(target, b"".join(image_chunks(img)), inputs=(path,), in_place=in_place)

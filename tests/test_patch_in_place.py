@@ -188,3 +188,16 @@ def test_other_unchecksummed_segments_are_rehashed_as_a_whole_write_does(
         seg = new.segments[purg.index]
         assert seg.sha256 == segment_sha256(content(view, seg), seg.memsz)
     assert verify(src).ok
+
+
+def test_a_file_it_may_not_write_is_replaced_whole(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """In place needs write access to the file; a rename needs only the folder's (root has
+    both, so access is denied here by hand)."""
+    src = tmp_path / "img"
+    write_image(src, gen.x86_like_image())
+    want = whole_rewrite(src, b"new")
+    inode = src.stat().st_ino
+    monkeypatch.setattr(os, "access", lambda *_a, **_k: False)
+    patch_handover(src, b"new")
+    assert src.read_bytes() == want and src.stat().st_ino != inode
