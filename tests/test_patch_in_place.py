@@ -201,3 +201,22 @@ def test_a_file_it_may_not_write_is_replaced_whole(tmp_path: Path,
     monkeypatch.setattr(os, "access", lambda *_a, **_k: False)
     patch_handover(src, b"new")
     assert src.read_bytes() == want and src.stat().st_ino != inode
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_damaged_digest_segment_is_still_named_after_the_patch(tmp_path: Path,
+                                                                 in_place: bool) -> None:
+    """The checksummed segments' recorded hashes are kept (the digest holds them), so the
+    verify that ends the patch still names the segment that changed since it was sealed."""
+    src = tmp_path / "img"
+    write_image(src, gen.x86_like_image())
+    raw = bytearray(src.read_bytes())
+    kernel = read_image(bytes(raw)).segment(Role.KERNEL)
+    assert kernel is not None
+    raw[kernel.offset + 5] ^= 1
+    src.write_bytes(raw)
+    out = src if in_place else tmp_path / "out"
+    with pytest.raises(OutputError) as e:
+        patch_handover(src, b"new", out=None if in_place else out)
+    assert str(e.value) == (f"{out}: the patched image does not verify: segment 2 (kernel, "
+                            "region 1 at 0x1000000) differs from what was sealed")
