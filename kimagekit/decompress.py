@@ -53,6 +53,28 @@ def decompress(data: bytes | memoryview, *, fmt: str, field: str, offset: int,
     """Decompress ``data`` (whose first byte is at ``offset`` in the input named by ``fmt``);
     more than ``limit`` bytes of output is refused as a bomb."""
     kind = compression or detect(data)
+    out = bytearray()
+    consumed: int | None = None
+    for piece in _pieces(data, kind, fmt, field, offset, limit):
+        if isinstance(piece, int):
+            consumed = piece
+        else:
+            out += piece
+    assert kind is not None  # _pieces refused it otherwise
+    return Decompressed(kind, bytes(out), consumed)
+
+
+def stream(data: bytes | memoryview, *, fmt: str, field: str, offset: int,
+           limit: int = DEFAULT_LIMIT) -> Iterator[bytes]:
+    """:func:`decompress`'s output piece by piece as it is produced, with the same bound and
+    the same errors (raised when the stream gets there), for a reader that may stop early."""
+    for piece in _pieces(data, detect(data), fmt, field, offset, limit):
+        if not isinstance(piece, int):
+            yield piece
+
+
+def _pieces(data: bytes | memoryview, kind: str | None, fmt: str, field: str, offset: int,
+            limit: int) -> Pieces:
     if kind is None:
         raise ParseError(f"unknown compression (magic {bytes(data[:4]).hex()})", fmt=fmt,
                          field=field, offset=offset)
@@ -60,16 +82,14 @@ def decompress(data: bytes | memoryview, *, fmt: str, field: str, offset: int,
     if run is None:
         raise ParseError(f"{kind} payloads are not supported", fmt=fmt, field=field,
                          offset=offset)
-    out = bytearray()
-    consumed: int | None = None
+    total = 0
     try:
         for piece in run(memoryview(data), limit + 1):
-            if isinstance(piece, int):
-                consumed = piece
-                continue
-            out += piece
-            if len(out) > limit:
-                break
+            if not isinstance(piece, int):
+                total += len(piece)
+                if total > limit:
+                    break
+            yield piece
     except ParseError:
         raise
     except _Claim as exc:
@@ -81,10 +101,9 @@ def decompress(data: bytes | memoryview, *, fmt: str, field: str, offset: int,
     except Exception as exc:  # zlib/bz2/lzma/lz4/zstandard each raise their own types
         raise ParseError(f"bad {kind} stream: {_describe(exc)}", fmt=fmt, field=field,
                          offset=offset) from exc
-    if len(out) > limit:
+    if total > limit:
         raise ParseError(f"the {kind} stream expands beyond the {limit}-byte limit "
                          "(decompression bomb?)", fmt=fmt, field=field, offset=offset)
-    return Decompressed(kind, bytes(out), consumed)
 
 
 def _describe(exc: BaseException) -> str:

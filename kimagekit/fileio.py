@@ -13,10 +13,18 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from kimagekit.input_files import open_input, too_big
-from kimagekit.output_files import check_output, is_stdout, locked, write_output
+from kimagekit.output_files import (
+    check_output,
+    edit_in_place,
+    is_stdout,
+    locked,
+    write_copy_with_edits,
+    write_output,
+)
 
-__all__ = ["Buffer", "atomic_write", "atomic_write_with_tail", "check_output", "input_size",
-           "is_stdout", "locked", "map_file", "mapped", "read_head", "read_input", "reread"]
+__all__ = ["Buffer", "atomic_write", "atomic_write_with_tail", "check_output", "edit_in_place",
+           "input_size", "is_stdout", "locked", "map_file", "mapped", "read_head", "read_input",
+           "reread", "write_copy_with_edits"]
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 

@@ -9,16 +9,25 @@ so rewriting it never moves another segment's bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 from kimagekit.errors import OutputError, ParseError, Refused, RuleError, UsageError, converted
-from kimagekit.fileio import atomic_write, check_output, locked, map_file, mapped
+from kimagekit.fileio import (
+    atomic_write,
+    check_output,
+    edit_in_place,
+    locked,
+    map_file,
+    mapped,
+    write_copy_with_edits,
+)
 from kimagekit.formats import elf
 from kimagekit.formats import kexec as kx
 from kimagekit.purgatory import (
@@ -136,9 +145,14 @@ def _file_offsets(img: KexecImage, data_start: int) -> list[int]:
     return offs
 
 
-def _note_desc(img: KexecImage, offsets: list[int]) -> bytes:
+def _note_desc(img: KexecImage, offsets: list[int],
+               hashes: Sequence[bytes] | None = None) -> bytes:
+    """The note's descriptor; ``hashes`` (one per segment) are recorded as given instead of
+    hashing every segment's content."""
     little = ARCHES[img.arch][1]
     segs = img.segments.segments
+    if hashes is None:
+        hashes = [segment_sha256(s.content, s.memsz) for s in segs]
     h = {
         "version": kx.NOTE_VERSION, "nr_segments": len(segs), "nr_symbols": len(img.symbols),
         "cmdline_len": len(img.cmdline), "arch": img.arch,
@@ -153,7 +167,7 @@ def _note_desc(img: KexecImage, offsets: list[int]) -> bytes:
         "segments": [{"buf": o, "bufsz": s.bufsz, "mem": s.mem, "memsz": s.memsz}
                      for o, s in zip(offsets, segs, strict=True)],
         "info": [{"role": kx.ROLE_CODES.index(s.role.value), "checksummed": int(s.checksummed),
-                  "sha256": segment_sha256(s.content, s.memsz)} for s in segs],
+                  "sha256": h} for s, h in zip(segs, hashes, strict=True)],
         "symbols": [{"name": y.name, "value": y.value, "size": y.size} for y in img.symbols],
         "cmdline": img.cmdline,
     }
@@ -177,16 +191,31 @@ def _pad4(n: int) -> int:
 
 def image_chunks(img: KexecImage) -> list[bytes | memoryview]:
     """The image file as a list of byte strings to concatenate."""
+    head, offsets = image_head(img)
+    chunks: list[bytes | memoryview] = [head]
+    at = len(head)
+    for o, s in zip(offsets, img.segments.segments, strict=True):
+        chunks.append(bytes(o - at))
+        chunks.append(s.content)
+        at = o + s.bufsz
+    return chunks
+
+
+def image_head(img: KexecImage, hashes: Sequence[bytes] | None = None) -> tuple[bytes, list[int]]:
+    """The ELF header, program headers and note (the bytes before the first segment's
+    padding), and each segment's offset in the file. ``hashes`` as in :func:`_note_desc`."""
     machine, little = ARCHES[img.arch]
     st = elf.elf_structs(elf.ELFCLASS64, little)
     segs = img.segments.segments
     nph = len(segs) + 1
     note_off = EHDR_SIZE + nph * PHDR_SIZE
     # The descriptor's size does not depend on the offsets: build once to size it.
-    desc_len = len(_note_desc(img, [0] * len(segs)))
+    if hashes is None:  # once: the sizing build below would hash every segment again
+        hashes = [segment_sha256(s.content, s.memsz) for s in segs]
+    desc_len = len(_note_desc(img, [0] * len(segs), hashes))
     note_len = NHDR_SIZE + _pad4(len(NOTE_NAME)) + _pad4(desc_len)
     offsets = _file_offsets(img, note_off + note_len)
-    desc = _note_desc(img, offsets)
+    desc = _note_desc(img, offsets, hashes)
     ehdr = st.Ehdr.build({
         "e_ident": {"EI_CLASS": elf.ELFCLASS64,
                     "EI_DATA": elf.ELFDATA2LSB if little else elf.ELFDATA2MSB,
@@ -208,14 +237,7 @@ def image_chunks(img: KexecImage) -> list[bytes | memoryview]:
     nhdr = st.Nhdr.build({"n_namesz": len(NOTE_NAME), "n_descsz": len(desc),
                           "n_type": kx.NT_KIMAGEKIT_KEXEC})
     name = NOTE_NAME.ljust(_pad4(len(NOTE_NAME)), b"\0")
-    chunks: list[bytes | memoryview] = [ehdr, *phdrs, nhdr, name, desc.ljust(_pad4(len(desc)),
-                                                                            b"\0")]
-    at = note_off + note_len
-    for o, s in zip(offsets, segs, strict=True):
-        chunks.append(bytes(o - at))
-        chunks.append(s.content)
-        at = o + s.bufsz
-    return chunks
+    return b"".join([ehdr, *phdrs, nhdr, name, desc.ljust(_pad4(len(desc)), b"\0")]), offsets
 
 
 def _e_flags(img: KexecImage) -> int:
@@ -680,13 +702,22 @@ def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, res
                             f"than the hand-over's memsz {ho.memsz}", fmt=FMT,
                             field=f"segment[{ho.index}]")
         _refuse_unverified(info, view)
-        img = _rebuilt(info, view, ho.index, data, reseal)
-        out = b"".join(image_chunks(img))
-        composed = verify_bytes(out)
-        if not composed.ok:
-            raise OutputError(f"{target}: the patched image would not verify: "
-                              f"{composed.reason}; nothing written")
-        atomic_write(target, out, inputs=(path,), in_place=in_place)
+        # in place needs write access to the file itself (a rename needs only the folder's)
+        plan = None if ho.checksummed or (in_place and not os.access(target, os.W_OK)) \
+            else _edit_plan(info, view, ho, data)
+        if plan is None:
+            img = _rebuilt(info, view, ho.index, data, reseal)
+            out = b"".join(image_chunks(img))
+            composed = verify_bytes(out)
+            if not composed.ok:
+                raise OutputError(f"{target}: the patched image would not verify: "
+                                  f"{composed.reason}; nothing written")
+            atomic_write(target, out, inputs=(path,), in_place=in_place)
+        elif in_place:
+            edit_in_place(target, plan.edits, plan.size)
+        else:
+            write_copy_with_edits(target, os.fspath(path), plan.edits, plan.size, inputs=(path,),
+                                  compare=plan.unhashed)
     res = verify(target)
     if not res.ok:
         raise OutputError(f"{target}: the patched image does not verify: {res.reason}")
@@ -702,6 +733,52 @@ def _refuse_unverified(info: ImageInfo, view: memoryview) -> None:
     if not before.ok:
         raise Refused(f"the image does not verify before patching: {before.reason}; nothing "
                       "written", fmt=FMT, field="digest")
+
+
+@dataclass(frozen=True)
+class _EditPlan:
+    edits: list[tuple[int, bytes]]  # in the order to write them: the hand-over, then the head
+    size: int  # of the patched file
+    unhashed: list[tuple[int, int]]  # the rest: neither edited nor in the digest's segments
+
+
+def _edit_plan(info: ImageInfo, view: memoryview, ho: ImageSegment,
+               data: bytes) -> _EditPlan | None:
+    """The few byte ranges that change when the hand-over (outside the digest) gets ``data``:
+    its slot, and the head (its PT_LOAD's p_filesz, the note's bufsz and sha256). None when the
+    file is not laid out exactly as :func:`image_chunks` lays it out (then the whole image is
+    written as before). Every other segment's recorded sha256 is kept, except the
+    unchecksummed ones' (small: the purgatory), which are rehashed as a full write would; the
+    checksummed ones are held to the digest by the verify that follows the write."""
+    segs = info.segments
+    old_img = _rebuilt(info, view, ho.index, bytes(content(view, ho)), False)
+    old_head, offsets = image_head(old_img, [s.sha256 for s in segs])
+    if offsets != [s.offset for s in segs] or view[:len(old_head)] != old_head:
+        return None
+    last = segs[-1]
+    if info.file_size != last.offset + last.bufsz:
+        return None
+    gaps = [(len(old_head), offsets[0])]
+    gaps += [(s.offset + s.bufsz, n.offset) for s, n in itertools.pairwise(segs)]
+    if any(view[a:b] != bytes(b - a) for a, b in gaps):
+        return None
+    hashes = [segment_sha256(data, s.memsz) if s is ho else s.sha256 if s.checksummed
+              else segment_sha256(content(view, s), s.memsz) for s in segs]
+    new_head, new_offsets = image_head(_rebuilt(info, view, ho.index, data, False), hashes)
+    if new_offsets != offsets or len(new_head) != len(old_head):
+        return None
+    is_last = ho is last
+    slot = data if is_last else data.ljust(ho.bufsz, b"\0")
+    size = ho.offset + len(data) if is_last else info.file_size
+    edits = [(ho.offset, slot), (0, new_head)]
+    covered = sorted([(s.offset, s.offset + s.bufsz) for s in segs if s.checksummed]
+                     + [(at, at + len(b)) for at, b in edits])
+    rest, at = [], 0
+    for a, b in covered:
+        rest.append((at, a))
+        at = max(at, b)
+    rest.append((at, size))
+    return _EditPlan(edits, size, [(a, b) for a, b in rest if a < b])
 
 
 def _rebuilt(info: ImageInfo, view: memoryview, index: int, data: bytes,

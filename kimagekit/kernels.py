@@ -397,6 +397,86 @@ def _candidate(data: bytes, at: int, machine: int) -> bytes | None:
     return blob
 
 
+_WAIT = "wait"
+
+
+def purgatory_while_decompressing(data: bytes | memoryview, *,
+                                  limit: int = dz.DEFAULT_LIMIT) -> bytes:
+    """The purgatory a bzImage embeds, for ``build --purgatory-from``: its payload decompressed
+    only until the first embedded object :func:`_scan` would take is complete (the purgatory
+    sits in .rodata, well before the payload's end). Anything else, and anything that goes
+    wrong on the way (no ELF vmlinux inside, a damaged stream, no object found), is left to
+    :func:`find_purgatory`, so its errors are unchanged. Unlike it, the ``kexec_purgatory``
+    symbol (in the section headers at the payload's end) is not looked up: in a kernel's
+    build the symbol names that same object."""
+    try:
+        found = _purgatory_early(data, limit)
+    except KimageError:
+        found = None
+    return find_purgatory(data, limit=limit).data if found is None else found
+
+
+def _purgatory_early(data: bytes | memoryview, limit: int) -> bytes | None:
+    if kernel_kind(bytes(data[:a64.ARM64_HEADER_SIZE + 0x200])) != "bzImage":
+        return None
+    p = read_bzimage(data).payload
+    if p is None or (p.claimed_size is not None and p.claimed_size > limit):
+        return None
+    raw = memoryview(data)[p.offset:p.offset + p.length]
+    buf = bytearray()
+    machine: int | None = None
+    at = 1
+    for piece in dz.stream(raw, fmt=BZ, field="payload", offset=p.offset, limit=limit):
+        buf += piece
+        if machine is None:
+            if len(buf) < 64:
+                continue
+            if not vm.is_elf_kernel(bytes(buf[:64])):
+                return None
+            machine = struct.unpack_from("<H" if buf[5] == 1 else ">H", buf, 18)[0]
+        while True:
+            at = buf.find(elf.ELFMAG + b"\x02", at)
+            if at < 0:
+                at = max(1, len(buf) - 4)  # a magic split across pieces is found next time
+                break
+            got = _early_candidate(buf, at, machine)
+            if got == _WAIT:
+                break  # the first candidate decides: wait for the rest of it
+            if isinstance(got, bytes):
+                return got
+            at += 1
+    return None
+
+
+def _early_candidate(buf: bytearray, at: int, machine: int) -> bytes | str | None:
+    """:func:`_candidate` at ``at`` once all of it has been decompressed (``_WAIT`` before)."""
+    if at + 64 > len(buf):
+        return _WAIT
+    if buf[at + 5] not in (1, 2):
+        return None
+    order = "<" if buf[at + 5] == 1 else ">"
+    e_type, e_machine = struct.unpack_from(order + "HH", buf, at + 16)
+    (shoff,) = struct.unpack_from(order + "Q", buf, at + 40)
+    shentsize, shnum = struct.unpack_from(order + "HH", buf, at + 58)
+    end = shoff + shnum * 64
+    if (e_type != elf.ET_REL or e_machine != machine or shentsize != 64 or shnum == 0
+            or end > PURGATORY_MAX):
+        return None
+    if at + end > len(buf):
+        return _WAIT
+    for i in range(shnum):
+        sh = at + shoff + i * 64
+        (sh_type,) = struct.unpack_from(order + "I", buf, sh + 4)
+        sh_offset, sh_size = struct.unpack_from(order + "QQ", buf, sh + 24)
+        if sh_type != elf.SHT_NOBITS:
+            end = max(end, sh_offset + sh_size)
+    if end > PURGATORY_MAX:
+        return None
+    if at + end > len(buf):
+        return _WAIT
+    return _candidate(bytes(buf[at:at + end]), 0, machine)
+
+
 def purgatory_object(data: bytes | memoryview) -> PurgatoryObject:
     """The purgatory inside a kernel, parsed and ready to load."""
     return parse_purgatory(find_purgatory(data).data)

@@ -277,3 +277,99 @@ def locked(path: object) -> Iterator[None]:
             return
         os.close(fd)
     raise _out_error(path, "replaced again and again while being locked", "--in-place")
+
+
+Edit = tuple[int, bytes]  # an offset in the output, and the bytes that go there
+
+
+def _pwrite_all(fd: int, at: int, data: bytes) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:done + _CHUNK], at + done)
+
+
+def _edits_read_back(fd: int, edits: Iterable[Edit]) -> bool:
+    return all(os.pread(fd, min(_CHUNK, len(data) - pos), at + pos) == data[pos:pos + _CHUNK]
+               for at, data in edits for pos in range(0, len(data), _CHUNK))
+
+
+def write_copy_with_edits(path: object, source: str, edits: list[Edit], size: int, *,
+                          inputs: Iterable[object | None] = (),
+                          compare: Iterable[tuple[int, int]] = ()) -> None:
+    """The atomic write of :func:`write_output` for a file that is ``source`` with a few ranges
+    changed: ``source`` copied by ``copy_file_range`` (never held; holes stay holes), cut or
+    extended to ``size``, then ``edits`` written over it. Read back before the rename: every
+    edit, and the ``compare`` ranges ``[a, b)`` against ``source`` (the caller's other checks,
+    such as a digest, cover the rest)."""
+    check_output(path, inputs, stdout=False)
+    target = os.path.realpath(os.fspath(path))  # type: ignore[call-overload]
+    folder, name = os.path.split(target)
+    sweep(folder)
+    try:
+        old: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    tmp: str | None = None
+    try:
+        fd, tmp = _create(folder, name)
+    except OSError as exc:
+        raise _out_error(path, f"cannot create a file in {folder}: {exc.strerror}") from exc
+    try:
+        if old is not None:
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+        with open(source, "rb") as src:
+            end = min(os.fstat(src.fileno()).st_size, size)
+            for a, b in data_extents(src.fileno(), 0, end):
+                _copy_range(src.fileno(), fd, a, a, b - a)
+            os.ftruncate(fd, size)
+            for at, data in edits:
+                _pwrite_all(fd, at, data)
+            os.fsync(fd)
+            same = _edits_read_back(fd, edits) and all(
+                os.pread(fd, min(_CHUNK, b - at), at) == os.pread(src.fileno(),
+                                                                  min(_CHUNK, b - at), at)
+                for a, b in compare for at in range(a, b, _CHUNK))
+        if not same or os.fstat(fd).st_size != size:
+            raise _out_error(path, "read-back differs from what was written")
+        if tmp is None:
+            tmp = os.path.join(folder, f".{name}.kimagekit-tmp.{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            _link(fd, tmp)
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise _out_error(path, f"cannot write: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def edit_in_place(path: object, edits: list[Edit], size: int) -> None:
+    """Write ``edits`` into the file at ``path`` where it lies (same inode: mode and owner
+    kept), in the order given with a sync after each, so a crash leaves the earlier edits
+    whole; then cut or extend it to ``size``, sync, and read every edit back. Not atomic: the
+    caller orders the edits so any torn state is detectable, and holds :func:`locked`."""
+    name = os.fspath(path)  # type: ignore[call-overload]
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _out_error(path, f"cannot open: {exc.strerror}", "--in-place") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _out_error(path, "not a regular file: refused", "--in-place")
+        for at, data in edits:
+            _pwrite_all(fd, at, data)
+            os.fdatasync(fd)
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        os.fsync(fd)
+        if not _edits_read_back(fd, edits) or os.fstat(fd).st_size != size:
+            raise _out_error(path, "read-back differs from what was written", "--in-place")
+    except OSError as exc:
+        raise _out_error(path, f"cannot write in place: {exc.strerror}", "--in-place") from exc
+    finally:
+        os.close(fd)

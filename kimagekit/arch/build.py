@@ -137,7 +137,7 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
                          field="purgatory")
     if purgatory_from is not None:
         with input_named(purgatory_from), mapped(purgatory_from, "--purgatory-from") as view:
-            purg = parse_purgatory(kernels.find_purgatory(view).data)
+            purg = parse_purgatory(kernels.purgatory_while_decompressing(view))
             check_target(purg, "x86_64", *ARCHES["x86_64"])
     else:
         given = _purgatory(inputs.purgatory, "x86_64")
