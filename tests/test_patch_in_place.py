@@ -12,7 +12,7 @@ from image_helpers import gen
 
 from kimagekit import image as image_mod
 from kimagekit import output_files
-from kimagekit.errors import OutputError
+from kimagekit.errors import OutputError, Refused
 from kimagekit.image import (
     HandoverStyle,
     _rebuilt,
@@ -204,10 +204,10 @@ def test_a_file_it_may_not_write_is_replaced_whole(tmp_path: Path,
 
 
 @pytest.mark.parametrize("in_place", [True, False])
-def test_a_damaged_digest_segment_is_still_named_after_the_patch(tmp_path: Path,
-                                                                 in_place: bool) -> None:
-    """The checksummed segments' recorded hashes are kept (the digest holds them), so the
-    verify that ends the patch still names the segment that changed since it was sealed."""
+def test_a_damaged_digest_segment_is_named_and_nothing_is_written(tmp_path: Path,
+                                                                  in_place: bool) -> None:
+    """An image whose digest already fails is refused before any byte is written, naming the
+    segment that changed since it was sealed (a patch must not hide the damage)."""
     src = tmp_path / "img"
     write_image(src, gen.x86_like_image())
     raw = bytearray(src.read_bytes())
@@ -216,7 +216,10 @@ def test_a_damaged_digest_segment_is_still_named_after_the_patch(tmp_path: Path,
     raw[kernel.offset + 5] ^= 1
     src.write_bytes(raw)
     out = src if in_place else tmp_path / "out"
-    with pytest.raises(OutputError) as e:
+    with pytest.raises(Refused) as e:
         patch_handover(src, b"new", out=None if in_place else out)
-    assert str(e.value) == (f"{out}: the patched image does not verify: segment 2 (kernel, "
-                            "region 1 at 0x1000000) differs from what was sealed")
+    assert str(e.value) == ("image: digest: the image does not verify before patching: segment 2 "
+                            "(kernel, region 1 at 0x1000000) differs from what was sealed; "
+                            "nothing written")
+    assert src.read_bytes() == raw
+    assert in_place or not out.exists()
