@@ -204,6 +204,21 @@ def write_output(path: object, data: bytes | bytearray | memoryview, *,
     if is_stdout(path):
         _to_stdout(view, tail)
         return
+    with _new_file(path, in_place=in_place) as fd:
+        _write_all(fd, view)
+        if tail is not None and not _append_tail(fd, len(view), tail):
+            raise _out_error(path, "read-back of the copied tail differs from its source")
+        os.fsync(fd)
+        if not _same_as_written(fd, view, whole=tail is None):
+            raise _out_error(path, "read-back differs from what was written")
+
+
+@contextmanager
+def _new_file(path: object, *, in_place: bool = False) -> Iterator[int]:
+    """A new file for ``path`` (symlinks followed), unnamed where the filesystem allows: yields
+    its descriptor, and once the block has written, synced and read it back without raising,
+    gives it the target's name by an atomic rename. A replaced file's mode is kept, and its
+    owner too ``in_place``; on any error nothing is left behind."""
     target = os.path.realpath(os.fspath(path))  # type: ignore[call-overload]
     folder, name = os.path.split(target)
     sweep(folder)
@@ -226,12 +241,7 @@ def write_output(path: object, data: bytes | bytearray | memoryview, *,
                     raise _out_error(path, f"cannot keep the owner {old.st_uid}:{old.st_gid} "
                                            f"in place: {exc.strerror}") from exc
                 os.fchmod(fd, stat.S_IMODE(old.st_mode))  # chown drops set-id bits
-        _write_all(fd, view)
-        if tail is not None and not _append_tail(fd, len(view), tail):
-            raise _out_error(path, "read-back of the copied tail differs from its source")
-        os.fsync(fd)
-        if not _same_as_written(fd, view, whole=tail is None):
-            raise _out_error(path, "read-back differs from what was written")
+        yield fd
         if tmp is None:
             tmp = os.path.join(folder, f".{name}.kimagekit-tmp.{os.getpid()}")
             with contextlib.suppress(FileNotFoundError):
@@ -303,49 +313,19 @@ def write_copy_with_edits(path: object, source: str, edits: list[Edit], size: in
     edit, and the ``compare`` ranges ``[a, b)`` against ``source`` (the caller's other checks,
     such as a digest, cover the rest)."""
     check_output(path, inputs, stdout=False)
-    target = os.path.realpath(os.fspath(path))  # type: ignore[call-overload]
-    folder, name = os.path.split(target)
-    sweep(folder)
-    try:
-        old: os.stat_result | None = os.stat(target)
-    except FileNotFoundError:
-        old = None
-    tmp: str | None = None
-    try:
-        fd, tmp = _create(folder, name)
-    except OSError as exc:
-        raise _out_error(path, f"cannot create a file in {folder}: {exc.strerror}") from exc
-    try:
-        if old is not None:
-            os.fchmod(fd, stat.S_IMODE(old.st_mode))
-        with open(source, "rb") as src:
-            end = min(os.fstat(src.fileno()).st_size, size)
-            for a, b in data_extents(src.fileno(), 0, end):
-                _copy_range(src.fileno(), fd, a, a, b - a)
-            os.ftruncate(fd, size)
-            for at, data in edits:
-                _pwrite_all(fd, at, data)
-            os.fsync(fd)
-            same = _edits_read_back(fd, edits) and all(
-                os.pread(fd, min(_CHUNK, b - at), at) == os.pread(src.fileno(),
-                                                                  min(_CHUNK, b - at), at)
-                for a, b in compare for at in range(a, b, _CHUNK))
+    with _new_file(path) as fd, open(source, "rb") as src:
+        end = min(os.fstat(src.fileno()).st_size, size)
+        for a, b in data_extents(src.fileno(), 0, end):
+            _copy_range(src.fileno(), fd, a, a, b - a)
+        os.ftruncate(fd, size)
+        for at, data in edits:
+            _pwrite_all(fd, at, data)
+        os.fsync(fd)
+        same = _edits_read_back(fd, edits) and all(
+            os.pread(fd, min(_CHUNK, b - at), at) == os.pread(src.fileno(), min(_CHUNK, b - at), at)
+            for a, b in compare for at in range(a, b, _CHUNK))
         if not same or os.fstat(fd).st_size != size:
             raise _out_error(path, "read-back differs from what was written")
-        if tmp is None:
-            tmp = os.path.join(folder, f".{name}.kimagekit-tmp.{os.getpid()}")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            _link(fd, tmp)
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as exc:
-        raise _out_error(path, f"cannot write: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def edit_in_place(path: object, edits: list[Edit], size: int) -> None:
