@@ -1,0 +1,246 @@
+"""Get and set one property on the flattened tree itself, without the model.
+
+As libfdt does: the header and reservation map are checked as the model checks them, then the
+struct block is walked token by token (each token checked, with the model's messages) only as far
+as the lookup needs: to the node on the path, then through that node. Nothing is built for the
+nodes walked past, and the tokens after the target are neither read nor checked (fdtget and
+fdtput read no further either). An edit splices the blob as libfdt's fdt_setprop places it and
+as :class:`kimagekit.devicetree.DeviceTree` writes it (the same bytes: tested), then fixes the
+header. Blobs the model writes anew (versions before 17, another block order) are left to it:
+the functions here return ``None`` for them.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Iterator
+
+from kimagekit.devicetree import Blocks, _err, _name_at, check_blocks
+from kimagekit.errors import UsageError
+from kimagekit.formats import fdt as F
+
+_U32 = struct.Struct(">I")
+_PROP = struct.Struct(">III")
+_HDR = struct.Struct(">" + "I" * len(F.HEADER_FIELDS))
+Blob = bytes | mmap.mmap  # what the walk searches (a memoryview has no find)
+_PROP_TAG, _BEGIN, _END_NODE, _NOP, _END = (F.FDT_PROP, F.FDT_BEGIN_NODE, F.FDT_END_NODE,
+                                            F.FDT_NOP, F.FDT_END)
+
+
+class _Walk:
+    """One token walk over the struct block; ``stack`` holds the open nodes' names."""
+
+    def __init__(self, buf: Blob, blocks: Blocks) -> None:
+        head = blocks.head
+        self.buf = buf
+        self.end = blocks.struct_limit
+        self.strings_at = head.off_dt_strings
+        self.strings = bytes(buf[head.off_dt_strings:blocks.strings_end])
+        self.names: dict[int, bytes] = {}
+        self.stack: list[bytes] = []
+
+    def where(self, prop: str | None = None) -> str:
+        path = "/" + "/".join(n.decode("latin-1") for n in self.stack[1:])
+        base = f"struct.node[{path}]" if self.stack else "struct"
+        return f"{base}.prop[{prop}]" if prop is not None else base
+
+    def tokens(self, pos: int) -> Iterator[tuple[int, int, int, int, bytes]]:
+        """(tag, token offset, value offset, value length, name) from ``pos`` on; the name is the
+        property's or the node's. Ends after FDT_END."""
+        buf, end, stack, names = self.buf, self.end, self.stack, self.names
+        unpack, unpack_prop = _U32.unpack_from, _PROP.unpack_from
+        root_done = False
+        while True:
+            if pos + 4 > end:
+                raise _err(f"struct block ends at {end:#x} without FDT_END", self.where(), pos)
+            tag = unpack(buf, pos)[0]
+            if tag == _PROP_TAG:
+                if not stack:
+                    raise _err("FDT_PROP outside any node", self.where(), pos)
+                if pos + 12 > end:
+                    raise _err(f"property header runs past the struct block end {end:#x}",
+                               self.where("?"), pos)
+                _, ln, nameoff = unpack_prop(buf, pos)
+                name = names.get(nameoff)
+                if name is None:
+                    text = _name_at(self.strings, nameoff, self.strings_at, self.where("?"), pos)
+                    name = names[nameoff] = text.encode("latin-1")
+                nxt = (pos + 15 + ln) & -4
+                if nxt > end:
+                    raise _err(f"value of {ln:#x} bytes runs past the struct block end {end:#x}",
+                               self.where(name.decode("latin-1")), pos)
+                yield tag, pos, pos + 12, ln, name
+                pos = nxt
+            elif tag == _BEGIN:
+                if root_done:
+                    raise _err("a second root node", self.where(), pos)
+                if len(stack) >= F.FDT_MAX_DEPTH:
+                    raise _err(f"nodes nested deeper than {F.FDT_MAX_DEPTH}", self.where(), pos)
+                nul = buf.find(b"\0", pos + 4, end)
+                if nul < 0:
+                    raise _err("node name is not terminated inside the struct block",
+                               self.where(), pos)
+                nxt = (nul + 4) & -4
+                if nxt > end:
+                    raise _err("node name padding runs past the struct block end",
+                               self.where(), pos)
+                name = bytes(buf[pos + 4:nul])
+                stack.append(name)
+                yield tag, pos, nxt, 0, name
+                pos = nxt
+            elif tag == _END_NODE:
+                if not stack:
+                    raise _err("FDT_END_NODE with no open node", self.where(), pos)
+                yield tag, pos, pos + 4, 0, stack.pop()
+                root_done = not stack
+                pos += 4
+            elif tag == _NOP:
+                pos += 4
+            elif tag == _END:
+                if stack:
+                    raise _err("FDT_END inside an open node", self.where(), pos)
+                if not root_done:
+                    raise _err("no root node", self.where(), pos)
+                yield tag, pos, pos + 4, 0, b""
+                return
+            else:
+                raise _err(f"bad token {tag:#010x}", self.where(), pos)
+
+
+def _matches(name: bytes, part: bytes) -> bool:
+    # as DeviceTree.child: "cpu" finds "cpu@0" when the unit address is left out
+    return name == part or (b"@" not in part and name.partition(b"@")[0] == part)
+
+
+def _find(walk: _Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], path: str
+          ) -> int | None:
+    """Where the node at ``path`` starts its content, or None when there is none."""
+    parts = [p.encode("latin-1") for p in path.split("/") if p]
+    on = 0  # how many nodes on the path are open
+    for tag, _, nxt, _, name in tokens:
+        depth = len(walk.stack)
+        if tag == _BEGIN:
+            if depth == 1 and on == 0:
+                on = 1  # the root
+            elif depth == on + 1 and _matches(name, parts[on - 1]):
+                on += 1
+            else:
+                continue
+            if on == len(parts) + 1:
+                return nxt
+        elif tag == _END_NODE and depth < on:
+            return None  # the deepest node on the path closed without the next name
+    return None  # pragma: no cover - FDT_END comes only after the root closed
+
+
+def _prop(walk: _Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], name: bytes
+          ) -> tuple[int, int, int] | int:
+    """The first property ``name`` among the node's own items: (token offset, value offset,
+    length); else the offset where the node's content ends."""
+    base = len(walk.stack)
+    for tag, pos, value, ln, got in tokens:
+        if tag == _PROP_TAG and len(walk.stack) == base and got == name:
+            return pos, value, ln
+        if tag == _END_NODE and len(walk.stack) < base:
+            return pos
+    return -1  # pragma: no cover - FDT_END comes only after the root closed
+
+
+def _usable(buf: Blob) -> Blocks | None:
+    total = _U32.unpack_from(buf, 4)[0] if len(buf) >= 8 else 0
+    blocks = check_blocks(memoryview(buf)[:max(total, _HDR.size)], len(buf))
+    h = blocks.head
+    if h.version < 17 or not h.off_mem_rsvmap <= h.off_dt_struct <= h.off_dt_strings:
+        return None
+    return blocks
+
+
+def _latin1(*texts: str) -> bool:
+    try:
+        for t in texts:
+            t.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def get_property(buf: Blob, path: str, name: str) -> bytes | None:
+    """The value of ``name`` in node ``path`` (refused when there is no such node or property);
+    None when the model must read this blob."""
+    blocks = _usable(buf)
+    if blocks is None or not _latin1(path, name):
+        return None
+    if not path.startswith("/"):
+        raise UsageError(f"node path must start with '/': {path!r}")
+    walk = _Walk(buf, blocks)
+    tokens = walk.tokens(blocks.head.off_dt_struct)
+    if _find(walk, tokens, path) is None:
+        raise UsageError(f"no node {path}", fmt="dtb")
+    found = _prop(walk, tokens, name.encode("latin-1"))
+    if isinstance(found, int):
+        raise UsageError(f"no property {name} in {path}", fmt="dtb")
+    _, value, ln = found
+    return bytes(buf[value:value + ln])
+
+
+def set_property(buf: Blob, path: str, name: str, value: bytes, *, pack: bool = False
+                 ) -> bytes | None:
+    """The blob with ``name`` in node ``path`` set to ``value``: the bytes
+    ``DeviceTree.set`` then ``build(pack)`` give. None when the model must write this blob."""
+    blocks = _usable(buf)
+    if blocks is None or not _latin1(path, name):
+        return None
+    if not path.startswith("/"):
+        raise UsageError(f"node path must start with '/': {path!r}")
+    h = blocks.head
+    walk = _Walk(buf, blocks)
+    tokens = walk.tokens(h.off_dt_struct)
+    content = _find(walk, tokens, path)
+    if content is None:
+        raise UsageError(f"no node {path}", fmt="dtb")
+    raw_name = name.encode("latin-1")
+    found = _prop(walk, tokens, raw_name)
+    strings = walk.strings
+    pad = b"\0" * (-len(value) % 4)
+    if isinstance(found, int):  # a new property goes first in its node
+        nameoff = strings.find(raw_name + b"\0")
+        if nameoff < 0:
+            nameoff = len(strings)
+            strings += raw_name + b"\0"
+        cut = (content, content)
+        token = _PROP.pack(_PROP_TAG, len(value), nameoff) + value + pad
+    else:
+        pos, at, ln = found
+        cut = (pos, (at + ln + 3) & -4)
+        if bytes(buf[at:at + ln]) == value:  # unchanged: its alignment bytes stay too
+            token = bytes(buf[cut[0]:cut[1]])
+        else:
+            token = _PROP.pack(_PROP_TAG, len(value), _PROP.unpack_from(buf, pos)[2]) + \
+                value + pad
+    view = memoryview(buf)
+    struct_block = (view[h.off_dt_struct:cut[0]], token, view[cut[1]:blocks.struct_limit])
+    size_struct = blocks.struct_limit - h.off_dt_struct + len(token) - (cut[1] - cut[0])
+    fields = dict(zip(F.HEADER_FIELDS, _HDR.unpack_from(buf, 0), strict=True))
+    if pack:
+        rsv = view[h.off_mem_rsvmap:blocks.rsv_end]
+        head_size = (_HDR.size + 7) & -8
+        fields.update(off_mem_rsvmap=head_size, off_dt_struct=head_size + len(rsv))
+        before: tuple[bytes | memoryview, ...] = (b"\0" * (head_size - _HDR.size), rsv)
+        gap: bytes | memoryview = b""
+        tail: bytes | memoryview = b""
+    else:
+        before = (view[_HDR.size:h.off_dt_struct],)
+        gap = view[blocks.struct_limit:h.off_dt_strings]
+        old_tail = view[blocks.strings_end:h.totalsize]
+        end = h.off_dt_struct + size_struct + len(gap) + len(strings)
+        grow = end - blocks.strings_end
+        # as the model: growth eats the padding, shrinking gives it back as zeros
+        tail = old_tail[grow:] if grow > 0 else \
+            (b"\0" * -grow + bytes(old_tail)) if len(old_tail) else b""
+    off_strings = fields["off_dt_struct"] + size_struct + len(gap)
+    fields.update(off_dt_strings=off_strings, size_dt_strings=len(strings),
+                  size_dt_struct=size_struct,
+                  totalsize=off_strings + len(strings) + len(tail))
+    header = _HDR.pack(*(fields[f] for f in F.HEADER_FIELDS))
+    return b"".join((header, *before, *struct_block, gap, strings, tail))
