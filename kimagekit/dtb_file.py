@@ -47,6 +47,17 @@ def load_tree(path: Pathish) -> DeviceTree:
     raise UnrecognisedFormat("not a device tree (no DTB magic, no /dts-v1/ tag)", fmt="dtb")
 
 
+def dts_text(path: Pathish) -> str:
+    """The tree as DTS text (:func:`kimagekit.dts.to_dts`); a DTB is written straight from its
+    tokens when it can be."""
+    if is_dtb(read_head(path, 4)):
+        with map_file(path) as (mm, view):
+            text = dts.blob_to_dts(_blob(mm, view))
+        if text is not None:
+            return text
+    return dts.to_dts(load_tree(path))
+
+
 def read_property(path: Pathish, node: str, prop: str) -> bytes:
     """One property's raw value; a missing node or property is refused."""
     if is_dtb(read_head(path, 4)):

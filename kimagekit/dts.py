@@ -14,14 +14,17 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from kimagekit import fdt_raw
 from kimagekit.devicetree import DeviceTree, Node, is_redundant_name
 from kimagekit.dts_subset import compile_subset
 from kimagekit.errors import ParseError, UsageError
 from kimagekit.fileio import read_input
+from kimagekit.formats import fdt as F
 
 _ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r",
             0x5C: "\\\\", 0x22: '\\"', 0: "\\0"}
-_STRINGISH = set(range(0x20, 0x7F)) | {0, 7, 8, 9, 10, 11, 12, 13}
+_STRINGISH_BYTES = bytes([*range(0x20, 0x7F), 0, 7, 8, 9, 10, 11, 12, 13])
+_ESCAPED = re.compile(b"[" + re.escape(bytes(sorted(_ESCAPES))) + b"]")
 
 
 def to_dts(tree: DeviceTree) -> str:
@@ -29,6 +32,49 @@ def to_dts(tree: DeviceTree) -> str:
     out = ["/dts-v1/;", ""]
     out += [f"/memreserve/\t0x{r.address:016x} 0x{r.size:016x};" for r in tree.reservations]
     _node(tree.root, 0, out)
+    return "\n".join(out) + "\n"
+
+
+def blob_to_dts(buf: fdt_raw.Blob) -> str | None:
+    """:func:`to_dts` of the tree in ``buf``, written as the tokens are walked (no model); None
+    when the model must read it (an old version, a property after a child node)."""
+    blocks = fdt_raw.usable(buf)
+    if blocks is None:
+        return None
+    walk = fdt_raw.Walk(buf, blocks)
+    stack = walk.stack
+    out = ["/dts-v1/;", ""]
+    out += [f"/memreserve/\t0x{r.address:016x} 0x{r.size:016x};" for r in blocks.reservations]
+    tabs = ["\t" * i for i in range(F.FDT_MAX_DEPTH + 2)]
+    names: dict[bytes, str] = {}
+    seen: dict[bytes, str] = {}
+    had_child = [False]  # per open node: a child node seen yet
+    value, append = _value, out.append
+    for tag, _, at, ln, name in walk.tokens(blocks.head.off_dt_struct):
+        if tag == F.FDT_PROP:
+            if had_child[-1]:
+                return None  # to_dts writes the properties first
+            raw = buf[at:at + ln]
+            if name == b"name" and raw == stack[-1].partition(b"@")[0] + b"\0":
+                continue  # dtc's checks drop it
+            text = names.get(name)
+            if text is None:
+                text = names[name] = name.decode("latin-1")
+            shown = seen.get(raw)
+            if shown is None:
+                shown = value(raw)
+                if len(seen) < 4096 and shown[3:4] == '"':  # strings repeat (compatible, ...)
+                    seen[raw] = shown
+            append(f"{tabs[len(stack)]}{text}{shown}")
+        elif tag == F.FDT_BEGIN_NODE:
+            if len(stack) > 1:
+                had_child[-1] = True
+                append("")
+            had_child.append(False)
+            append(f"{tabs[len(stack) - 1]}{name.decode('latin-1') or '/'} {{")
+        elif tag == F.FDT_END_NODE:
+            had_child.pop()
+            append(f"{tabs[len(stack)]}}};")
     return "\n".join(out) + "\n"
 
 
@@ -51,16 +97,20 @@ def value_text(raw: bytes) -> str:
 
 
 def _value(v: bytes) -> str:
+    # dtc's guess (stringish, then cells, then bytes), each test done by C loops over the value
     if not v:
         return ";"
-    nul = v.count(0)
-    if v[-1] == 0 and all(b in _STRINGISH for b in v) and nul <= len(v) - nul:
-        text = "".join(_ESCAPES.get(b, chr(b)) for b in v[:-1])
-        return f' = "{text}";'
+    if v[-1] == 0 and not v.translate(None, _STRINGISH_BYTES):
+        nul = v.count(0)
+        if nul <= len(v) - nul:
+            body = v[:-1]
+            text = "".join(_ESCAPES.get(b, chr(b)) for b in body) if _ESCAPED.search(body) \
+                else body.decode("latin-1")
+            return f' = "{text}";'
     if len(v) % 4 == 0:
         cells = struct.unpack(f">{len(v) // 4}I", v)
-        return " = <" + " ".join(f"0x{c:02x}" for c in cells) + ">;"
-    return " = [" + " ".join(f"{b:02x}" for b in v) + "];"
+        return " = <" + " ".join(map("0x%02x".__mod__, cells)) + ">;"
+    return " = [" + v.hex(" ") + "];"
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ _PROP_TAG, _BEGIN, _END_NODE, _NOP, _END = (F.FDT_PROP, F.FDT_BEGIN_NODE, F.FDT_
                                             F.FDT_NOP, F.FDT_END)
 
 
-class _Walk:
+class Walk:
     """One token walk over the struct block; ``stack`` holds the open nodes' names."""
 
     def __init__(self, buf: Blob, blocks: Blocks) -> None:
@@ -113,7 +113,7 @@ def _matches(name: bytes, part: bytes) -> bool:
     return name == part or (b"@" not in part and name.partition(b"@")[0] == part)
 
 
-def _find(walk: _Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], path: str
+def _find(walk: Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], path: str
           ) -> int | None:
     """Where the node at ``path`` starts its content, or None when there is none."""
     parts = [p.encode("latin-1") for p in path.split("/") if p]
@@ -134,7 +134,7 @@ def _find(walk: _Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], path:
     return None  # pragma: no cover - FDT_END comes only after the root closed
 
 
-def _prop(walk: _Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], name: bytes
+def _prop(walk: Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], name: bytes
           ) -> tuple[int, int, int] | int:
     """The first property ``name`` among the node's own items: (token offset, value offset,
     length); else the offset where the node's content ends."""
@@ -147,7 +147,8 @@ def _prop(walk: _Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], name:
     return -1  # pragma: no cover - FDT_END comes only after the root closed
 
 
-def _usable(buf: Blob) -> Blocks | None:
+def usable(buf: Blob) -> Blocks | None:
+    """The checked blocks, or None when the model must read this blob."""
     total = _U32.unpack_from(buf, 4)[0] if len(buf) >= 8 else 0
     blocks = check_blocks(memoryview(buf)[:max(total, _HDR.size)], len(buf))
     h = blocks.head
@@ -168,12 +169,12 @@ def _latin1(*texts: str) -> bool:
 def get_property(buf: Blob, path: str, name: str) -> bytes | None:
     """The value of ``name`` in node ``path`` (refused when there is no such node or property);
     None when the model must read this blob."""
-    blocks = _usable(buf)
+    blocks = usable(buf)
     if blocks is None or not _latin1(path, name):
         return None
     if not path.startswith("/"):
         raise UsageError(f"node path must start with '/': {path!r}")
-    walk = _Walk(buf, blocks)
+    walk = Walk(buf, blocks)
     tokens = walk.tokens(blocks.head.off_dt_struct)
     if _find(walk, tokens, path) is None:
         raise UsageError(f"no node {path}", fmt="dtb")
@@ -188,13 +189,13 @@ def set_property(buf: Blob, path: str, name: str, value: bytes, *, pack: bool = 
                  ) -> bytes | None:
     """The blob with ``name`` in node ``path`` set to ``value``: the bytes
     ``DeviceTree.set`` then ``build(pack)`` give. None when the model must write this blob."""
-    blocks = _usable(buf)
+    blocks = usable(buf)
     if blocks is None or not _latin1(path, name):
         return None
     if not path.startswith("/"):
         raise UsageError(f"node path must start with '/': {path!r}")
     h = blocks.head
-    walk = _Walk(buf, blocks)
+    walk = Walk(buf, blocks)
     tokens = walk.tokens(h.off_dt_struct)
     content = _find(walk, tokens, path)
     if content is None:
