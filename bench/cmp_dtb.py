@@ -60,10 +60,9 @@ def pylibfdt_get(src: str, node: str, prop: str) -> None:
 
 
 def kimagekit_dts(src: str) -> None:
-    from kimagekit import dts
-    from kimagekit.dtb_file import load_tree
+    from kimagekit import dtb_file
 
-    sys.stdout.write(dts.to_dts(load_tree(src)))
+    sys.stdout.write(dtb_file.dts_text(src))
 
 
 def same_files(a: str, b: str) -> None:
@@ -108,7 +107,8 @@ def _tree_cases(label: str, src: Path, gets: list[tuple[str, str, str]]) -> list
     cases = [Case(f"dtb set {node} {prop} (library vs pylibfdt), {label}",
                   functools.partial(kimagekit_set, str(src), ours, node, prop, BOOTARGS),
                   functools.partial(pylibfdt_set, str(src), theirs, node, prop, BOOTARGS),
-                  goal=goal, check=functools.partial(same_files, ours, theirs), file_size=size)]
+                  goal=goal, check=functools.partial(same_files, ours, theirs), file_size=size,
+                  setup=functools.partial(pylibfdt_set, str(src), theirs, node, prop, BOOTARGS))]
     cases += [Case(f"dtb get {what} (library vs pylibfdt), {label}",
                    functools.partial(kimagekit_get, str(src), at, name),
                    functools.partial(pylibfdt_get, str(src), at, name),

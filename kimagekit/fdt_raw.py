@@ -22,6 +22,7 @@ from kimagekit.formats import fdt as F
 
 _U32 = struct.Struct(">I")
 _PROP = struct.Struct(">III")
+_LEN_OFF = struct.Struct(">II")
 _HDR = struct.Struct(">" + "I" * len(F.HEADER_FIELDS))
 Blob = bytes | mmap.mmap  # what the walk searches (a memoryview has no find)
 _PROP_TAG, _BEGIN, _END_NODE, _NOP, _END = (F.FDT_PROP, F.FDT_BEGIN_NODE, F.FDT_END_NODE,
@@ -34,6 +35,7 @@ class Walk:
     def __init__(self, buf: Blob, blocks: Blocks) -> None:
         head = blocks.head
         self.buf = buf
+        self.start = head.off_dt_struct
         self.end = blocks.struct_limit
         self.strings_at = head.off_dt_strings
         self.strings = bytes(buf[head.off_dt_strings:blocks.strings_end])
@@ -113,6 +115,69 @@ def _matches(name: bytes, part: bytes) -> bool:
     return name == part or (b"@" not in part and name.partition(b"@")[0] == part)
 
 
+class _Anomaly(Exception):
+    """The quick walk met something it does not report: the checked walk runs and says why."""
+
+
+def _quick_find(walk: Walk, path: str) -> int | None:
+    """:func:`_find` without the messages (and ~2x faster): the same checks, and on a failed
+    one :class:`_Anomaly`. Found: the node's names are left on ``walk.stack``."""
+    buf, pos, end = walk.buf, walk.start, walk.end
+    parts = [p.encode("latin-1") for p in path.split("/") if p]
+    strings = walk.strings
+    last_nul = strings.rfind(b"\0")
+    unpack, unpack2 = _U32.unpack_from, _LEN_OFF.unpack_from
+    opened: list[int] = []  # where each open node's token is
+    on = 0
+    while True:
+        if pos + 4 > end:
+            raise _Anomaly
+        tag = unpack(buf, pos)[0]
+        if tag == _PROP_TAG:
+            if pos + 12 > end or not opened:
+                raise _Anomaly
+            ln, nameoff = unpack2(buf, pos + 4)
+            pos = (pos + 15 + ln) & -4
+            if nameoff > last_nul or pos > end:
+                raise _Anomaly
+        elif tag == _BEGIN:
+            nul = buf.find(b"\0", pos + 4, end)
+            nxt = (nul + 4) & -4
+            if nul < 0 or nxt > end or len(opened) >= F.FDT_MAX_DEPTH or (on and not opened):
+                raise _Anomaly
+            opened.append(pos)
+            depth = len(opened)
+            if depth == 1 or (depth == on + 1 and _matches(buf[pos + 4:nul], parts[on - 1])):
+                on += 1
+                if on == len(parts) + 1:
+                    walk.stack[:] = [bytes(buf[p + 4:buf.find(b"\0", p + 4, end)])
+                                     for p in opened]
+                    return nxt
+            pos = nxt
+        elif tag == _END_NODE:
+            if not opened:
+                raise _Anomaly
+            opened.pop()
+            if len(opened) < on:
+                return None
+            pos += 4
+        elif tag == _NOP:
+            pos += 4
+        else:
+            raise _Anomaly
+
+
+def _locate(walk: Walk, path: str) -> tuple[int | None, Iterator[tuple[int, int, int, int, bytes]]]:
+    """Where the node's content starts (None: no such node), and the checked walk from there."""
+    try:
+        content = _quick_find(walk, path)
+    except _Anomaly:
+        walk.stack.clear()
+        tokens = walk.tokens(walk.start)
+        return _find(walk, tokens, path), tokens
+    return content, walk.tokens(content if content is not None else walk.start)
+
+
 def _find(walk: Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], path: str
           ) -> int | None:
     """Where the node at ``path`` starts its content, or None when there is none."""
@@ -175,8 +240,8 @@ def get_property(buf: Blob, path: str, name: str) -> bytes | None:
     if not path.startswith("/"):
         raise UsageError(f"node path must start with '/': {path!r}")
     walk = Walk(buf, blocks)
-    tokens = walk.tokens(blocks.head.off_dt_struct)
-    if _find(walk, tokens, path) is None:
+    content, tokens = _locate(walk, path)
+    if content is None:
         raise UsageError(f"no node {path}", fmt="dtb")
     found = _prop(walk, tokens, name.encode("latin-1"))
     if isinstance(found, int):
@@ -196,8 +261,7 @@ def set_property(buf: Blob, path: str, name: str, value: bytes, *, pack: bool = 
         raise UsageError(f"node path must start with '/': {path!r}")
     h = blocks.head
     walk = Walk(buf, blocks)
-    tokens = walk.tokens(h.off_dt_struct)
-    content = _find(walk, tokens, path)
+    content, tokens = _locate(walk, path)
     if content is None:
         raise UsageError(f"no node {path}", fmt="dtb")
     raw_name = name.encode("latin-1")

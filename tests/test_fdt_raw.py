@@ -196,3 +196,19 @@ def test_node_with_unit_address_found_by_base_name() -> None:
     with pytest.raises(UsageError) as info:
         fdt_raw.get_property(blob, "/cpus/cpu@1", "reg")
     assert str(info.value) == "dtb: no node /cpus/cpu@1"
+
+
+def test_defect_inside_the_target_node_named_by_its_path() -> None:
+    tree = DeviceTree.new()
+    tree.add_node("/", "chosen")
+    tree.set("/chosen", "bootargs", b"quiet\0")
+    chosen = tree.need("/chosen")
+    chosen.items.append(Node("sub"))
+    blob = bytearray(tree.build())
+    at = blob.index(b"sub\0") - 4
+    blob[at:at + 4] = struct.pack(">I", 0x10)
+    with pytest.raises(ParseError) as info:
+        fdt_raw.get_property(bytes(blob), "/chosen", "missing")
+    assert str(info.value) == f"dtb: struct.node[/chosen] at offset {at:#x}: bad token 0x00000010"
+    # the property comes before the defect: found, as fdtget finds it
+    assert fdt_raw.get_property(bytes(blob), "/chosen", "bootargs") == b"quiet\0"
