@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.runner import KIMAGEKIT, ROOT, Case, quick
@@ -79,11 +80,22 @@ def _big(nodes: int) -> Path:
         tmp = path.with_suffix(".tmp")
         code = ("import sys; from bench.bench_fdt import generate; "
                 "open(sys.argv[1], 'wb').write(generate(int(sys.argv[2])))")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        subprocess.run([sys.executable, "-c", code, str(tmp), str(nodes)], check=True, env=env)
+        subprocess.run([sys.executable, "-c", code, str(tmp), str(nodes)], check=True,
+                       env=_child_env())
         tmp.replace(path)
     return path
+
+
+def _in_child(fn: Callable[..., None], *args: str) -> None:
+    # The runner spawns its children while it shares its memory with them, so what it holds
+    # shows in their peak RSS: nothing big is ever loaded here.
+    code = f"import sys; from bench.cmp_dtb import {fn.__name__} as f; f(*sys.argv[1:])"
+    subprocess.run([sys.executable, "-c", code, *args], check=True, env=_child_env())
+
+
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def _last_node(nodes: int) -> str:
@@ -108,7 +120,8 @@ def _tree_cases(label: str, src: Path, gets: list[tuple[str, str, str]]) -> list
                   functools.partial(kimagekit_set, str(src), ours, node, prop, BOOTARGS),
                   functools.partial(pylibfdt_set, str(src), theirs, node, prop, BOOTARGS),
                   goal=goal, check=functools.partial(same_files, ours, theirs), file_size=size,
-                  setup=functools.partial(pylibfdt_set, str(src), theirs, node, prop, BOOTARGS))]
+                  setup=functools.partial(_in_child, pylibfdt_set, str(src), theirs, node, prop,
+                                          BOOTARGS))]
     cases += [Case(f"dtb get {what} (library vs pylibfdt), {label}",
                    functools.partial(kimagekit_get, str(src), at, name),
                    functools.partial(pylibfdt_get, str(src), at, name),
@@ -137,7 +150,7 @@ def cases() -> list[Case]:
     gets = [("/ #address-cells (first token)", "/", "#address-cells"),
             ("reg of the last node (whole tree walked)", _last_node(nodes), "reg")]
     out = _tree_cases(label, big, gets)
-    corpus = Path(os.environ.get("KIMAGEKIT_CORPUS", CORPUS.parent)) / "dtb"
+    corpus = Path(os.environ.get("KIMAGEKIT_CORPUS", CORPUS)) / "dtb"
     if (corpus / QEMU).exists():
         out += _tree_cases("QEMU aarch64 virt", corpus / QEMU,
                            [("/chosen stdout-path", "/chosen", "stdout-path")])

@@ -20,9 +20,9 @@ from kimagekit.devicetree import Blocks, _err, _name_at, check_blocks
 from kimagekit.errors import UsageError
 from kimagekit.formats import fdt as F
 
-_U32 = struct.Struct(">I")
+U32 = struct.Struct(">I")
 _PROP = struct.Struct(">III")
-_LEN_OFF = struct.Struct(">II")
+LEN_OFF = struct.Struct(">II")
 _HDR = struct.Struct(">" + "I" * len(F.HEADER_FIELDS))
 Blob = bytes | mmap.mmap  # what the walk searches (a memoryview has no find)
 _PROP_TAG, _BEGIN, _END_NODE, _NOP, _END = (F.FDT_PROP, F.FDT_BEGIN_NODE, F.FDT_END_NODE,
@@ -51,7 +51,7 @@ class Walk:
         """(tag, token offset, value offset, value length, name) from ``pos`` on; the name is the
         property's or the node's. Ends after FDT_END."""
         buf, end, stack, names = self.buf, self.end, self.stack, self.names
-        unpack, unpack_prop = _U32.unpack_from, _PROP.unpack_from
+        unpack, unpack_prop = U32.unpack_from, _PROP.unpack_from
         root_done = False
         while True:
             if pos + 4 > end:
@@ -115,36 +115,36 @@ def _matches(name: bytes, part: bytes) -> bool:
     return name == part or (b"@" not in part and name.partition(b"@")[0] == part)
 
 
-class _Anomaly(Exception):
+class Anomaly(Exception):
     """The quick walk met something it does not report: the checked walk runs and says why."""
 
 
 def _quick_find(walk: Walk, path: str) -> int | None:
     """:func:`_find` without the messages (and ~2x faster): the same checks, and on a failed
-    one :class:`_Anomaly`. Found: the node's names are left on ``walk.stack``."""
+    one :class:`Anomaly`. Found: the node's names are left on ``walk.stack``."""
     buf, pos, end = walk.buf, walk.start, walk.end
     parts = [p.encode("latin-1") for p in path.split("/") if p]
     strings = walk.strings
     last_nul = strings.rfind(b"\0")
-    unpack, unpack2 = _U32.unpack_from, _LEN_OFF.unpack_from
+    unpack, unpack2 = U32.unpack_from, LEN_OFF.unpack_from
     opened: list[int] = []  # where each open node's token is
     on = 0
     while True:
         if pos + 4 > end:
-            raise _Anomaly
+            raise Anomaly
         tag = unpack(buf, pos)[0]
         if tag == _PROP_TAG:
             if pos + 12 > end or not opened:
-                raise _Anomaly
+                raise Anomaly
             ln, nameoff = unpack2(buf, pos + 4)
             pos = (pos + 15 + ln) & -4
             if nameoff > last_nul or pos > end:
-                raise _Anomaly
+                raise Anomaly
         elif tag == _BEGIN:
             nul = buf.find(b"\0", pos + 4, end)
             nxt = (nul + 4) & -4
             if nul < 0 or nxt > end or len(opened) >= F.FDT_MAX_DEPTH or (on and not opened):
-                raise _Anomaly
+                raise Anomaly
             opened.append(pos)
             depth = len(opened)
             if depth == 1 or (depth == on + 1 and _matches(buf[pos + 4:nul], parts[on - 1])):
@@ -156,7 +156,7 @@ def _quick_find(walk: Walk, path: str) -> int | None:
             pos = nxt
         elif tag == _END_NODE:
             if not opened:
-                raise _Anomaly
+                raise Anomaly
             opened.pop()
             if len(opened) < on:
                 return None
@@ -164,14 +164,14 @@ def _quick_find(walk: Walk, path: str) -> int | None:
         elif tag == _NOP:
             pos += 4
         else:
-            raise _Anomaly
+            raise Anomaly
 
 
 def _locate(walk: Walk, path: str) -> tuple[int | None, Iterator[tuple[int, int, int, int, bytes]]]:
     """Where the node's content starts (None: no such node), and the checked walk from there."""
     try:
         content = _quick_find(walk, path)
-    except _Anomaly:
+    except Anomaly:
         walk.stack.clear()
         tokens = walk.tokens(walk.start)
         return _find(walk, tokens, path), tokens
@@ -214,7 +214,7 @@ def _prop(walk: Walk, tokens: Iterator[tuple[int, int, int, int, bytes]], name: 
 
 def usable(buf: Blob) -> Blocks | None:
     """The checked blocks, or None when the model must read this blob."""
-    total = _U32.unpack_from(buf, 4)[0] if len(buf) >= 8 else 0
+    total = U32.unpack_from(buf, 4)[0] if len(buf) >= 8 else 0
     blocks = check_blocks(memoryview(buf)[:max(total, _HDR.size)], len(buf))
     h = blocks.head
     if h.version < 17 or not h.off_mem_rsvmap <= h.off_dt_struct <= h.off_dt_strings:

@@ -86,3 +86,11 @@ def test_corrupt_samples_same_error(name: str) -> None:
     with pytest.raises(ParseError) as raw:
         dts.blob_to_dts(blob)
     assert str(raw.value) == str(model.value)
+
+
+@pytest.mark.parametrize("cells", [1, 2, 63, 64, 65, 300])
+def test_cells_text_any_count(cells: int) -> None:
+    v = b"".join(struct.pack(">I", (i * 0x01010101) & 0xFFFFFFFF | 0x80) for i in range(cells))
+    assert dts._value(v) == _value_by_the_rule(v)
+    assert dts._value(v) == " = <" + " ".join(f"0x{c:02x}" for c in
+                                               struct.unpack(f">{cells}I", v)) + ">;"
