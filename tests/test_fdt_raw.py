@@ -212,3 +212,14 @@ def test_defect_inside_the_target_node_named_by_its_path() -> None:
     assert str(info.value) == f"dtb: struct.node[/chosen] at offset {at:#x}: bad token 0x00000010"
     # the property comes before the defect: found, as fdtget finds it
     assert fdt_raw.get_property(bytes(blob), "/chosen", "bootargs") == b"quiet\0"
+
+
+def test_every_truncation_same_error_as_the_model() -> None:
+    good = (TESTDATA / "dtb" / "small.dtb").read_bytes()
+    for n in range(len(good)):
+        cut = good[:n]
+        with pytest.raises(ParseError) as model:
+            DeviceTree.parse(cut)
+        with pytest.raises(ParseError) as raw:
+            fdt_raw.get_property(cut, "/chosen", "bootargs")
+        assert str(raw.value) == str(model.value)
