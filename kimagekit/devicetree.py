@@ -79,13 +79,24 @@ class Nop:
 NOP = Nop()
 
 
+class Opaque:
+    """A subtree kept as its bytes, unread (a partial read: :func:`kimagekit.fdt_raw.partial_tree`);
+    ``max_nameoff`` is the highest name offset its properties use (-1: none)."""
+
+    __slots__ = ("max_nameoff", "raw")
+
+    def __init__(self, raw: bytes, max_nameoff: int) -> None:
+        self.raw = raw
+        self.max_nameoff = max_nameoff
+
+
 class Node:
     __slots__ = ("items", "name", "pad")
 
-    def __init__(self, name: str, items: list[Prop | Node | Nop] | None = None,
+    def __init__(self, name: str, items: list[Prop | Node | Nop | Opaque] | None = None,
                  pad: bytes = b"") -> None:
         self.name = name
-        self.items: list[Prop | Node | Nop] = [] if items is None else items
+        self.items: list[Prop | Node | Nop | Opaque] = [] if items is None else items
         self.pad = pad
 
     def props(self) -> Iterator[Prop]:
@@ -250,7 +261,8 @@ class DeviceTree:
         if gone.nameoff != len(self.strings) - len(raw) or not self.strings.endswith(raw):
             return
         for _, node in self.walk():
-            if any(p.nameoff >= gone.nameoff for p in node.props()):
+            if any(p.nameoff >= gone.nameoff if isinstance(p, Prop) else
+                   isinstance(p, Opaque) and p.max_nameoff >= gone.nameoff for p in node.items):
                 return
         del self.strings[gone.nameoff:]
 
@@ -279,6 +291,8 @@ def _build_struct(tree: DeviceTree) -> bytes:
                            + (it.pad or zeros[: -len(it.value) % 4]))
             elif isinstance(it, Node):
                 node(it)
+            elif isinstance(it, Opaque):
+                out.append(it.raw)
             else:
                 out.append(_TAG_NOP)
         out.append(_TAG_END_NODE)

@@ -153,7 +153,12 @@ def patch_handover(file: Pathish, output: Pathish, *, start: int | None = None,
     """Set the hand-over buffer (``start``, ``size``) in a DTB/DTS, or remove every one, and write
     the result atomically."""
     with input_named(file):
-        tree = load_tree(file)
+        tree = None
+        if is_dtb(read_head(file, 4)):
+            with map_file(file) as (mm, view):
+                tree = fdt_raw.partial_tree(_blob(mm, view))
+        if tree is None:
+            tree = load_tree(file)
         if remove:
             done = ppc_fdt.remove_handover(tree)
             if not done:

@@ -16,7 +16,18 @@ import mmap
 import struct
 from collections.abc import Iterator
 
-from kimagekit.devicetree import Blocks, _err, _name_at, check_blocks
+from kimagekit.devicetree import (
+    NOP,
+    Blocks,
+    DeviceTree,
+    Node,
+    Nop,
+    Opaque,
+    Prop,
+    _err,
+    _name_at,
+    check_blocks,
+)
 from kimagekit.errors import UsageError
 from kimagekit.formats import fdt as F
 
@@ -309,3 +320,104 @@ def set_property(buf: Blob, path: str, name: str, value: bytes, *, pack: bool = 
                   totalsize=off_strings + len(strings) + len(tail))
     header = _HDR.pack(*(fields[f] for f in F.HEADER_FIELDS))
     return b"".join((header, *before, *struct_block, gap, strings, tail))
+
+
+# -- a partial tree for the hand-over patch ----------------------------------------------------
+_FULL = (b"chosen", b"reserved-memory")  # root children read whole; what ppc_fdt looks into
+
+
+def partial_tree(buf: Blob) -> DeviceTree | None:
+    """The tree with every subtree below the root's children kept as bytes (:class:`Opaque`),
+    except under ``/chosen`` and ``/reserved-memory``: all that the hand-over edit reads (root
+    cells, memory nodes, reservations, /chosen) at a fraction of the cost; it writes the same
+    bytes as the full tree. Every token is still walked and checked; None when the full read is
+    needed (a defect, whose message it gives; an old version; another block order)."""
+    blocks = usable(buf)
+    if blocks is None:
+        return None
+    h = blocks.head
+    walk = Walk(buf, blocks)
+    try:
+        top, walked = _partial_walk(walk)
+    except Anomaly:
+        return None
+    end = blocks.struct_limit
+    return DeviceTree(
+        version=h.version, last_comp_version=h.last_comp_version,
+        boot_cpuid_phys=h.boot_cpuid_phys, reservations=blocks.reservations, top=top,
+        strings=bytearray(walk.strings), gap0=bytes(buf[_HDR.size:h.off_mem_rsvmap]),
+        gap1=bytes(buf[blocks.rsv_end:h.off_dt_struct]), gap2=bytes(buf[end:h.off_dt_strings]),
+        struct_tail=bytes(buf[walked:end]), pad=bytes(buf[blocks.strings_end:h.totalsize]),
+        data_end=blocks.strings_end, rsv_term=blocks.rsv_term, read_version=h.version)
+
+
+def _partial_walk(walk: Walk) -> tuple[list[Node | Nop], int]:
+    # The checks of Walk.tokens, without their messages (Anomaly instead).
+    buf, pos, end, strings = walk.buf, walk.start, walk.end, walk.strings
+    last_nul = strings.rfind(b"\0")
+    unpack, unpack2 = U32.unpack_from, LEN_OFF.unpack_from
+    names: dict[int, str] = {}
+    top: list[Node | Nop] = []
+    stack: list[Node] = []  # the open nodes that are built
+    depth, root_done, full = 0, False, False
+    opaque_at, opaque_depth, opaque_max = -1, 0, -1
+    while True:
+        if pos + 4 > end:
+            raise Anomaly
+        tag = unpack(buf, pos)[0]
+        if tag == _PROP_TAG:
+            if pos + 12 > end or not depth:
+                raise Anomaly
+            ln, nameoff = unpack2(buf, pos + 4)
+            vend = pos + 12 + ln
+            nxt = (vend + 3) & -4
+            if nameoff > last_nul or nxt > end:
+                raise Anomaly
+            if opaque_at >= 0:
+                opaque_max = max(opaque_max, nameoff)
+            else:
+                name = names.get(nameoff)
+                if name is None:
+                    name = names[nameoff] = \
+                        strings[nameoff:strings.index(b"\0", nameoff)].decode("latin-1")
+                pad = bytes(buf[vend:nxt])
+                stack[-1].items.append(Prop(name, bytes(buf[pos + 12:vend]), nameoff,
+                                            pad if pad.strip(b"\0") else b""))
+            pos = nxt
+        elif tag == _BEGIN:
+            nul = buf.find(b"\0", pos + 4, end)
+            nxt = (nul + 4) & -4
+            if root_done or nul < 0 or nxt > end or depth >= F.FDT_MAX_DEPTH:
+                raise Anomaly
+            depth += 1
+            if opaque_at < 0:
+                raw = bytes(buf[pos + 4:nul])
+                if depth == 2:
+                    full = raw.partition(b"@")[0] in _FULL
+                if depth > 2 and not full:
+                    opaque_at, opaque_depth, opaque_max = pos, depth, -1
+                else:
+                    pad = bytes(buf[nul + 1:nxt])
+                    node = Node(raw.decode("latin-1"), [], pad if pad.strip(b"\0") else b"")
+                    (stack[-1].items if stack else top).append(node)
+                    stack.append(node)
+            pos = nxt
+        elif tag == _END_NODE:
+            if not depth:
+                raise Anomaly
+            if opaque_at < 0:
+                stack.pop()
+            elif depth == opaque_depth:
+                stack[-1].items.append(Opaque(bytes(buf[opaque_at:pos + 4]), opaque_max))
+                opaque_at = -1
+            depth -= 1
+            root_done = not depth
+            pos += 4
+        elif tag == _NOP:
+            if opaque_at < 0:
+                (stack[-1].items if stack else top).append(NOP)
+            pos += 4
+        elif tag == _END and root_done and not depth:
+            return top, pos + 4
+        else:
+            raise Anomaly
