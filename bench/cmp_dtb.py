@@ -66,6 +66,29 @@ def kimagekit_dts(src: str) -> None:
     sys.stdout.write(dtb_file.dts_text(src))
 
 
+def kimagekit_handover(src: str, out: str, start: str, size: str) -> None:
+    from kimagekit import dtb_file
+
+    dtb_file.patch_handover(src, out, start=int(start), size=int(size), style="seed", pack=True)
+
+
+def pylibfdt_handover(src: str, out: str, start: str, size: str) -> None:
+    # what the seed-style hand-over edit does (without kimagekit's RAM and reservation checks)
+    import libfdt
+
+    with open(src, "rb") as f:
+        fdt = libfdt.Fdt(bytearray(f.read()))
+    fdt.resize(fdt.totalsize() + 256)
+    chosen = fdt.path_offset("/chosen")
+    fdt.setprop_u64(chosen, "linux,kexec-handover-buffer-start", int(start))
+    fdt.setprop_u64(fdt.path_offset("/chosen"), "linux,kexec-handover-buffer-end",
+                    int(start) + int(size))
+    libfdt.check_err(libfdt.fdt_add_mem_rsv(fdt._fdt, int(start), int(size)))
+    fdt.pack()
+    with open(out, "wb") as f:
+        f.write(fdt.as_bytearray())
+
+
 def same_files(a: str, b: str) -> None:
     if Path(a).read_bytes() != Path(b).read_bytes():
         raise AssertionError(f"{a} and {b} differ")
@@ -96,6 +119,34 @@ def _in_child(fn: Callable[..., None], *args: str) -> None:
 def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def _with_memory(nodes: int) -> Path:
+    """The generated tree plus a /memory node (RAM for the hand-over check)."""
+    path = WORK / f"tree-{nodes}-mem.dtb"
+    if not path.exists():
+        big = _big(nodes)
+        code = ("import sys; from kimagekit.devicetree import DeviceTree, Node, Prop; "
+                "t = DeviceTree.parse(open(sys.argv[1], 'rb').read()); "
+                "t.root.items.append(Node('memory@0', [Prop('device_type', b'memory\\0', "
+                "t._nameoff('device_type')), Prop('reg', (1 << 30).to_bytes(8, 'big'), "
+                "t._nameoff('reg'))])); open(sys.argv[2], 'wb').write(t.build())")
+        tmp = path.with_suffix(".tmp")
+        subprocess.run([sys.executable, "-c", code, str(big), str(tmp)], check=True,
+                       env=_child_env())
+        tmp.replace(path)
+    return path
+
+
+def _handover_case(label: str, src: Path, start: int) -> Case:
+    ours, theirs = str(WORK / f"{label}-hk.dtb"), str(WORK / f"{label}-hr.dtb")
+    args = (str(src), str(start), str(1 << 20))
+    return Case(f"patch-handover seed (library vs pylibfdt), {label}",
+                functools.partial(kimagekit_handover, args[0], ours, *args[1:]),
+                functools.partial(pylibfdt_handover, args[0], theirs, *args[1:]),
+                goal="cpu<=2x, rss<=16MiB+file", check=functools.partial(same_files, ours, theirs),
+                setup=functools.partial(_in_child, pylibfdt_handover, args[0], theirs, *args[1:]),
+                file_size=src.stat().st_size)
 
 
 def _last_node(nodes: int) -> str:
@@ -150,10 +201,12 @@ def cases() -> list[Case]:
     gets = [("/ #address-cells (first token)", "/", "#address-cells"),
             ("reg of the last node (whole tree walked)", _last_node(nodes), "reg")]
     out = _tree_cases(label, big, gets)
+    out.append(_handover_case(label, _with_memory(nodes), 0x200000))
     corpus = Path(os.environ.get("KIMAGEKIT_CORPUS", CORPUS)) / "dtb"
     if (corpus / QEMU).exists():
         out += _tree_cases("QEMU aarch64 virt", corpus / QEMU,
                            [("/chosen stdout-path", "/chosen", "stdout-path")])
+        out.append(_handover_case("QEMU aarch64 virt", corpus / QEMU, 0x47000000))
     dtc = shutil.which("dtc")
     if dtc:
         size = big.stat().st_size
