@@ -15,8 +15,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kimagekit.errors import ParseError, UsageError
+from kimagekit.fileio import Buffer
 from kimagekit.formats import fdt as F
 
 _HDR = struct.Struct(">" + "I" * len(F.HEADER_FIELDS))
@@ -77,13 +79,24 @@ class Nop:
 NOP = Nop()
 
 
+class Opaque:
+    """A subtree kept as its bytes, unread (a partial read: :func:`kimagekit.fdt_raw.partial_tree`);
+    ``max_nameoff`` is the highest name offset its properties use (-1: none)."""
+
+    __slots__ = ("max_nameoff", "raw")
+
+    def __init__(self, raw: bytes, max_nameoff: int) -> None:
+        self.raw = raw
+        self.max_nameoff = max_nameoff
+
+
 class Node:
     __slots__ = ("items", "name", "pad")
 
-    def __init__(self, name: str, items: list[Prop | Node | Nop] | None = None,
+    def __init__(self, name: str, items: list[Prop | Node | Nop | Opaque] | None = None,
                  pad: bytes = b"") -> None:
         self.name = name
-        self.items: list[Prop | Node | Nop] = [] if items is None else items
+        self.items: list[Prop | Node | Nop | Opaque] = [] if items is None else items
         self.pad = pad
 
     def props(self) -> Iterator[Prop]:
@@ -248,7 +261,8 @@ class DeviceTree:
         if gone.nameoff != len(self.strings) - len(raw) or not self.strings.endswith(raw):
             return
         for _, node in self.walk():
-            if any(p.nameoff >= gone.nameoff for p in node.props()):
+            if any(p.nameoff >= gone.nameoff if isinstance(p, Prop) else
+                   isinstance(p, Opaque) and p.max_nameoff >= gone.nameoff for p in node.items):
                 return
         del self.strings[gone.nameoff:]
 
@@ -277,6 +291,8 @@ def _build_struct(tree: DeviceTree) -> bytes:
                            + (it.pad or zeros[: -len(it.value) % 4]))
             elif isinstance(it, Node):
                 node(it)
+            elif isinstance(it, Opaque):
+                out.append(it.raw)
             else:
                 out.append(_TAG_NOP)
         out.append(_TAG_END_NODE)
@@ -325,11 +341,20 @@ _BLOCK_NAMES = {"rsvmap": "reservation map", "struct": "struct block",
                 "strings": "strings block"}
 
 
-def _parse(buf: bytes, file_size: int) -> DeviceTree:
-    """``buf`` is the blob (at most totalsize bytes of a file of ``file_size``)."""
+class Blocks(NamedTuple):
+    """Where a checked blob's blocks lie (what the token walk needs)."""
+
+    head: Header
+    reservations: list[Reservation]
+    rsv_end: int
+    rsv_term: bytes
+    strings_end: int
+    struct_limit: int
+
+
+def check_blocks(buf: Buffer, file_size: int) -> Blocks:
+    """The header and block checks every reader makes, and the reservation map read."""
     head = _parse_header(buf, file_size)
-    hsize = F.header_size(head.version)
-    old = head.version < F.FIRST_VERSION
     starts = {"rsvmap": head.off_mem_rsvmap, "struct": head.off_dt_struct,
               "strings": head.off_dt_strings}
 
@@ -353,9 +378,17 @@ def _parse(buf: bytes, file_size: int) -> DeviceTree:
     rsv, rsv_end, term = _parse_rsvmap(buf, head, limit("rsvmap"))
     str_size = sizes["strings"]
     str_end = head.off_dt_strings + str_size if str_size is not None else limit("strings")
-    strings = buf[head.off_dt_strings:str_end]
     struct_limit = head.off_dt_struct + head.size_dt_struct \
         if head.size_dt_struct is not None else limit("struct")
+    return Blocks(head, rsv, rsv_end, term, str_end, struct_limit)
+
+
+def _parse(buf: bytes, file_size: int) -> DeviceTree:
+    """``buf`` is the blob (at most totalsize bytes of a file of ``file_size``)."""
+    head, rsv, rsv_end, term, str_end, struct_limit = check_blocks(buf, file_size)
+    hsize = F.header_size(head.version)
+    old = head.version < F.FIRST_VERSION
+    strings = buf[head.off_dt_strings:str_end]
     top, walked = _walk(buf, head.off_dt_struct, struct_limit, strings, head.off_dt_strings, old)
     struct_end = struct_limit if head.size_dt_struct is not None else walked
     standard = head.off_mem_rsvmap <= head.off_dt_struct <= head.off_dt_strings
@@ -375,7 +408,7 @@ def _parse(buf: bytes, file_size: int) -> DeviceTree:
         data_end=str_end, rsv_term=term, read_version=head.version)
 
 
-def _parse_header(buf: bytes, file_size: int) -> Header:
+def _parse_header(buf: Buffer, file_size: int) -> Header:
     n = file_size
     if n < 4:
         raise _err(f"truncated header: {n} bytes, a DTB header needs at least 36",
@@ -415,7 +448,7 @@ def _parse_header(buf: bytes, file_size: int) -> Header:
     return h
 
 
-def _parse_rsvmap(buf: bytes, h: Header, end: int) -> tuple[list[Reservation], int, bytes]:
+def _parse_rsvmap(buf: Buffer, h: Header, end: int) -> tuple[list[Reservation], int, bytes]:
     # As libfdt and dtc read it: the first entry of size 0 ends the map.
     out: list[Reservation] = []
     pos = h.off_mem_rsvmap
@@ -429,7 +462,7 @@ def _parse_rsvmap(buf: bytes, h: Header, end: int) -> tuple[list[Reservation], i
         address, size = _RSV.unpack_from(buf, pos)
         pos += _RSV.size
         if size == 0:
-            return out, pos, buf[pos - _RSV.size:pos]
+            return out, pos, bytes(buf[pos - _RSV.size:pos])
         out.append(Reservation(address, size))
 
 

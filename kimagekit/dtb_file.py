@@ -3,14 +3,22 @@ hand-over announcement written back to a new file."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 from dataclasses import dataclass
 
-from kimagekit import dts, ppc_fdt
+from kimagekit import dts, fdt_raw, ppc_fdt
 from kimagekit.devicetree import DeviceTree, Header, Reservation, encode
 from kimagekit.errors import UnrecognisedFormat, UsageError, input_named
-from kimagekit.fileio import atomic_write, atomic_write_with_tail, mapped, read_head, read_input
+from kimagekit.fileio import (
+    atomic_write,
+    atomic_write_with_tail,
+    map_file,
+    mapped,
+    read_head,
+    read_input,
+)
 from kimagekit.formats.fdt import FDT_MAGIC
 
 Pathish = str | os.PathLike[str]
@@ -39,8 +47,24 @@ def load_tree(path: Pathish) -> DeviceTree:
     raise UnrecognisedFormat("not a device tree (no DTB magic, no /dts-v1/ tag)", fmt="dtb")
 
 
+def dts_text(path: Pathish) -> str:
+    """The tree as DTS text (:func:`kimagekit.dts.to_dts`); a DTB is written straight from its
+    tokens when it can be."""
+    if is_dtb(read_head(path, 4)):
+        with map_file(path) as (mm, view):
+            text = dts.blob_to_dts(_blob(mm, view))
+        if text is not None:
+            return text
+    return dts.to_dts(load_tree(path))
+
+
 def read_property(path: Pathish, node: str, prop: str) -> bytes:
     """One property's raw value; a missing node or property is refused."""
+    if is_dtb(read_head(path, 4)):
+        with map_file(path) as (mm, view):
+            raw = fdt_raw.get_property(_blob(mm, view), node, prop)
+        if raw is not None:
+            return raw
     tree = load_tree(path)
     tree.need(node)
     raw = tree.get(node, prop)
@@ -55,11 +79,22 @@ def set_property(path: Pathish, output: Pathish, node: str, prop: str, kind: str
     :func:`kimagekit.devicetree.encode`) and write the new DTB atomically; everything else keeps
     its bytes. Returns the new DTB's size."""
     with input_named(path):
-        tree = load_tree(path)
-        tree.set(node, prop, encode(kind, values))
-        data = tree.build(pack=pack)
+        value = encode(kind, values)
+        data = None
+        if is_dtb(read_head(path, 4)):
+            with map_file(path) as (mm, view):
+                data = fdt_raw.set_property(_blob(mm, view), node, prop, value, pack=pack)
+        if data is None:
+            tree = load_tree(path)
+            tree.set(node, prop, value)
+            data = tree.build(pack=pack)
     write_tree(path, output, data)
     return len(data)
+
+
+def _blob(mm: mmap.mmap | None, view: memoryview) -> fdt_raw.Blob:
+    # a pipe was read into bytes; an empty file has neither (and no DTB magic)
+    return mm if mm is not None else bytes(view)
 
 
 def write_tree(source: Pathish, output: Pathish, blob: bytes) -> None:
@@ -118,7 +153,12 @@ def patch_handover(file: Pathish, output: Pathish, *, start: int | None = None,
     """Set the hand-over buffer (``start``, ``size``) in a DTB/DTS, or remove every one, and write
     the result atomically."""
     with input_named(file):
-        tree = load_tree(file)
+        tree = None
+        if is_dtb(read_head(file, 4)):
+            with map_file(file) as (mm, view):
+                tree = fdt_raw.partial_tree(_blob(mm, view))
+        if tree is None:
+            tree = load_tree(file)
         if remove:
             done = ppc_fdt.remove_handover(tree)
             if not done:

@@ -14,14 +14,17 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from kimagekit import fdt_raw
 from kimagekit.devicetree import DeviceTree, Node, is_redundant_name
 from kimagekit.dts_subset import compile_subset
 from kimagekit.errors import ParseError, UsageError
 from kimagekit.fileio import read_input
+from kimagekit.formats import fdt as F
 
 _ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r",
             0x5C: "\\\\", 0x22: '\\"', 0: "\\0"}
-_STRINGISH = set(range(0x20, 0x7F)) | {0, 7, 8, 9, 10, 11, 12, 13}
+_STRINGISH_BYTES = bytes([*range(0x20, 0x7F), 0, 7, 8, 9, 10, 11, 12, 13])
+_ESCAPED = re.compile(b"[" + re.escape(bytes(sorted(_ESCAPES))) + b"]")
 
 
 def to_dts(tree: DeviceTree) -> str:
@@ -30,6 +33,93 @@ def to_dts(tree: DeviceTree) -> str:
     out += [f"/memreserve/\t0x{r.address:016x} 0x{r.size:016x};" for r in tree.reservations]
     _node(tree.root, 0, out)
     return "\n".join(out) + "\n"
+
+
+def blob_to_dts(buf: fdt_raw.Blob) -> str | None:
+    """:func:`to_dts` of the tree in ``buf``, written as the tokens are walked (no model); None
+    when the model must read it (an old version, a property after a child node)."""
+    blocks = fdt_raw.usable(buf)
+    if blocks is None:
+        return None
+    walk = fdt_raw.Walk(buf, blocks)
+    out = ["/dts-v1/;", ""]
+    out += [f"/memreserve/\t0x{r.address:016x} 0x{r.size:016x};" for r in blocks.reservations]
+    try:
+        done = _dts_lines(walk, out)
+    except fdt_raw.Anomaly:
+        for _ in walk.tokens(walk.start):  # the checked walk: it raises the defect's error
+            pass
+        return None  # pragma: no cover - both walks make the same checks
+    return "\n".join(out) + "\n" if done else None
+
+
+def _dts_lines(walk: fdt_raw.Walk, out: list[str]) -> bool:
+    # One loop over the tokens, checked as fdt_raw.Walk.tokens checks them (fdt_raw.Anomaly
+    # when one fails); False when a property follows a child node (to_dts puts it first).
+    buf, pos, end, strings = walk.buf, walk.start, walk.end, walk.strings
+    last_nul = strings.rfind(b"\0")
+    unpack, unpack2 = fdt_raw.U32.unpack_from, fdt_raw.LEN_OFF.unpack_from
+    tabs = ["\t" * i for i in range(F.FDT_MAX_DEPTH + 2)]
+    names: dict[int, str] = {}
+    seen: dict[bytes, str] = {}
+    stack: list[bytes] = []
+    had_child = [False]  # per open node: a child node seen yet
+    root_done = False
+    value, append = _value, out.append
+    while True:
+        if pos + 4 > end:
+            raise fdt_raw.Anomaly
+        tag = unpack(buf, pos)[0]
+        if tag == F.FDT_PROP:
+            if pos + 12 > end or not stack:
+                raise fdt_raw.Anomaly
+            ln, nameoff = unpack2(buf, pos + 4)
+            at = pos + 12
+            pos = (at + ln + 3) & -4
+            if nameoff > last_nul or pos > end:
+                raise fdt_raw.Anomaly
+            if had_child[-1]:
+                return False
+            text = names.get(nameoff)
+            if text is None:
+                text = names[nameoff] = \
+                    strings[nameoff:strings.index(b"\0", nameoff)].decode("latin-1")
+            raw = buf[at:at + ln]
+            if text == "name" and raw == stack[-1].partition(b"@")[0] + b"\0":
+                continue  # dtc's checks drop it
+            shown = seen.get(raw)
+            if shown is None:
+                shown = value(raw)
+                if len(seen) < 4096 and shown[3:4] == '"':  # strings repeat (compatible, ...)
+                    seen[raw] = shown
+            append(f"{tabs[len(stack)]}{text}{shown}")
+        elif tag == F.FDT_BEGIN_NODE:
+            nul = buf.find(b"\0", pos + 4, end)
+            nxt = (nul + 4) & -4
+            if root_done or nul < 0 or nxt > end or len(stack) >= F.FDT_MAX_DEPTH:
+                raise fdt_raw.Anomaly
+            name = buf[pos + 4:nul]
+            if stack:
+                had_child[-1] = True
+                append("")
+            had_child.append(False)
+            append(f"{tabs[len(stack)]}{name.decode('latin-1') or '/'} {{")
+            stack.append(name)
+            pos = nxt
+        elif tag == F.FDT_END_NODE:
+            if not stack:
+                raise fdt_raw.Anomaly
+            stack.pop()
+            had_child.pop()
+            append(f"{tabs[len(stack)]}}};")
+            root_done = not stack
+            pos += 4
+        elif tag == F.FDT_NOP:
+            pos += 4
+        elif tag == F.FDT_END and root_done and not stack:
+            return True
+        else:
+            raise fdt_raw.Anomaly
 
 
 def _node(node: Node, level: int, out: list[str]) -> None:
@@ -51,16 +141,28 @@ def value_text(raw: bytes) -> str:
 
 
 def _value(v: bytes) -> str:
+    # dtc's guess (stringish, then cells, then bytes), each test done by C loops over the value
     if not v:
         return ";"
-    nul = v.count(0)
-    if v[-1] == 0 and all(b in _STRINGISH for b in v) and nul <= len(v) - nul:
-        text = "".join(_ESCAPES.get(b, chr(b)) for b in v[:-1])
-        return f' = "{text}";'
+    if v[-1] == 0 and not v.translate(None, _STRINGISH_BYTES):
+        nul = v.count(0)
+        if nul <= len(v) - nul:
+            body = v[:-1]
+            text = "".join(_ESCAPES.get(b, chr(b)) for b in body) if _ESCAPED.search(body) \
+                else body.decode("latin-1")
+            return f' = "{text}";'
     if len(v) % 4 == 0:
-        cells = struct.unpack(f">{len(v) // 4}I", v)
-        return " = <" + " ".join(f"0x{c:02x}" for c in cells) + ">;"
-    return " = [" + " ".join(f"{b:02x}" for b in v) + "];"
+        n = len(v) // 4
+        if n > 64:
+            return " = <" + " ".join(map("0x%02x".__mod__, struct.unpack(f">{n}I", v))) + ">;"
+        unpack, fmt = _CELLS[n]
+        return fmt % unpack(v)
+    return " = [" + v.hex(" ") + "];"
+
+
+# per cell count up to 64: the unpacker and the whole text's format
+_CELLS = [(struct.Struct(f">{n}I").unpack, " = <" + " ".join(["0x%02x"] * n) + ">;")
+          for n in range(65)]
 
 
 # -- reading -----------------------------------------------------------------------------------

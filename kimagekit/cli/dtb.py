@@ -41,11 +41,13 @@ def show(
     """Every property of every node, one per line (or DTS, or JSON)."""
     if as_dts and as_json:
         raise UsageError("--dts and --json exclude each other")
+    if as_dts:
+        with input_named(file):
+            text = dtb_file.dts_text(file)
+        typer.echo(text, nl=False)
+        return
     with input_named(file):
         tree = load_tree(file)
-    if as_dts:
-        typer.echo(dts.to_dts(tree), nl=False)
-        return
     if as_json:
         emit_json({"header": tree.header(), "reservations": tree.reservations,
                    "nodes": [{"path": p, "properties": [
