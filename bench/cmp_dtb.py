@@ -222,10 +222,3 @@ def cases() -> list[Case]:
         ]
     return out
 
-
-if __name__ == "__main__":  # python -m bench.cmp_dtb: this module's rows only
-    from bench import cmp_dtb, runner  # the sides must pickle as bench.cmp_dtb's, not __main__'s
-
-    rounds = int(os.environ.get("BENCH_ROUNDS", "5"))
-    rows = [runner.row(runner.measure(c, "cmp_dtb", rounds)) for c in cmp_dtb.cases()]
-    print(runner.text_table(rows))
