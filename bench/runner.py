@@ -4,7 +4,8 @@ Every measurement is a fresh child process. A command line (list) is spawned as 
 pickled and run by a fresh interpreter (so both sides pay the same interpreter start), or, when it
 cannot be pickled (a lambda, a closure), in a forked child (its peak RSS then includes the pages
 inherited from the runner: prefer module-level functions or functools.partial). CPU time
-(user+sys) and peak RSS come from os.wait4 of that child, wall time from perf_counter.
+(user+sys) comes from os.wait4 of that child, peak RSS from GNU time around it where installed
+(else from os.wait4, which also counts the runner's own pages), wall time from perf_counter.
 
 Runs are paired: each round runs the kimagekit side and the reference side back to back (the
 order alternates between rounds), after one unmeasured warm-up of each. The table reports medians
@@ -124,7 +125,15 @@ def _env(case: Case) -> dict[str, str]:
     return env
 
 
-def _spawn(argv: Sequence[str], env: dict[str, str], err_path: str) -> int:
+#: GNU time, when present, reports the child's own peak RSS: os.wait4's ru_maxrss of a child
+#: spawned from this process also counts the runner's pages it shared until exec.
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str], err_path: str,
+           rss_path: str | None = None) -> int:
+    if GNU_TIME is not None and rss_path is not None:
+        argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss_path, *argv]
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -158,9 +167,11 @@ def run_once(side: Side, case: Case, work: Path) -> Sample:
     Path(err_path).write_bytes(b"")
     if case.before_each is not None:
         case.before_each()
+    rss_path = str(work / "rss")
+    Path(rss_path).write_bytes(b"")
     start = time.perf_counter()
     if isinstance(side, list):
-        pid = _spawn(side, _env(case), err_path)
+        pid = _spawn(side, _env(case), err_path, rss_path)
         what = " ".join(side)
     else:
         what = getattr(side, "__qualname__", repr(side))
@@ -172,14 +183,16 @@ def run_once(side: Side, case: Case, work: Path) -> Sample:
             fn_path = work / "callable.pickle"
             fn_path.write_bytes(blob)
             pid = _spawn([sys.executable, "-c", _CHILD, str(fn_path), str(ROOT)], _env(case),
-                         err_path)
+                         err_path, rss_path)
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code not in case.ok_codes:
         tail = Path(err_path).read_text(errors="replace").strip().splitlines()[-3:]
         raise BenchError(f"{what}: exit {code}: " + " | ".join(tail))
-    return Sample(usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss * 1024)
+    reported = Path(rss_path).read_text().strip()
+    rss_kib = int(reported) if reported.isdigit() else usage.ru_maxrss
+    return Sample(usage.ru_utime + usage.ru_stime, wall, rss_kib * 1024)
 
 
 def measure(case: Case, module: str, rounds: int) -> Result:

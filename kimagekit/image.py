@@ -688,7 +688,7 @@ def patch_handover(path: str | os.PathLike[str], data: bytes, *,
 
 def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, reseal: bool, *,
                     in_place: bool) -> PatchResult:
-    with mapped(path) as view:
+    with map_file(path) as (mm, view):
         info = read_image(view)
         ho = info.segment(Role.HANDOVER)
         if ho is None:
@@ -701,7 +701,7 @@ def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, res
             raise RuleError(f"new contents are {len(data)} bytes, {len(data) - ho.memsz} more "
                             f"than the hand-over's memsz {ho.memsz}", fmt=FMT,
                             field=f"segment[{ho.index}]")
-        _refuse_unverified(info, view)
+        _refuse_unverified(info, view, mm)
         # in place needs write access to the file itself (a rename needs only the folder's)
         plan = None if ho.checksummed or (in_place and not os.access(target, os.W_OK)) \
             else _edit_plan(info, view, ho, data)
@@ -726,10 +726,10 @@ def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, res
     return PatchResult(seg, ho.bufsz, reseal and ho.checksummed, res)
 
 
-def _refuse_unverified(info: ImageInfo, view: memoryview) -> None:
+def _refuse_unverified(info: ImageInfo, view: memoryview, mm: mmap.mmap | None) -> None:
     """An image whose digest already fails is not patched: a patch (a reseal above all) would
     hide the damage behind a fresh, consistent image."""
-    before = _verify(info, view, None)
+    before = _verify(info, view, mm)  # pages dropped as hashed: memory stays flat
     if not before.ok:
         raise Refused(f"the image does not verify before patching: {before.reason}; nothing "
                       "written", fmt=FMT, field="digest")
