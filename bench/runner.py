@@ -14,7 +14,8 @@ load from another process hits both sides of a pair and mostly cancels.
 
 Goals are small expressions joined by "," and all must hold, e.g. "cpu<=0.2x, rss<=64MiB":
 ``cpu`` / ``wall`` compare the ratio, ``rss`` the kimagekit side's peak RSS in MiB (``+file``
-may follow a number: "rss<=16MiB+file" adds ``Case.file_size`` bytes). A bare "<=2x" is ``cpu``.
+may follow a number: "rss<=16MiB+file" adds ``Case.file_size`` bytes); "wall<=5s" is a ceiling
+in seconds on the kimagekit side's median, for cases with no reference. A bare "<=2x" is ``cpu``.
 Anything else is printed as is and judged "?".
 """
 
@@ -226,7 +227,7 @@ def measure(case: Case, module: str, rounds: int) -> Result:
 
 
 _CLAUSE = re.compile(
-    r"^\s*(?:(cpu|wall|rss)\s*)?<=\s*([0-9.]+)\s*(x|MiB)?\s*(\+\s*file)?\s*$")
+    r"^\s*(?:(cpu|wall|rss)\s*)?<=\s*([0-9.]+)\s*(x|MiB|s)?\s*(\+\s*file)?\s*$")
 
 
 def judge(result: Result) -> str:
@@ -245,6 +246,8 @@ def judge(result: Result) -> str:
                 return "?"
             limit = num * MiB + (result.case.file_size if plus_file else 0)
             verdicts.append(result.peak_rss("k") <= limit)
+        elif unit == "s":  # a ceiling in seconds on the kimagekit side's median
+            verdicts.append(result.median("k", metric) <= num)
         else:
             if not result.reference or unit not in (None, "x"):
                 return "?"
