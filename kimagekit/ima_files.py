@@ -4,10 +4,11 @@ another form, or extended; every output written atomically and re-read before su
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kimagekit import ima_ascii, ima_kexec, ima_log
+from kimagekit import ima_ascii, ima_kexec, ima_log, ima_replay
 from kimagekit.errors import Refused, RuleError, UsageError, about_file, input_named
 from kimagekit.fileio import atomic_write, reread
 from kimagekit.ima_log import ListFormat, ListReport
@@ -40,6 +41,15 @@ def check_file(path: Pathish) -> CheckResult:
             except RuleError as err:
                 restore_error = str(err)
     return CheckResult(fmt, report, restore_error)
+
+
+def replay_file(path: Pathish, banks: Sequence[str], method: ima_replay.Method = "per-bank",
+                expected: Mapping[str, Mapping[int, bytes]] | None = None) -> ListReport:
+    """``ima replay`` of one file: every template digest rechecked, ``banks`` replayed (with the
+    pre-5.8 ``sha1-padded`` replay beside), and where each ``expected`` value is reached."""
+    with input_named(path), ima_log.open_list(path) as (fmt, view):
+        return ima_log.analyse(view, fmt, banks=banks, method=method, expected=expected or {},
+                               legacy=True)
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,10 @@ def test_detector_magics_are_the_formats_own() -> None:
 def test_dts_heads_still_pass_the_prefilter(head: bytes, kind: str) -> None:
     found = [k.name for k in detect.KINDS if k.detect(head, len(head))]
     assert found[0] == kind
+
+
+def test_a_typo_still_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    from kimagekit.cli import main
+    assert main(["insp"]) == 2
+    err = capsys.readouterr().err
+    assert "No such command 'insp'. Did you mean 'inspect'?" in err

@@ -11,6 +11,8 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterator, Mapping
+from functools import cache
 from typing import Any
 
 import typer
@@ -44,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 GROUPS = ("ima", "dtb")
 
 
+@cache
 def load_command(name: str) -> Any:
     """The click command ``name`` as the eager CLI built it: its module registered on a
     root of its own, so typer builds the command exactly as before."""
@@ -61,11 +64,31 @@ def _no_options() -> None:
     """A callback, so that typer builds a group even for a module with one command."""
 
 
+class _Commands(Mapping[str, Any]):
+    """The root's commands by name (what typer suggests from on a typo), each loaded when
+    looked up."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        return load_command(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
 class _LazyGroup(TyperGroup):
     """The root group: commands from :data:`COMMANDS`, each imported on first use; while
     help is formatted, stand-ins carrying only the listed help line."""
 
     _listing = False
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _Commands()  # type: ignore[assignment]
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(COMMANDS)
