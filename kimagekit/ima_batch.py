@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,6 +48,8 @@ def run_all(fn: Callable[[Pathish], Any], paths: Sequence[Pathish],
         for p in paths:
             yield attempt(fn, p)
         return
+    from concurrent.futures import ProcessPoolExecutor  # only when there is a pool to run
+
     with ProcessPoolExecutor(max_workers=min(jobs, len(paths))) as pool:
         yield from pool.map(partial(attempt, fn), paths)
 

@@ -137,3 +137,31 @@ def test_the_dask_bag_recipe_on_the_local_scheduler(tmp_path: Path, altered: Pat
         (files[0], True), (files[1], False), (files[2], True), (files[3], None), (files[4], True)]
     assert str(outcomes[3].error) == str(serial[3].error)
     assert outcomes[3].error is not None and outcomes[3].error.file == files[3]
+
+
+def test_replay_without_the_padded_tables_unless_a_verdict_needs_them() -> None:
+    from kimagekit import ima_replay
+
+    banks = ["sha1", "sha256"]
+    full = ima_files.replay_file(LE, banks, expected={}, legacy=True)
+    own = {b: full.pcrs[b][10] for b in banks}
+    padded = full.padded["sha256"][10]
+    assert padded != own["sha256"]
+    cases = {
+        "per-bank": ({"sha1": {10: own["sha1"]}, "sha256": {10: own["sha256"]}}, False),
+        "padded": ({"sha256": {10: padded}}, True),
+        "neither": ({"sha256": {10: bytes(32)}}, True),
+        "sha1 only, wrong": ({"sha1": {10: bytes(20)}}, False),
+        "none": ({}, False),
+    }
+    for name, (expected, second_pass) in cases.items():
+        lazy = ima_files.replay_file(LE, banks, expected=expected, legacy=None)
+        both = ima_files.replay_file(LE, banks, expected=expected, legacy=True)
+        assert lazy.replayed is not None and both.replayed is not None
+        assert ima_replay.judge(expected, lazy.replayed) == \
+            ima_replay.judge(expected, both.replayed), name
+        assert lazy.pcrs == both.pcrs and lazy.mismatches == both.mismatches, name
+        assert (lazy.padded == both.padded) if second_pass else (lazy.padded == {}), name
+    verdict = ima_replay.judge(cases["padded"][0], ima_files.replay_file(
+        LE, banks, expected=cases["padded"][0], legacy=None).replayed)  # type: ignore[arg-type]
+    assert [(v.status, v.method) for v in verdict] == [("match", "sha1-padded")]

@@ -210,7 +210,9 @@ def replay(
             banks.append(b)
     ima_replay.check_banks(banks)
     method: ima_replay.Method = "recomputed" if recomputed else "per-bank"
-    fn = partial(ima_files.replay_file, banks=banks, method=method, expected=expected)
+    # the text report never shows the sha1-padded tables: replay them only when a verdict needs
+    fn = partial(ima_files.replay_file, banks=banks, method=method, expected=expected,
+                 legacy=True if as_json or jsonl else None)
     view = partial(_replay_view, banks=banks, method=method, expected=expected, prefix=prefix)
     run_files([file, *(more or [])], fn, view, as_json, jsonl, jobs)
 
