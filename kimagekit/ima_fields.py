@@ -118,7 +118,7 @@ def shown_parts(fid: str, data: bytes, endian: Endian) -> tuple[str, str | None,
         # "[type:]algo:" NUL digest; the prefix may also be empty
         sep = data.find(b"\0")
         if sep == 0 or (sep > 0 and data[sep - 1] == 0x3A):
-            shown, algo = _digest_head(data[:sep])
+            shown, algo = digest_head(data[:sep])
             digest = data[sep + 1:]
             return shown + digest.hex(), algo, digest
         return data.hex(), None, None
@@ -131,7 +131,7 @@ def shown_parts(fid: str, data: bytes, endian: Endian) -> tuple[str, str | None,
 
 
 @lru_cache(maxsize=64)  # a list uses a few prefixes ("sha256:", "ima:sha256:")
-def _digest_head(head: bytes) -> tuple[str, str | None]:
+def digest_head(head: bytes) -> tuple[str, str | None]:
     """What a digest field shows before its hex (nothing for a bare ":"), and its algorithm."""
     algo = head[:-1].decode("ascii", "backslashreplace").rsplit(":", 1)[-1] or None
     return ("" if head == b":" else head.decode("latin-1")), algo

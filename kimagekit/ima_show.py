@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from json.encoder import encode_basestring_ascii as _quote  # the escaper json.dumps uses
 
-from kimagekit.formats.ima import BANK_BY_SIZE, Endian
+from kimagekit.formats.ima import BANK_BY_SIZE, FIELD_FORMATS, Endian
 from kimagekit.ima_ascii import parse_ascii
 from kimagekit.ima_binary import ImaEntry, ListFormat, scan, template_digest, u32_codec
-from kimagekit.ima_fields import shown_parts, split_pairs, template_field_ids
+from kimagekit.ima_fields import digest_head, shown_parts, split_pairs, template_field_ids
 
 #: Entries per block handed out: large enough that writing costs one call per block.
 BLOCK = 2048
@@ -108,9 +108,28 @@ def json_entries(recs: Iterable[Record], endian: Endian) -> Iterator[str]:
                 ok = "true" if template_digest(name, data, own, endian) == digest else "false"
             fields = []
             for fid, chunk in _pairs(name, data, endian, index, base):
-                shown, algo, fdigest = shown_parts(fid, chunk, endian)
                 qid = quoted.get(fid) or _remember(quoted, fid, _quote(fid))
                 hexed = chunk.hex()
+                # the two kinds every list is made of, inline; shown_parts for the rest
+                kind = FIELD_FORMATS.get(fid)
+                if kind == "string":
+                    cut = chunk.find(b"\0")
+                    shown = (chunk if cut < 0 else chunk[:cut]).decode("latin-1")
+                    fields.append(f'{{"id": {qid}, "length": {len(chunk)}, "data": "{hexed}", '
+                                  f'"shown": {_quote(shown)}}}')
+                    continue
+                if kind in {"digest-algo", "digest-type-algo"}:
+                    cut = chunk.find(b"\0")
+                    if cut == 0 or (cut > 0 and chunk[cut - 1] == 0x3A):
+                        head, algo = digest_head(chunk[:cut])
+                        dhex = hexed[2 * cut + 2:]
+                        qalgo = "" if not algo else (algos.get(algo) or _remember(
+                            algos, algo, ', "algo": ' + _quote(algo)))
+                        fields.append(f'{{"id": {qid}, "length": {len(chunk)}, '
+                                      f'"data": "{hexed}", "shown": {_quote(head + dhex)}'
+                                      f'{qalgo}, "digest": "{dhex}"}}')
+                        continue
+                shown, algo, fdigest = shown_parts(fid, chunk, endian)
                 if fdigest is None:
                     fields.append(f'{{"id": {qid}, "length": {len(chunk)}, "data": "{hexed}", '
                                   f'"shown": {_quote(shown)}}}')
