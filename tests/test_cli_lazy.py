@@ -58,8 +58,9 @@ def test_help_imports_no_command_module() -> None:
 
 def test_inspect_of_an_ima_list_imports_only_the_ima_side() -> None:
     mods = _modules_after("inspect", str(SMALL))
-    assert {"kimagekit.cli.inspect", "kimagekit.cli.ima", "kimagekit.ima_log"} <= mods
-    for other in ("kimagekit.cli.build", "kimagekit.cli.dtb", "kimagekit.cli.kernel",
+    assert {"kimagekit.cli.inspect", "kimagekit.cli.ima_summary", "kimagekit.ima_log"} <= mods
+    for other in ("kimagekit.cli.ima", "kimagekit.ima_batch", "kimagekit.cli.build",
+                  "kimagekit.cli.dtb", "kimagekit.cli.kernel",
                   "kimagekit.cli.image", "kimagekit.kernels", "kimagekit.kernel_info",
                   "kimagekit.image_info", "kimagekit.dtb_file", "kimagekit.dts",
                   "kimagekit.devicetree", "kimagekit.handover", "kimagekit.sig.ima_sig",

@@ -13,8 +13,11 @@ import typer
 
 from kimagekit import ima_batch, ima_files, ima_log, ima_replay, ima_show, pcrs
 from kimagekit.cli.common import emit_json, emit_line, input_named, jsonable, out, warn
+from kimagekit.cli.ima_summary import render_summary
 from kimagekit.errors import UsageError, escape
 from kimagekit.ima_log import ImaEntry, ListFormat
+
+__all__ = ["app", "render_summary"]
 
 app = typer.Typer(no_args_is_help=True, help="IMA measurement lists and kexec buffers.")
 
@@ -334,22 +337,3 @@ def append(
     kexec buffer the next kernel would refuse is not written (exit 1) unless --force."""
     w = ima_files.append_file(file, new, output, force=force)
     warn(f"wrote {output}: {w.entries} entries, {w.size} bytes")
-
-
-def render_summary(s: ima_log.ListSummary) -> list[str]:
-    digests = "all verify" if not s.digest_mismatches else (
-        f"{s.digest_mismatches} MISMATCH (first at offset {s.first_mismatch or 0:#x})")
-    lines = [f"encoding: {s.endian}-endian, {s.bank} template digests ({s.digest_size} bytes)",
-             f"size: {s.size} bytes",
-             f"entries: {s.entries} ({s.violations} violations)",
-             "templates: " + ", ".join(f"{k} x{v}" for k, v in s.templates.items()),
-             f"template digests: {digests}"]
-    if s.kexec_header:
-        h = s.kexec_header
-        lines.append(f"kexec header: version {h['version']}, buffer_size {h['buffer_size']}, "
-                     f"count {h['count']}")
-        lines.append(f"restore: {s.restore_error or 'the next kernel would accept it'}")
-    for bank, table in s.pcrs.items():
-        for pcr, value in table.items():
-            lines.append(f"{bank} PCR-{pcr:02d}: {value}")
-    return lines

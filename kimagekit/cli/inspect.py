@@ -21,9 +21,9 @@ RENDERERS: dict[str, tuple[str, str]] = {
     "vmlinux": ("kernel", "render_vmlinux"),
     "kexec image": ("image", "render_summary"),
     "device-tree": ("dtb", "render_summary"),
-    "ima-kexec-buffer": ("ima", "render_summary"),
-    "ima-binary-list": ("ima", "render_summary"),
-    "ima-ascii-list": ("ima", "render_summary"),
+    "ima-kexec-buffer": ("ima_summary", "render_summary"),
+    "ima-binary-list": ("ima_summary", "render_summary"),
+    "ima-ascii-list": ("ima_summary", "render_summary"),
 }
 
 
