@@ -7,17 +7,27 @@ string "kimagekit" is still a vmlinux.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kimagekit import dtb_file, ima_log, image_info, kernel_info, kernels
 from kimagekit.errors import UnrecognisedFormat
 from kimagekit.fileio import input_size, read_head
 
 HEAD_SIZE = 65536
+
+# Bytes each format must hold in its head (a necessary condition of its detector, so a file
+# without them is passed over without importing that format's modules): the bzImage "HdrS" at
+# 0x202, the PE "MZ" of a zboot, the arm64 Image magic at 0x38, the ELF magic of a vmlinux or
+# a kexec image, the FDT magic of a DTB or the "/" that starts DTS text (a comment or /dts-v1/).
+MAGIC_BZIMAGE = (0x202, b"HdrS")
+MAGIC_ZBOOT = (0, b"MZ")
+MAGIC_ARM64 = (0x38, b"ARM\x64")
+MAGIC_ELF = (0, b"\x7fELF")
+MAGIC_DTB = b"\xd0\x0d\xfe\xed"
 
 
 @dataclass(frozen=True)
@@ -27,28 +37,54 @@ class Kind:
     describe: Callable[[Path], Any]  # a frozen dataclass
 
 
-def _kernel(kind: str) -> Callable[[bytes, int], bool]:
-    return lambda head, _size: kernels.kernel_kind(head) == kind
+def _lib(module: str, name: str) -> Callable[..., Any]:
+    """``kimagekit.<module>.<name>``, imported when first called."""
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"kimagekit.{module}"), name)(*args)
+    return call
+
+
+def _has(magic: tuple[int, bytes], head: bytes) -> bool:
+    at, value = magic
+    return head[at:at + len(value)] == value
+
+
+def _kernel(kind: str, magic: tuple[int, bytes]) -> Callable[[bytes, int], bool]:
+    kernel_kind = _lib("kernels", "kernel_kind")
+    return lambda head, _size: _has(magic, head) and kernel_kind(head) == kind
 
 
 def _ima(kind: str) -> Callable[[bytes, int], bool]:
     def test(head: bytes, size: int) -> bool:
+        from kimagekit import ima_log
         fmt = ima_log.detect(head, size)
         return fmt is not None and fmt.kind == kind
     return test
 
 
+def _elf(module: str, name: str) -> Callable[[bytes, int], bool]:
+    test = _lib(module, name)
+    return lambda head, _size: _has(MAGIC_ELF, head) and bool(test(head))
+
+
+def _tree(head: bytes, _size: int) -> bool:
+    return ((head[:4] == MAGIC_DTB or head.lstrip()[:1] == b"/")
+            and bool(_lib("dtb_file", "is_tree")(head)))
+
+
+_summarize = _lib("ima_log", "summarize")
+
 KINDS: tuple[Kind, ...] = (
-    Kind("bzImage", _kernel("bzImage"), kernel_info.describe_bzimage),
-    Kind("arm64 zboot", _kernel("zboot"), kernel_info.describe_zboot),
-    Kind("arm64 Image", _kernel("arm64-image"), kernel_info.describe_arm64),
-    Kind("vmlinux", lambda head, _size: kernel_info.is_vmlinux(head),
-         kernel_info.describe_vmlinux),
-    Kind("kexec image", lambda head, _size: image_info.is_image(head), image_info.describe),
-    Kind("device-tree", lambda head, _size: dtb_file.is_tree(head), dtb_file.describe),
-    Kind("ima-kexec-buffer", _ima("kexec-buffer"), ima_log.summarize),
-    Kind("ima-binary-list", _ima("binary"), ima_log.summarize),
-    Kind("ima-ascii-list", _ima("ascii"), ima_log.summarize),
+    Kind("bzImage", _kernel("bzImage", MAGIC_BZIMAGE), _lib("kernel_info", "describe_bzimage")),
+    Kind("arm64 zboot", _kernel("zboot", MAGIC_ZBOOT), _lib("kernel_info", "describe_zboot")),
+    Kind("arm64 Image", _kernel("arm64-image", MAGIC_ARM64),
+         _lib("kernel_info", "describe_arm64")),
+    Kind("vmlinux", _elf("kernel_info", "is_vmlinux"), _lib("kernel_info", "describe_vmlinux")),
+    Kind("kexec image", _elf("image_info", "is_image"), _lib("image_info", "describe")),
+    Kind("device-tree", _tree, _lib("dtb_file", "describe")),
+    Kind("ima-kexec-buffer", _ima("kexec-buffer"), _summarize),
+    Kind("ima-binary-list", _ima("binary"), _summarize),
+    Kind("ima-ascii-list", _ima("ascii"), _summarize),
 )
 
 

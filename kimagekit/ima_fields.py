@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cache, lru_cache
 
 from kimagekit.errors import ParseError
 from kimagekit.formats.ima import (
@@ -37,6 +38,7 @@ class ImaField:
     digest: bytes | None = None
 
 
+@lru_cache(maxsize=256)  # a list names a handful of templates; a hostile one cannot grow it
 def template_field_ids(name: str) -> tuple[str, ...] | None:
     """The field ids of template ``name``: a built-in, or a ``|`` list of known ids (as the kernel
     accepts it on restore); ``None`` for a template the kernel would not know."""
@@ -54,71 +56,85 @@ def split_fields(name: str, data: bytes, endian: Endian, *, base: int = 0,
                  field: str = "template_data") -> tuple[ImaField, ...]:
     """Split template data into fields. Known templates must split into exactly their fields and
     end exactly (the kernel's ENFORCE_FIELDS|ENFORCE_BUFEND); others are walked generically."""
+    return tuple(make_field(fid, chunk, endian)
+                 for fid, chunk in split_pairs(name, data, endian, base=base, field=field))
+
+
+def split_pairs(name: str, data: bytes, endian: Endian, *, base: int = 0,
+                field: str = "template_data") -> list[tuple[str, bytes]]:
+    """(field id, field bytes) of each field, as :func:`split_fields` splits them."""
     if name == "ima":
-        return _ima_fields(data, endian, base, field)
+        # The scanner has checked the layout: 20-byte digest, u32 length, name without NUL.
+        return [("d", data[:TPM_DIGEST_SIZE]), ("n", data[TPM_DIGEST_SIZE + 4:])]
     ids = template_field_ids(name)
     raw = walk_fields(data, endian, base=base, field=field)
-    if ids is not None and len(raw) != len(ids):
+    if ids is None:
+        return [("?", chunk) for chunk in raw]
+    if len(raw) != len(ids):
         raise ParseError(f"template {name!r} has {len(ids)} fields, the data holds {len(raw)}",
                          fmt="ima-list", field=field, offset=base)
-    names = ids if ids is not None else ("?",) * len(raw)
-    return tuple(make_field(fid, chunk, endian) for fid, chunk in zip(names, raw, strict=True))
+    return list(zip(ids, raw, strict=True))
+
+
+@cache
+def _u32(endian: Endian) -> struct.Struct:
+    return fixed_prefix(template_field(endian), endian)
 
 
 def walk_fields(data: bytes, endian: Endian, *, base: int = 0,
                 field: str = "template_data") -> list[bytes]:
     """Length-prefixed fields until the data ends exactly; never reads past it."""
-    u32 = fixed_prefix(template_field(endian), endian)
+    u32 = _u32(endian)
+    size, unpack = u32.size, u32.unpack_from
     out: list[bytes] = []
     pos, end = 0, len(data)
     while pos < end:
-        if end - pos < u32.size:
+        if end - pos < size:
             raise ParseError(f"truncated field length: {end - pos} bytes left, 4 needed",
                              fmt="ima-list", field=f"{field}.field[{len(out)}].len",
                              offset=base + pos)
-        (length,) = u32.unpack_from(data, pos)
-        if length > end - pos - u32.size:
-            raise ParseError(f"field length {length} exceeds the {end - pos - u32.size} bytes left",
+        (length,) = unpack(data, pos)
+        if length > end - pos - size:
+            raise ParseError(f"field length {length} exceeds the {end - pos - size} bytes left",
                              fmt="ima-list", field=f"{field}.field[{len(out)}].len",
                              offset=base + pos)
-        pos += u32.size
+        pos += size
         out.append(bytes(data[pos:pos + length]))
         pos += length
     return out
 
 
-def _ima_fields(data: bytes, endian: Endian, base: int, field: str) -> tuple[ImaField, ...]:
-    # The scanner has checked the layout: 20-byte digest, u32 length, name without NUL.
-    name = data[TPM_DIGEST_SIZE + 4:]
-    digest = data[:TPM_DIGEST_SIZE]
-    return (
-        ImaField("d", digest, digest.hex(), None, digest),
-        ImaField("n", name, _text(name)),
-    )
-
-
 def make_field(fid: str, data: bytes, endian: Endian) -> ImaField:
+    return ImaField(fid, data, *shown_parts(fid, data, endian))
+
+
+def shown_parts(fid: str, data: bytes, endian: Endian) -> tuple[str, str | None, bytes | None]:
+    """(the text the ASCII list shows, the digest's algorithm, the digest) of one field."""
     kind = FIELD_FORMATS.get(fid, "hex")
-    if kind in ("digest-algo", "digest-type-algo") and data:
-        sep = data.find(b"\0")
-        head = data[:sep] if sep >= 0 else b""
-        colon = head.rfind(b":")
-        if sep >= 0 and colon == len(head) - 1:
-            digest = data[sep + 1:]
-            prefix = head[:colon].decode("ascii", "backslashreplace")
-            algo = prefix.rsplit(":", 1)[-1] or None
-            shown = digest.hex() if colon == 0 else _text(head) + digest.hex()
-            return ImaField(fid, data, shown, algo, digest)
-        return ImaField(fid, data, data.hex())
-    if kind == "digest":
-        return ImaField(fid, data, data.hex(), None, data)
     if kind == "string":
-        return ImaField(fid, data, _text(data))
+        end = data.find(b"\0")
+        return (data if end < 0 else data[:end]).decode("latin-1"), None, None
+    if kind in ("digest-algo", "digest-type-algo"):
+        # "[type:]algo:" NUL digest; the prefix may also be empty
+        sep = data.find(b"\0")
+        if sep == 0 or (sep > 0 and data[sep - 1] == 0x3A):
+            shown, algo = digest_head(data[:sep])
+            digest = data[sep + 1:]
+            return shown + digest.hex(), algo, digest
+        return data.hex(), None, None
+    if kind == "digest":
+        return data.hex(), None, data
     if kind == "uint":
         code = _UINT_CODES.get(len(data))
-        shown = str(struct.unpack(endian + code, data)[0]) if code else ""
-        return ImaField(fid, data, shown)
-    return ImaField(fid, data, data.hex())
+        return (str(struct.unpack(endian + code, data)[0]) if code else ""), None, None
+    return data.hex(), None, None
+
+
+@lru_cache(maxsize=64)  # a list uses a few prefixes ("sha256:", "ima:sha256:")
+def digest_head(head: bytes) -> tuple[str, str | None]:
+    """What a digest field shows before its hex (nothing for a bare ":"), and its algorithm."""
+    algo = head[:-1].decode("ascii", "backslashreplace").rsplit(":", 1)[-1] or None
+    return ("" if head == b":" else head.decode("latin-1")), algo
 
 
 def _text(data: bytes) -> str:

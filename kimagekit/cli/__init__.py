@@ -1,38 +1,120 @@
-"""The ``kimagekit`` command: a thin typer layer over the library. Only this package prints."""
+"""The ``kimagekit`` command: a thin typer layer over the library. Only this package prints.
+
+Commands are registered lazily: a command's module (and the library it pulls in) is imported
+only when that command runs, so start-up costs what the command needs. ``--help`` lists every
+command from :data:`COMMANDS` without importing any of them."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterator, Mapping
+from functools import cache
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from kimagekit import output_files
-from kimagekit.cli import build as build_cli
-from kimagekit.cli import dtb as dtb_cli
-from kimagekit.cli import ima as ima_cli
-from kimagekit.cli import image as image_cli
-from kimagekit.cli import inspect as inspect_cli
-from kimagekit.cli import kernel as kernel_cli
-from kimagekit.cli import signature as signature_cli
 from kimagekit.errors import KimageError, escape
 
+# name -> (module under kimagekit.cli, first paragraph of the command's help), in the order
+# --help lists them. tests/test_cli_lazy.py holds each line to the command's own help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "patch-handover": ("dtb", "Announce a hand-over buffer in a DTB (or remove it); or, for a "
+                       "kexec image, replace\nits hand-over contents as kexec_update_segment "
+                       "does."),
+    "verify": ("image", "Recompute the digest as the purgatory will at reboot, and read the "
+               "hand-over as the\nnext kernel will: exit 0 if both hold."),
+    "ls": ("image", "List the segments: index, role, mem, memsz, bufsz, checksummed, file "
+           "offset."),
+    "extract": ("image", "Write one segment's content (bufsz bytes) to a file."),
+    "build": ("build", "Place kernel, initrd, hand-over, device tree (and purgatory) as "
+              "kexec_file_load does;\nseal, write atomically, re-read and verify."),
+    "extract-purgatory": ("kernel", "Write the purgatory object a kexec_file kernel embeds; "
+                          "refuse when it has none."),
+    "verify-signature": ("signature", "Verify the signature as kexec_file_load does "
+                         "(KEXEC_SIG): exit 0 verified, 1 not."),
+    "inspect": ("inspect", "Detect FILE's format from its content and describe it; exit 1 "
+                "when the description\nreports damage."),
+    "ima": ("ima", "IMA measurement lists and kexec buffers."),
+    "dtb": ("dtb", "Flattened device trees: show, get, set."),
+}
+GROUPS = ("ima", "dtb")
+
+
+@cache
+def load_command(name: str) -> Any:
+    """The click command ``name`` as the eager CLI built it: its module registered on a
+    root of its own, so typer builds the command exactly as before."""
+    module: Any = importlib.import_module(f"kimagekit.cli.{COMMANDS[name][0]}")
+    holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    holder.callback()(_no_options)
+    if name in GROUPS:
+        holder.add_typer(module.app, name=name)
+    else:
+        module.register(holder)
+    return typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
+
+
+def _no_options() -> None:
+    """A callback, so that typer builds a group even for a module with one command."""
+
+
+class _Commands(Mapping[str, Any]):
+    """The root's commands by name (what typer suggests from on a typo), each loaded when
+    looked up."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in COMMANDS:
+            raise KeyError(name)
+        return load_command(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: commands from :data:`COMMANDS`, each imported on first use; while
+    help is formatted, stand-ins carrying only the listed help line."""
+
+    _listing = False
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _Commands()  # type: ignore[assignment]
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        if self._listing:
+            return typer.core.TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
+        return load_command(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Build, inspect, verify and patch Linux kexec images and IMA measurement lists offline.",
 )
-app.add_typer(ima_cli.app, name="ima")
-app.add_typer(dtb_cli.app, name="dtb")
-dtb_cli.register(app)
-image_cli.register(app)
-build_cli.register(app)
-kernel_cli.register(app)
-signature_cli.register(app)
-inspect_cli.register(app)
 
 
 @app.callback()

@@ -12,7 +12,7 @@ from typing import Any
 from kimagekit.errors import input_named
 from kimagekit.output_files import state
 
-__all__ = ["emit_json", "input_named", "jsonable", "out", "warn"]
+__all__ = ["emit_json", "emit_line", "input_named", "jsonable", "out", "warn"]
 
 
 def jsonable(obj: Any) -> Any:
@@ -40,6 +40,13 @@ def _report() -> Any:
 
 def emit_json(obj: Any) -> None:
     _report().write(json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def emit_line(obj: Any) -> None:
+    """One JSON object on one line (JSON Lines), flushed so a reader sees each as it comes."""
+    report = _report()
+    report.write(json.dumps(jsonable(obj)) + "\n")
+    report.flush()
 
 
 def out(text: str = "") -> None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from kimagekit import ima_ascii, ima_files, ima_log, ima_replay, pcrs
-from kimagekit.cli.common import emit_json, input_named, jsonable, out, warn
-from kimagekit.cli.ima_sig import sig_failed, sig_lines
-from kimagekit.errors import UsageError
+from kimagekit import ima_batch, ima_files, ima_log, ima_replay, ima_show, pcrs
+from kimagekit.cli.common import emit_json, emit_line, input_named, jsonable, out, warn
+from kimagekit.cli.ima_summary import render_summary
+from kimagekit.errors import UsageError, escape
 from kimagekit.ima_log import ImaEntry, ListFormat
-from kimagekit.sig import ima_sig
+
+__all__ = ["app", "render_summary"]
 
 app = typer.Typer(no_args_is_help=True, help="IMA measurement lists and kexec buffers.")
 
@@ -56,19 +59,19 @@ def show(
     if ascii_ and as_json:
         raise UsageError("--ascii and --json exclude each other")
     with input_named(file), ima_log.open_list(file) as (fmt, view):
-        entries = ima_log.iter_entries(view, fmt)
         if ascii_:
-            for line in ima_ascii.render(entries):
-                sys.stdout.write(line)
+            for block in ima_show.ascii_lines(ima_show.records(view, fmt), fmt.endian):
+                sys.stdout.write(block)
             return
         if as_json:
             # streamed, so a huge list never sits in memory as one document
             sys.stdout.write('{"file": ' + json.dumps(str(file)) + ', "format": '
                              + json.dumps(_format_json(fmt)) + ', "entries": [')
-            for i, e in enumerate(entries):
-                sys.stdout.write((",\n" if i else "\n") + json.dumps(_entry_json(e)))
+            for block in ima_show.json_entries(ima_show.records(view, fmt), fmt.endian):
+                sys.stdout.write(block)
             sys.stdout.write("\n]}\n")
             return
+        entries = ima_log.iter_entries(view, fmt)
         out(f"{file}: {fmt.kind} list, {'little' if fmt.endian == '<' else 'big'}-endian, "
             f"{fmt.bank} template digests")
         for e in entries:
@@ -82,44 +85,106 @@ def show(
                 out(f"    {f['id']:<12} {f['shown']}")
 
 
+MoreArg = typer.Argument(None, metavar="FILE", show_default=False,
+                         help="More lists, each checked the same way.")
+JobsOpt = typer.Option(1, "--jobs", "-j", help="Check several lists on N processes.")
+JsonlOpt = typer.Option(False, "--jsonl", help="One JSON result per line, per list.")
+
+
 @app.command("check")
 def check(
     file: Path = ListArg,
+    more: list[Path] | None = MoreArg,
     as_json: bool = typer.Option(False, "--json"),
     key: list[Path] = typer.Option([], "--key", help="X.509 certificate (PEM or DER) to check "
                                    "file signatures with, as evmctl's --key; repeatable."),
+    jobs: int = JobsOpt,
+    jsonl: bool = JsonlOpt,
 ) -> None:
     """Recompute every template digest (never trusting the stored one); for a kexec buffer also
     apply the next kernel's restore rules; with --key check each entry's file signature. Exit 1
     on any mismatch or refusal (or a signature invalid or by an unknown key)."""
-    res = ima_files.check_file(file)
+    fn = partial(ima_batch.check_with_keys, keys=tuple(key))
+    run_files([file, *(more or [])], fn, _check_view, as_json, jsonl, jobs)
+
+
+def _check_view(file: Path, checked: ima_batch.Checked) -> tuple[dict[str, Any], list[str], bool]:
+    """The JSON object, the text lines and the verdict of one checked file."""
+    res, sigs = checked.result, checked.signatures
     fmt, report, restore_error = res.fmt, res.report, res.restore_error
-    sigs = ima_sig.check_file(file, list(key)) if key else None
+    if sigs is not None:
+        from kimagekit.cli.ima_sig import sig_failed, sig_lines
     ok = res.ok and not (sigs and sig_failed(sigs))
-    if as_json:
-        emit_json({"file": str(file), "format": _format_json(fmt), "entries": report.entries,
-                   "violations": report.violations, "mismatches": report.mismatches,
-                   "restore_error": restore_error, "ok": ok,
-                   **({"signatures": sigs} if sigs is not None else {})})
-    else:
-        for m in report.mismatches:
-            out(f"entry {m.index} ({m.path or 'no file name'}) at offset {m.offset:#x} "
-                f"({m.template_name}): template digest mismatch: stored {m.stored.hex()}, "
-                f"computed {m.computed.hex()}")
-        if restore_error:
-            out(f"the next kernel would refuse this buffer: {restore_error}")
-        for line in sig_lines(sigs) if sigs is not None else []:
+    obj = {"file": str(file), "format": _format_json(fmt), "entries": report.entries,
+           "violations": report.violations, "mismatches": report.mismatches,
+           "restore_error": restore_error, "ok": ok,
+           **({"signatures": sigs} if sigs is not None else {})}
+    lines = []
+    for m in report.mismatches:
+        lines.append(f"entry {m.index} ({m.path or 'no file name'}) at offset {m.offset:#x} "
+                     f"({m.template_name}): template digest mismatch: stored {m.stored.hex()}, "
+                     f"computed {m.computed.hex()}")
+    if restore_error:
+        lines.append(f"the next kernel would refuse this buffer: {restore_error}")
+    lines += sig_lines(sigs) if sigs is not None else []
+    verdict = "OK" if ok else "FAILED"
+    lines.append(f"{verdict}: {report.entries} entries, {report.violations} violations, "
+                 f"{len(report.mismatches)} template digest mismatches ({fmt.bank})")
+    return obj, lines, ok
+
+
+View = Callable[[Path, Any], tuple[dict[str, Any], list[str], bool]]
+
+
+def run_files(files: list[Path], fn: Callable[[ima_batch.Pathish], Any], view: View, as_json: bool,
+              jsonl: bool, jobs: int) -> None:
+    """Run ``fn`` on each file (on ``jobs`` processes) and report each in order. One file
+    reports as it always has; several: text lines prefixed with the file name, ``--json`` a list
+    of the per-file objects, ``--jsonl`` one object a line; a file that cannot be read is an
+    error line on stderr (and an ``error`` object) and the others still run. Exit 2 if any file
+    could not be read, else 1 if any check failed."""
+    if as_json and jsonl:
+        raise UsageError("--json and --jsonl exclude each other")
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: give at least 1")
+    if len(files) == 1 and not jsonl:
+        single, text, ok = view(files[0], fn(files[0]))
+        if as_json:
+            emit_json(single)
+        for line in [] if as_json else text:
             out(line)
-        verdict = "OK" if ok else "FAILED"
-        out(f"{verdict}: {report.entries} entries, {report.violations} violations, "
-            f"{len(report.mismatches)} template digest mismatches ({fmt.bank})")
-    if not ok:
-        raise typer.Exit(1)
+        if not ok:
+            raise typer.Exit(1)
+        return
+    worst, objs = 0, []
+    obj: dict[str, Any]
+    lines: list[str]
+    for o in ima_batch.run_all(fn, files, jobs):
+        if o.error is not None:
+            worst = max(worst, o.error.exit_code)
+            sys.stderr.write(f"kimagekit: error: {escape(o.file)}: {o.error}\n")
+            obj = {"file": o.file, "error": str(o.error), "exit_code": o.error.exit_code}
+            lines = []
+        else:
+            obj, lines, ok = view(Path(o.file), o.value)
+            worst = max(worst, 0 if ok else 1)
+        if jsonl:
+            emit_line(obj)
+        elif as_json:
+            objs.append(obj)
+        else:
+            for line in lines:
+                out(f"{escape(o.file)}: {line}")
+    if as_json:
+        emit_json(objs)
+    if worst:
+        raise typer.Exit(worst)
 
 
 @app.command("replay")
 def replay(
     file: Path = ListArg,
+    more: list[Path] | None = MoreArg,
     bank: list[str] = typer.Option([], "--bank", help="sha1, sha256, sha384, sha512 or sm3_256 "
                                    "(default: the first four)."),
     expect: list[str] = typer.Option([], "--expect", help="PCR:BANK=HEX, repeatable."),
@@ -130,6 +195,8 @@ def replay(
     prefix: bool = typer.Option(False, "--prefix", help="Accept a quote that a prefix of the "
                                 "list reaches (the list grew after the quote)."),
     as_json: bool = typer.Option(False, "--json"),
+    jobs: int = JobsOpt,
+    jsonl: bool = JsonlOpt,
 ) -> None:
     """Replay the list into PCR values (stored digests in the list's own bank), recheck every
     template digest, and compare with the expected (quoted) values."""
@@ -146,9 +213,16 @@ def replay(
             banks.append(b)
     ima_replay.check_banks(banks)
     method: ima_replay.Method = "recomputed" if recomputed else "per-bank"
-    with input_named(file), ima_log.open_list(file) as (fmt, view):
-        report = ima_log.analyse(view, fmt, banks=banks, method=method, expected=expected,
-                                 legacy=True)
+    # the text report never shows the sha1-padded tables: replay them only when a verdict needs
+    fn = partial(ima_files.replay_file, banks=banks, method=method, expected=expected,
+                 legacy=True if as_json or jsonl else None)
+    view = partial(_replay_view, banks=banks, method=method, expected=expected, prefix=prefix)
+    run_files([file, *(more or [])], fn, view, as_json, jsonl, jobs)
+
+
+def _replay_view(file: Path, report: ima_log.ListReport, *, banks: list[str],
+                 method: ima_replay.Method, expected: pcrs.Expected,
+                 prefix: bool) -> tuple[dict[str, Any], list[str], bool]:
     assert report.replayed is not None
     verdicts = ima_replay.judge(expected, report.replayed, method)
     differ = [v for v in verdicts
@@ -157,27 +231,24 @@ def replay(
     altered = report.mismatches
     chain = None if not expected else bool(compared) and not differ
     ok = not altered and chain is not False
-    if as_json:
-        emit_json({"file": str(file), "method": method,
-                   "pcrs": _tables(report.pcrs), "pcrs_sha1_padded": _tables(report.padded),
-                   "verdicts": jsonable(verdicts),
-                   "mismatches": [{"bank": v.bank, "pcr": v.pcr, "expected": v.expected.hex(),
-                                   "replayed": (v.replayed or b"").hex()} for v in differ],
-                   "altered": jsonable(altered), "chain_matches": chain, "ok": ok})
-    else:
-        for b in banks:
-            for p, v in sorted(report.pcrs[b].items()):
-                out(f"{b} PCR-{p:02d}: {v.hex()}")
-        for line in _verdict_lines(verdicts, prefix):
-            out(line)
-        for m in altered:
-            out(f"entry {m.index} ({m.path or 'no file name'}) altered: template digest stored "
-                f"{m.stored.hex()}, computed {m.computed.hex()}")
-        summary = _replay_summary(verdicts, differ, compared, len(altered), bool(expected))
-        if summary:
-            out(summary)
-    if not ok:
-        raise typer.Exit(1)
+    obj = {"file": str(file), "method": method,
+           "pcrs": _tables(report.pcrs), "pcrs_sha1_padded": _tables(report.padded),
+           "verdicts": jsonable(verdicts),
+           "mismatches": [{"bank": v.bank, "pcr": v.pcr, "expected": v.expected.hex(),
+                           "replayed": (v.replayed or b"").hex()} for v in differ],
+           "altered": jsonable(altered), "chain_matches": chain, "ok": ok}
+    lines = []
+    for b in banks:
+        for p, v in sorted(report.pcrs[b].items()):
+            lines.append(f"{b} PCR-{p:02d}: {v.hex()}")
+    lines += _verdict_lines(verdicts, prefix)
+    for m in altered:
+        lines.append(f"entry {m.index} ({m.path or 'no file name'}) altered: template digest "
+                     f"stored {m.stored.hex()}, computed {m.computed.hex()}")
+    summary = _replay_summary(verdicts, differ, compared, len(altered), bool(expected))
+    if summary:
+        lines.append(summary)
+    return obj, lines, ok
 
 
 def _tables(t: dict[str, dict[int, bytes]]) -> dict[str, dict[str, str]]:
@@ -266,22 +337,3 @@ def append(
     kexec buffer the next kernel would refuse is not written (exit 1) unless --force."""
     w = ima_files.append_file(file, new, output, force=force)
     warn(f"wrote {output}: {w.entries} entries, {w.size} bytes")
-
-
-def render_summary(s: ima_log.ListSummary) -> list[str]:
-    digests = "all verify" if not s.digest_mismatches else (
-        f"{s.digest_mismatches} MISMATCH (first at offset {s.first_mismatch or 0:#x})")
-    lines = [f"encoding: {s.endian}-endian, {s.bank} template digests ({s.digest_size} bytes)",
-             f"size: {s.size} bytes",
-             f"entries: {s.entries} ({s.violations} violations)",
-             "templates: " + ", ".join(f"{k} x{v}" for k, v in s.templates.items()),
-             f"template digests: {digests}"]
-    if s.kexec_header:
-        h = s.kexec_header
-        lines.append(f"kexec header: version {h['version']}, buffer_size {h['buffer_size']}, "
-                     f"count {h['count']}")
-        lines.append(f"restore: {s.restore_error or 'the next kernel would accept it'}")
-    for bank, table in s.pcrs.items():
-        for pcr, value in table.items():
-            lines.append(f"{bank} PCR-{pcr:02d}: {value}")
-    return lines

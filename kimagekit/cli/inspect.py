@@ -3,27 +3,35 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from kimagekit.cli import dtb as dtb_cli
-from kimagekit.cli import ima as ima_cli
-from kimagekit.cli import image as image_cli
-from kimagekit.cli import kernel as kernel_cli
 from kimagekit.cli.common import emit_json, input_named, out
 from kimagekit.detect import inspect
 
-RENDERERS: dict[str, Callable[[Any], list[str]]] = {
-    **kernel_cli.RENDERERS,
-    "kexec image": image_cli.render_summary,
-    "device-tree": dtb_cli.render_summary,
-    "ima-kexec-buffer": ima_cli.render_summary,
-    "ima-binary-list": ima_cli.render_summary,
-    "ima-ascii-list": ima_cli.render_summary,
+# format -> (CLI module, renderer): only the renderer of the format found is imported
+RENDERERS: dict[str, tuple[str, str]] = {
+    "bzImage": ("kernel", "render_bzimage"),
+    "arm64 zboot": ("kernel", "render_zboot"),
+    "arm64 Image": ("kernel", "render_arm64"),
+    "vmlinux": ("kernel", "render_vmlinux"),
+    "kexec image": ("image", "render_summary"),
+    "device-tree": ("dtb", "render_summary"),
+    "ima-kexec-buffer": ("ima_summary", "render_summary"),
+    "ima-binary-list": ("ima_summary", "render_summary"),
+    "ima-ascii-list": ("ima_summary", "render_summary"),
 }
+
+
+def renderer(fmt: str) -> Callable[[Any], list[str]]:
+    module, name = RENDERERS[fmt]
+    found: Callable[[Any], list[str]] = getattr(
+        importlib.import_module(f"kimagekit.cli.{module}"), name)
+    return found
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +48,7 @@ def register(app: typer.Typer) -> None:
             emit_json(found)
         else:
             out(f"{file}: {found.format}")
-            for line in RENDERERS[found.format](found.summary):
+            for line in renderer(found.format)(found.summary):
                 out(f"  {line}")
         # A summary that lists damage (a kexec image's ``damage``) is a failed check.
         if getattr(found.summary, "damage", ()):
