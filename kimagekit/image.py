@@ -701,7 +701,7 @@ def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, res
             raise RuleError(f"new contents are {len(data)} bytes, {len(data) - ho.memsz} more "
                             f"than the hand-over's memsz {ho.memsz}", fmt=FMT,
                             field=f"segment[{ho.index}]")
-        _refuse_unverified(info, view, mm)
+        before = _refuse_unverified(info, view, mm)
         # in place needs write access to the file itself (a rename needs only the folder's)
         plan = None if ho.checksummed or (in_place and not os.access(target, os.W_OK)) \
             else _edit_plan(info, view, ho, data)
@@ -718,21 +718,28 @@ def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, res
         else:
             write_copy_with_edits(target, os.fspath(path), plan.edits, plan.size, inputs=(path,),
                                   compare=plan.unhashed)
-    res = verify(target)
+    # Edited in place, no byte the digest covers was written (the hand-over is outside it, the
+    # edits were read back, the file held locked): the digest just checked still holds, so it is
+    # not hashed again. A copy or a whole write is verified afresh.
+    res = before if plan is not None and in_place else verify(target)
     if not res.ok:
         raise OutputError(f"{target}: the patched image does not verify: {res.reason}")
-    with open_image(target) as (new, _):
+    with open_image(target) as (new, view):
         seg = new.segments[ho.index]
+        if bytes(content(view, seg)) != data:
+            raise OutputError(f"{target}: the hand-over read back differs from what was written")
     return PatchResult(seg, ho.bufsz, reseal and ho.checksummed, res)
 
 
-def _refuse_unverified(info: ImageInfo, view: memoryview, mm: mmap.mmap | None) -> None:
+def _refuse_unverified(info: ImageInfo, view: memoryview,
+                       mm: mmap.mmap | None) -> VerifyResult:
     """An image whose digest already fails is not patched: a patch (a reseal above all) would
     hide the damage behind a fresh, consistent image."""
     before = _verify(info, view, mm)  # pages dropped as hashed: memory stays flat
     if not before.ok:
         raise Refused(f"the image does not verify before patching: {before.reason}; nothing "
                       "written", fmt=FMT, field="digest")
+    return before
 
 
 @dataclass(frozen=True)
