@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from ima_helpers import make_ima
 from sig_helpers import make_cert, pem_key
 
+from kimagekit import ima_log
 from kimagekit.cli import main
-from kimagekit.sig import ima_sig
+from kimagekit.sig import evm_sig, ima_sig
 from kimagekit.sig.ima_sig import Status
 
 
@@ -307,18 +308,19 @@ def _evm_fields(file: Path, endian: str = "<") -> list[bytes]:
             u32.pack(st.st_uid), u32.pack(st.st_gid), struct.pack(endian + "H", st.st_mode)]
 
 
-def _evm_sign_file(key: Path, file: Path, *extra: str) -> None:
-    subprocess.run([need_tool("evmctl"), "sign", "--imahash", "-a", "sha256", "--key", str(key),
+def _evm_sign_file(key: Path, file: Path, *extra: str, algo: str = "sha256") -> None:
+    subprocess.run([need_tool("evmctl"), "sign", "--imahash", "-a", algo, "--key", str(key),
                     *extra, str(file)], check=True, capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
-def evm_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+def evm_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path, Path]:
     """Files evmctl signed (security.evm), some changed after signing, and an evm-sig list of
-    them all; returns (directory, list, key A cert, key B cert)."""
+    them all; returns (directory, list, key A cert, key B cert, EC key cert)."""
     d = tmp_path_factory.mktemp("evmsig")
     a_key, a_der, _ = _key(d, "a")
     b_key, b_der, _ = _key(d, "b")
+    e_key, e_der, _ = _key(d, "e", curve=True)
     probe = d / "probe"
     probe.write_bytes(b"")
     try:
@@ -326,7 +328,7 @@ def evm_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     except OSError as err:
         pytest.skip(f"no security.* xattrs on {d}: {err}")
     files = {n: d / n for n in ("valid", "labelled", "xattr-tampered", "mode-tampered",
-                                "by-b", "immutable", "m32", "unsigned")}
+                                "by-b", "ec", "sha1", "immutable", "m32", "unsigned")}
     for name, f in files.items():
         f.write_bytes(f"{name}\n".encode())
         f.chmod(0o644)
@@ -338,6 +340,8 @@ def evm_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     for name in ("valid", "labelled", "xattr-tampered", "mode-tampered"):
         _evm_sign_file(a_key, files[name], "--portable")
     _evm_sign_file(b_key, files["by-b"], "--portable")
+    _evm_sign_file(e_key, files["ec"], "--portable")
+    _evm_sign_file(a_key, files["sha1"], "--portable", algo="sha1")
     _evm_sign_file(a_key, files["immutable"],
                    "--uuid=12345678-1234-1234-1234-123456789abc")
     _evm_sign_file(a_key, files["m32"], "--portable", "--m32")
@@ -346,7 +350,7 @@ def evm_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     files["mode-tampered"].chmod(0o600)
     body = b"".join(make_ima.entry(10, "evm-sig", _evm_fields(f)) for f in files.values())
     (d / "list.bin").write_bytes(body)
-    return d, d / "list.bin", a_der, b_der
+    return d, d / "list.bin", a_der, b_der, e_der
 
 
 def _evmctl_verify(file: Path, keys: list[Path]) -> str:
@@ -357,11 +361,11 @@ def _evmctl_verify(file: Path, keys: list[Path]) -> str:
     return "unknown key" if "unknown keyid" in done.stdout + done.stderr else "invalid"
 
 
-@pytest.mark.parametrize("keys", [("a",), ("a", "b"), ("b",)])
-def test_evm_sig_agrees_with_evmctl_verify(evm_files: tuple[Path, Path, Path, Path],
+@pytest.mark.parametrize("keys", [("a",), ("a", "b"), ("b",), ("a", "b", "e"), ("e",)])
+def test_evm_sig_agrees_with_evmctl_verify(evm_files: tuple[Path, Path, Path, Path, Path],
                                            keys: tuple[str, ...]) -> None:
-    d, lst, a, b = evm_files
-    certs = [{"a": a, "b": b}[k] for k in keys]
+    d, lst, a, b, e = evm_files
+    certs = [{"a": a, "b": b, "e": e}[k] for k in keys]
     got = {s.file_name: s for s in ima_sig.check_file(lst, list(certs))}
     ours = {name: s.status.value for name, s in got.items()}
     expected = {
@@ -370,6 +374,8 @@ def test_evm_sig_agrees_with_evmctl_verify(evm_files: tuple[Path, Path, Path, Pa
         "/xattr-tampered": "invalid" if "a" in keys else "unknown key",
         "/mode-tampered": "invalid" if "a" in keys else "unknown key",
         "/by-b": "valid" if "b" in keys else "unknown key",
+        "/ec": "valid" if "e" in keys else "unknown key",
+        "/sha1": "valid" if "a" in keys else "unknown key",
         "/immutable": "not checked",
         "/m32": "invalid" if "a" in keys else "unknown key",  # a 32-bit kernel's h_misc
         "/unsigned": "no signature",
@@ -384,9 +390,9 @@ def test_evm_sig_agrees_with_evmctl_verify(evm_files: tuple[Path, Path, Path, Pa
         "the list does not record")
 
 
-def test_evm_sig_cli_lines(evm_files: tuple[Path, Path, Path, Path],
+def test_evm_sig_cli_lines(evm_files: tuple[Path, Path, Path, Path, Path],
                            capsys: pytest.CaptureFixture[str]) -> None:
-    _, lst, a, _ = evm_files
+    _, lst, a, _, _ = evm_files
     code = main(["ima", "check", str(lst), "--key", str(a)])
     out = capsys.readouterr().out.splitlines()
     kid = f"{ima_sig.key_id(_load(a)):08x}"
@@ -397,7 +403,7 @@ def test_evm_sig_cli_lines(evm_files: tuple[Path, Path, Path, Path],
     assert out[3] == (f"entry 3 at offset {offs['/mode-tampered']:#x} (evm-sig) "
                       f"/mode-tampered: signature INVALID (key {kid}; the signature does not "
                       f"verify with {a} over security.ima, uid 0, gid 0, mode 0o100600)")
-    assert out[-2] == ("signatures: 2 valid, 3 invalid, 1 unknown key, 1 no signature, "
+    assert out[-2] == ("signatures: 3 valid, 3 invalid, 2 unknown key, 1 no signature, "
                        "1 not checked")
 
 
@@ -433,9 +439,10 @@ def _mutated(fields: list[bytes], case: str) -> list[bytes]:
     ("version-1", "invalid", "signature at offset {at:#x}: type 0x05 version 1 is not an EVM "
                              "signature (type 0x05, 0x03 or 0x02; version 2 or 3)"),
 ])
-def test_evm_sig_fields_checked(evm_files: tuple[Path, Path, Path, Path], tmp_path: Path,
-                                case: str, status: str, reason: str | None) -> None:
-    d, _, a, _ = evm_files
+def test_evm_sig_fields_checked(evm_files: tuple[Path, Path, Path, Path, Path],
+                                tmp_path: Path, case: str, status: str,
+                                reason: str | None) -> None:
+    d, _, a, _, _ = evm_files
     body = make_ima.entry(10, "evm-sig", _mutated(_evm_fields(d / "valid"), case))
     (tmp_path / "l.bin").write_bytes(body)
     (got,) = ima_sig.check_file(tmp_path / "l.bin", [a])
@@ -444,14 +451,48 @@ def test_evm_sig_fields_checked(evm_files: tuple[Path, Path, Path, Path], tmp_pa
         status, None if reason is None else reason.format(at=at))
 
 
-def test_evm_sig_big_endian_list(evm_files: tuple[Path, Path, Path, Path],
+def test_evm_sig_big_endian_list(evm_files: tuple[Path, Path, Path, Path, Path],
                                  tmp_path: Path) -> None:
     """A big-endian kernel's list: lengths, uid, gid and mode (and its h_misc) big-endian; evmctl
     here hashes a little-endian h_misc, so the signature evmctl made is invalid there."""
-    d, _, a, _ = evm_files
+    d, _, a, _, _ = evm_files
     (tmp_path / "l.bin").write_bytes(
         make_ima.entry(10, "evm-sig", _evm_fields(d / "valid", ">"), ">"))
     (got,) = ima_sig.check_file(tmp_path / "l.bin", [a])
     assert (got.status.value, got.reason) == (
         "invalid", f"the signature does not verify with {a} over security.ima, uid 0, gid 0, "
                    "mode 0o100644")
+
+
+def test_corpus_evm_sig_entry_parsed(corpus: Path) -> None:
+    """The ibmtss sampler's real evm-sig entry (its key is not available): the xattrs and inode
+    metadata the signature covers, and the verdict with an unrelated key."""
+    sampler = corpus / "ima/binary/ibmtss-0ab80cc-imatest.log"
+    with ima_log.open_list(sampler) as (fmt, view):
+        (entry,) = [e for e in ima_log.iter_entries(view, fmt) if e.template_name == "evm-sig"]
+    got = evm_sig.evm_input(entry.fields, entry.endian)
+    assert got == evm_sig.EvmInput(
+        (("security.selinux", b"unconfined_u:object_r:unlabeled_t:s0\0"),
+         ("security.ima", bytes.fromhex("0404672650050835777850b66645283ddbcc17305ba14d599e1b"
+                                        "186d9d656eb9a85e"))), 0, 0, 0o100644)
+    # the 24-byte h_misc spelled out: ino, generation, uid, gid all zero; mode; padding
+    h_misc = bytes(20) + b"\xa4\x81" + bytes(2)
+    assert evm_sig.portable_digest(got, "sha256", "<") == hashlib.sha256(
+        b"".join(v for _, v in got.xattrs) + h_misc).digest()
+
+
+def test_evm_sig_same_verdicts_from_the_ascii_list(evm_files: tuple[Path, Path, Path, Path, Path],
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The ASCII list (``ima show --ascii``) shows uid, gid and mode in decimal and the xattrs as
+    text and hex; read back, every evm-sig entry gets the binary list's verdict."""
+    _, lst, a, b, e = evm_files
+    assert main(["ima", "show", "--ascii", str(lst)]) == 0
+    text = tmp_path / "list.txt"
+    text.write_text(capsys.readouterr().out)
+    certs = [a, b, e]
+    binary = [(s.file_name, s.status, s.reason) for s in ima_sig.check_file(lst, certs)]
+    ascii_ = [(s.file_name, s.status, s.reason) for s in ima_sig.check_file(text, certs)]
+    assert ascii_ == binary
+    assert Counter(status.value for _, status, _ in binary) == Counter(
+        {"valid": 5, "invalid": 3, "no signature": 1, "not checked": 1})
