@@ -421,13 +421,14 @@ def _mutated(fields: list[bytes], case: str) -> list[bytes]:
         f[2] = b"\x02" + bytes(20)
     elif case == "wrong-type":
         f[2] = b"\x04" + f[2][1:]
-    elif case == "version-1":
-        f[2] = f[2][:1] + b"\x01" + f[2][2:]
+    elif case in ("version-1", "version-3"):
+        f[2] = f[2][:1] + bytes([int(case[-1])]) + f[2][2:]
     return f
 
 
 @pytest.mark.parametrize(("case", "status", "reason"), [
     ("as-is", "valid", None),
+    ("version-3", "valid", None),  # integrity_digsig_verify: 2 and 3 verify the same digest
     ("lengths-count", "invalid", "xattrlengths holds 0 bytes for 1 xattr names (4 bytes each)"),
     ("lengths-sum", "invalid", "xattrlengths add up to 35 bytes but xattrvalues holds 34"),
     ("short-uid", "invalid", "iuid holds 2 bytes, not 4"),
