@@ -7,7 +7,8 @@ The field holds the security.ima xattr: type (0x03 ``EVM_IMA_XATTR_DIGSIG``, 0x0
 big-endian signature size and the signature. Version 2 signs the file digest the entry records;
 version 3 signs the digest of ``ima_file_id`` (the type byte, the algorithm number, the file
 digest). A key id is the last 4 bytes of the SHA-1 of the certificate's public key, as evmctl
-computes it."""
+computes it. An ``evm-sig`` entry's ``evmsig`` field (security.evm) is checked the same way when
+it is a portable signature (type 0x05), over the digest :mod:`kimagekit.sig.evm_sig` rebuilds."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from kimagekit.errors import KimageError, input_named
 from kimagekit.ima_log import ImaEntry
 from kimagekit.sig import keys
 from kimagekit.sig.authenticode import chain_in_message, signer_cert, trust
+from kimagekit.sig.evm_sig import XATTR_NAME_IMA, evm_input, portable_digest
 from kimagekit.sig.keys import HASHES, TrustedCert, load_certs
 from kimagekit.sig.pkcs7 import parse_detached
 
@@ -36,6 +38,12 @@ SIG_HEADER = struct.Struct(">BBBIH")  # type, version, hash_algo, keyid, sig_siz
 # include/uapi/linux/hash_info.h, the ones cryptography can check
 HASH_ALGO = {2: "sha1", 4: "sha256", 5: "sha384", 6: "sha512", 7: "sha224"}
 SIGNED_TEMPLATES = {"ima-sig", "ima-sigv2", "ima-modsig", "evm-sig"}
+# security.evm types an evm-sig entry cannot check: they cover what the list does not record
+EVM_NOT_CHECKED = {
+    0x02: "an EVM HMAC (type 0x02), keyed with the machine's EVM key",
+    0x03: "an immutable EVM signature (type 0x03), over the inode number and generation, "
+          "which the list does not record",
+}
 
 
 class Status(enum.Enum):
@@ -43,7 +51,7 @@ class Status(enum.Enum):
     INVALID = "invalid"
     UNKNOWN_KEY = "unknown key"
     NO_SIGNATURE = "no signature"
-    NOT_CHECKED = "not checked"  # a signature kimagekit does not verify (EVM portable)
+    NOT_CHECKED = "not checked"  # covers what the entry does not record (EVM HMAC, immutable)
 
 
 @dataclass(frozen=True)
@@ -110,14 +118,23 @@ def check_entry(e: ImaEntry, keys: dict[int, TrustedCert],
             algo = next((f.algo for f in e.fields if f.id == "d-modsig"), None)
             return result(status, reason, key=key, algo=algo)
         return result(Status.NO_SIGNATURE)
+    is_evm = e.template_name == "evm-sig"
+    if is_evm and sig[0] in EVM_NOT_CHECKED:
+        return result(Status.NOT_CHECKED, EVM_NOT_CHECKED[sig[0]])
     if len(sig) < SIG_HEADER.size:
         return result(Status.INVALID, f"signature at offset {sig_at:#x} is {len(sig)} bytes, "
                       f"shorter than its {SIG_HEADER.size}-byte header")
     kind, version, algo_id, kid, size = SIG_HEADER.unpack_from(sig)
-    if kind == EVM_XATTR_PORTABLE_DIGSIG:
+    if is_evm and (kind != EVM_XATTR_PORTABLE_DIGSIG or version not in (2, 3)):
+        return result(Status.INVALID, f"signature at offset {sig_at:#x}: type {kind:#04x} "
+                      f"version {version} is not an EVM signature (type 0x05, 0x03 or 0x02; "
+                      "version 2 or 3)", kid)
+    if not is_evm and kind == EVM_XATTR_PORTABLE_DIGSIG:
         return result(Status.NOT_CHECKED, "an EVM portable signature (over the inode's xattrs "
-                      "and metadata), which kimagekit does not check", kid, version=version)
-    if kind not in (EVM_IMA_XATTR_DIGSIG, IMA_VERITY_DIGSIG) or version not in (2, 3):
+                      f"and metadata), which an {e.template_name} entry does not record", kid,
+                      version=version)
+    if not is_evm and (kind not in (EVM_IMA_XATTR_DIGSIG, IMA_VERITY_DIGSIG)
+                       or version not in (2, 3)):
         return result(Status.INVALID, f"signature at offset {sig_at:#x}: type {kind:#04x} "
                       f"version {version} is not an IMA digital signature (type 0x03 or 0x06, "
                       "version 2 or 3)", kid)
@@ -133,18 +150,30 @@ def check_entry(e: ImaEntry, keys: dict[int, TrustedCert],
     if algo is None:
         return result(Status.INVALID, f"hash algorithm {algo_id} is not one kimagekit checks",
                       kid, version=version)
-    if digest_field is None or digest_field.digest is None:
+    over = ""
+    if is_evm:
+        hashed = evm_input(e.fields, e.endian)
+        if isinstance(hashed, str):
+            return result(Status.INVALID, hashed, kid, algo=algo, version=version)
+        if XATTR_NAME_IMA not in (name for name, _ in hashed.xattrs):
+            return result(Status.INVALID, "a portable EVM signature without security.ima in "
+                          "the xattrs (the kernel refuses it)", kid, algo=algo, version=version)
+        # the kernel verifies the EVM digest itself whatever the version (2 or 3)
+        digest = portable_digest(hashed, algo, e.endian)
+        over = f" over {hashed.describe()}"
+    elif digest_field is None or digest_field.digest is None:
         return result(Status.INVALID, "the entry records no file digest", kid, algo=algo,
                       version=version)
-    digest = digest_field.digest
-    if version == 3:
-        file_id = bytes([kind, algo_id]) + digest
-        digest = hashlib.new(algo, file_id).digest()
+    else:
+        digest = digest_field.digest
+        if version == 3:
+            file_id = bytes([kind, algo_id]) + digest
+            digest = hashlib.new(algo, file_id).digest()
     ok = _verify(trusted.cert, sig[SIG_HEADER.size:], digest, algo)
     if ok:
         return result(Status.VALID, None, kid, trusted.path, algo, version)
-    return result(Status.INVALID, f"the signature does not verify with {trusted.path}", kid,
-                  trusted.path, algo, version)
+    return result(Status.INVALID, f"the signature does not verify with {trusted.path}{over}",
+                  kid, trusted.path, algo, version)
 
 
 def _check_modsig(modsig: bytes, at: int, e: ImaEntry,
