@@ -136,8 +136,10 @@ def parse_purgatory(data: bytes) -> PurgatoryObject:
         off = eh.e_shoff + i * SHDR_SIZE
         with converted(FMT, f"shdr[{i}]", off):
             sh = st.Shdr.parse(data[off:off + SHDR_SIZE])
-        if sh.sh_type not in (elf.SHT_NOBITS, elf.SHT_NULL) \
-                and sh.sh_offset + sh.sh_size > len(data):
+        # a loaded section's bytes are copied whatever its type (the loader tells only NOBITS
+        # apart), so only NOBITS and an unloaded SHT_NULL may point outside the file
+        loaded = sh.sh_type != elf.SHT_NULL or sh.sh_flags & elf.SHF_ALLOC
+        if sh.sh_type != elf.SHT_NOBITS and loaded and sh.sh_offset + sh.sh_size > len(data):
             raise ParseError(f"section content ({sh.sh_size:#x} bytes at {sh.sh_offset:#x}) "
                              f"runs past the end of the file ({len(data)} bytes)", fmt=FMT,
                              field=f"shdr[{i}].sh_offset", offset=off + 24)
@@ -208,6 +210,11 @@ def layout(obj: PurgatoryObject) -> Layout:
             buf_align = max(buf_align, s.sh_addralign)
             bufsz = _align(bufsz, s.sh_addralign) + s.sh_size
     bufsz = _align(bufsz, bss_align)
+    # Section sizes are bounded by the file, but alignment padding is not: bound the buffer
+    # before anyone allocates it (real purgatories are tens of KiB).
+    if bufsz > len(obj.data) + MAX_ALIGN_PADDING:
+        raise RuleError(f"laid-out purgatory would be {bufsz:#x} bytes, more than its "
+                        f"{len(obj.data)}-byte file allows", fmt=FMT, field="sh_addralign")
     return Layout(bufsz, bufsz + bss_sz, max(buf_align, bss_align))
 
 
@@ -237,11 +244,6 @@ def load(obj: PurgatoryObject, mem: int,
     """``kexec_purgatory_setup_sechdrs`` then the relocations, for a buffer placed at ``mem``."""
     lay = layout(obj)
     sym = _entry_symbol(obj) if entry_rule == EntryRule.PURGATORY_START else None
-    # Section sizes are bounded by the file, but alignment padding is not: bound the buffer
-    # before allocating it (real purgatories are tens of KiB).
-    if lay.bufsz > len(obj.data) + MAX_ALIGN_PADDING:
-        raise RuleError(f"laid-out purgatory would be {lay.bufsz:#x} bytes, more than its "
-                        f"{len(obj.data)}-byte file allows", fmt=FMT, field="sh_addralign")
     buf = bytearray(lay.bufsz)
     sh_addr = [s.sh_addr for s in obj.sections]
     buf_offset = [s.sh_offset for s in obj.sections]

@@ -226,12 +226,40 @@ def test_huge_section_alignment_is_refused_before_allocating() -> None:
     assert str(bad.value) == (
         f"purgatory: shdr[{second.index}].sh_addralign at offset {at:#x}: sh_addralign "
         "0x8000000000 of a loaded section exceeds 0x100000")
-    # Within that bound, padding that still outgrows the file is refused before allocating.
+    # Within that bound, padding that still outgrows the file is refused before allocating,
+    # by the layout itself, so placing (add_purgatory) and loading refuse alike.
     struct.pack_into("<Q", data, at, 1 << 20)
     big = parse_purgatory(bytes(data))
-    assert layout(big).bufsz > len(data) + (1 << 20)
     with pytest.raises(RuleError) as err:
-        load(big, M)
+        layout(big)
+    size = int(str(err.value).split(" would be ")[1].split(" ")[0], 16)
+    assert size > len(data) + (1 << 20)
     assert str(err.value) == (
-        f"purgatory: sh_addralign: laid-out purgatory would be {layout(big).bufsz:#x} bytes, "
+        f"purgatory: sh_addralign: laid-out purgatory would be {size:#x} bytes, "
         f"more than its {len(data)}-byte file allows")
+    with pytest.raises(RuleError) as again:
+        load(big, M)
+    assert str(again.value) == str(err.value)
+    sl = SegmentList(Target("x86_64", 4096, (MemRange(0x100000, 0x7FFFFFFF),)), ())
+    with pytest.raises(RuleError) as placing:
+        add_purgatory(sl, big)
+    assert str(placing.value) == str(err.value)
+
+
+def test_a_loaded_null_section_is_held_to_the_file() -> None:
+    """Found by the command campaign (build-x86_64, seed 2, input 17240): an SHT_NULL section
+    with SHF_ALLOC is loaded as content (the loader tells only NOBITS apart), so its size was
+    not bounded by the file and add_purgatory allocated it (MemoryError)."""
+    data = bytearray(gen.make_purgatory())
+    obj = parse_purgatory(bytes(data))
+    third = [s for s in obj.sections if s.alloc and not s.nobits][2]
+    e_shoff = struct.unpack_from("<Q", data, 40)[0]
+    at = e_shoff + 64 * third.index
+    struct.pack_into("<I", data, at + 4, 0)  # sh_type = SHT_NULL, SHF_ALLOC kept
+    struct.pack_into("<Q", data, at + 32, 0x3000100000031)  # sh_size
+    with pytest.raises(ParseError) as bad:
+        parse_purgatory(bytes(data))
+    assert str(bad.value) == (
+        f"purgatory: shdr[{third.index}].sh_offset at offset {at + 24:#x}: section content "
+        f"(0x3000100000031 bytes at {third.sh_offset:#x}) runs past the end of the file "
+        f"({len(data)} bytes)")
