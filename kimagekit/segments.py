@@ -323,5 +323,8 @@ def parse_mem_ranges(text: str) -> tuple[MemRange, ...]:
         if a + size > U64_MAX + 1:
             # e820 holds u64 addresses and sizes: memory ends at 2^64.
             raise UsageError(f"{part.strip()!r} ends past 2^64", fmt="--mem")
+        if size > U64_MAX:
+            raise UsageError(f"{part.strip()!r} is 2^64 bytes: an e820 size holds at most "
+                             "2^64 - 1", fmt="--mem")
         out.append(MemRange(a, size))
     return tuple(out)

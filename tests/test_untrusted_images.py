@@ -174,9 +174,18 @@ def test_mem_beyond_2_64(corpus: Path, tmp_path: Path,
         "kimagekit: error: --mem: '0x100000+0x1ffffffffffffffff' ends past 2^64\n")
     assert not out.exists()
     with pytest.raises(UsageError) as e:
-        parse_mem_ranges("0x0-0xffffffffffffffff,0x10000000000000000+0x1000")
+        parse_mem_ranges("0x1000-0xffffffffffffffff,0x10000000000000000+0x1000")
     assert str(e.value) == "--mem: '0x10000000000000000+0x1000' ends past 2^64"
-    assert parse_mem_ranges("0x0-0xffffffffffffffff")[0].size == 1 << 64
+    assert parse_mem_ranges("0x1000-0xffffffffffffffff")[0].size == (1 << 64) - 0x1000
+    # The whole 64-bit space is 2^64 bytes, one more than an e820 size holds (the campaign's
+    # build-x86_64 seed 2 input 41310: struct.error when the table was written).
+    assert main(["build", "--arch", "x86_64", "--kernel", str(kernel), "--purgatory",
+                 str(corpus / PURGATORY_CORPUS), "--mem", "0x0-0xffffffffffffffff", "-o",
+                 str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "kimagekit: error: --mem: '0x0-0xffffffffffffffff' is 2^64 bytes: an e820 size holds "
+        "at most 2^64 - 1\n")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("edit", "message"), [
