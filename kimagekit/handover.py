@@ -103,7 +103,7 @@ def decode_ima(buf: bytes | memoryview, little: bool,
     else:
         form = "ima-kexec-buffer" if fmt.kind == "kexec-buffer" else f"ima-{fmt.kind}-list"
     try:
-        report = ima_log.analyse(buf, fmt, banks=BANKS)
+        report = ima_log.analyse(buf, fmt, banks=BANKS, method="per-bank")  # as ima replay
     except KimageError as err:
         damage.append(f"entries cannot be read: {err}")
         return ImaContent(form, 0, restored, restore_error, 0, None, {}, tuple(damage))
