@@ -70,15 +70,24 @@ def _pairs(name: str, data: bytes, endian: Endian, index: int,
 
 def ascii_lines(recs: Iterable[Record], endian: Endian) -> Iterator[str]:
     """The kernel's ASCII list, in blocks of lines."""
+    return _in_blocks(_ascii_line(rec, endian) for rec in recs)
+
+
+def _ascii_line(rec: Record, endian: Endian) -> str:
+    index, _offset, pcr, digest, name, data, base = rec
+    parts = [f"{pcr:2d} {digest.hex()} {name}"]
+    for fid, chunk in _pairs(name, data, endian, index, base):
+        parts.append(" " + shown_parts(fid, chunk, endian)[0] if chunk else " ")
+    parts.append("\n")
+    return "".join(parts)
+
+
+def _in_blocks(items: Iterator[str]) -> Iterator[str]:
+    """``items`` joined BLOCK at a time; on an error, what came before it is yielded first."""
     block: list[str] = []
-    add = block.append
     try:
-        for index, _offset, pcr, digest, name, data, base in recs:
-            parts = [f"{pcr:2d} {digest.hex()} {name}"]
-            for fid, chunk in _pairs(name, data, endian, index, base):
-                parts.append(" " + shown_parts(fid, chunk, endian)[0] if chunk else " ")
-            parts.append("\n")
-            add("".join(parts))
+        for item in items:
+            block.append(item)
             if len(block) >= BLOCK:
                 yield "".join(block)
                 block.clear()
@@ -93,68 +102,60 @@ def ascii_lines(recs: Iterable[Record], endian: Endian) -> Iterator[str]:
 def json_entries(recs: Iterable[Record], endian: Endian) -> Iterator[str]:
     """Each entry as ``json.dumps`` writes the CLI's entry dict, the first preceded by a newline
     and every other by a comma and a newline, in blocks."""
-    block: list[str] = []
-    add = block.append
+    return _in_blocks(_json_entries(recs, endian))
+
+
+def _json_entries(recs: Iterable[Record], endian: Endian) -> Iterator[str]:
     quoted: dict[str, str] = {}  # template names and field ids, quoted once
     algos: dict[str, str] = {}  # the "algo" member of each digest algorithm
     sep = "\n"
-    try:
-        for index, offset, pcr, digest, name, data, base in recs:
-            violation = digest.count(0) == len(digest)
-            own = BANK_BY_SIZE.get(len(digest))
-            if violation or own is None:
-                ok = "null"
-            else:
-                ok = "true" if template_digest(name, data, own, endian) == digest else "false"
-            fields = []
-            for fid, chunk in _pairs(name, data, endian, index, base):
-                qid = quoted.get(fid) or _remember(quoted, fid, _quote(fid))
-                hexed = chunk.hex()
-                # the two kinds every list is made of, inline; shown_parts for the rest
-                kind = FIELD_FORMATS.get(fid)
-                if kind == "string":
-                    cut = chunk.find(b"\0")
-                    shown = (chunk if cut < 0 else chunk[:cut]).decode("latin-1")
-                    fields.append(f'{{"id": {qid}, "length": {len(chunk)}, "data": "{hexed}", '
-                                  f'"shown": {_quote(shown)}}}')
-                    continue
-                if kind in {"digest-algo", "digest-type-algo"}:
-                    cut = chunk.find(b"\0")
-                    if cut == 0 or (cut > 0 and chunk[cut - 1] == 0x3A):
-                        head, algo = digest_head(chunk[:cut])
-                        dhex = hexed[2 * cut + 2:]
-                        qalgo = "" if not algo else (algos.get(algo) or _remember(
-                            algos, algo, ', "algo": ' + _quote(algo)))
-                        fields.append(f'{{"id": {qid}, "length": {len(chunk)}, '
-                                      f'"data": "{hexed}", "shown": {_quote(head + dhex)}'
-                                      f'{qalgo}, "digest": "{dhex}"}}')
-                        continue
-                shown, algo, fdigest = shown_parts(fid, chunk, endian)
-                if fdigest is None:
-                    fields.append(f'{{"id": {qid}, "length": {len(chunk)}, "data": "{hexed}", '
-                                  f'"shown": {_quote(shown)}}}')
-                    continue
-                qalgo = "" if not algo else (algos.get(algo) or _remember(
-                    algos, algo, ', "algo": ' + _quote(algo)))
-                # the digest is the field's last bytes
+    for index, offset, pcr, digest, name, data, base in recs:
+        violation = digest.count(0) == len(digest)
+        own = BANK_BY_SIZE.get(len(digest))
+        if violation or own is None:
+            ok = "null"
+        else:
+            ok = "true" if template_digest(name, data, own, endian) == digest else "false"
+        fields = []
+        for fid, chunk in _pairs(name, data, endian, index, base):
+            qid = quoted.get(fid) or _remember(quoted, fid, _quote(fid))
+            hexed = chunk.hex()
+            # the two kinds every list is made of, inline; shown_parts for the rest
+            kind = FIELD_FORMATS.get(fid)
+            if kind == "string":
+                cut = chunk.find(b"\0")
+                shown = (chunk if cut < 0 else chunk[:cut]).decode("latin-1")
                 fields.append(f'{{"id": {qid}, "length": {len(chunk)}, "data": "{hexed}", '
-                              f'"shown": {_quote(shown)}{qalgo}, '
-                              f'"digest": "{hexed[len(hexed) - 2 * len(fdigest):]}"}}')
-            qname = quoted.get(name) or _remember(quoted, name, _quote(name))
-            add(f'{sep}{{"index": {index}, "offset": {offset}, "pcr": {pcr}, '
-                f'"template_digest": "{digest.hex()}", "template_name": {qname}, '
-                f'"violation": {"true" if violation else "false"}, "digest_ok": {ok}, '
-                f'"fields": [{", ".join(fields)}]}}')
-            sep = ",\n"
-            if len(block) >= BLOCK:
-                yield "".join(block)
-                block.clear()
-    except Exception:
-        if block:
-            yield "".join(block)
-        raise
-    if block:
-        yield "".join(block)
+                              f'"shown": {_quote(shown)}}}')
+                continue
+            if kind in {"digest-algo", "digest-type-algo"}:
+                cut = chunk.find(b"\0")
+                if cut == 0 or (cut > 0 and chunk[cut - 1] == 0x3A):
+                    head, algo = digest_head(chunk[:cut])
+                    dhex = hexed[2 * cut + 2:]
+                    qalgo = "" if not algo else (algos.get(algo) or _remember(
+                        algos, algo, ', "algo": ' + _quote(algo)))
+                    fields.append(f'{{"id": {qid}, "length": {len(chunk)}, '
+                                  f'"data": "{hexed}", "shown": {_quote(head + dhex)}'
+                                  f'{qalgo}, "digest": "{dhex}"}}')
+                    continue
+            shown, algo, fdigest = shown_parts(fid, chunk, endian)
+            if fdigest is None:
+                fields.append(f'{{"id": {qid}, "length": {len(chunk)}, "data": "{hexed}", '
+                              f'"shown": {_quote(shown)}}}')
+                continue
+            qalgo = "" if not algo else (algos.get(algo) or _remember(
+                algos, algo, ', "algo": ' + _quote(algo)))
+            # the digest is the field's last bytes
+            fields.append(f'{{"id": {qid}, "length": {len(chunk)}, "data": "{hexed}", '
+                          f'"shown": {_quote(shown)}{qalgo}, '
+                          f'"digest": "{hexed[len(hexed) - 2 * len(fdigest):]}"}}')
+        qname = quoted.get(name) or _remember(quoted, name, _quote(name))
+        yield (f'{sep}{{"index": {index}, "offset": {offset}, "pcr": {pcr}, '
+               f'"template_digest": "{digest.hex()}", "template_name": {qname}, '
+               f'"violation": {"true" if violation else "false"}, "digest_ok": {ok}, '
+               f'"fields": [{", ".join(fields)}]}}')
+        sep = ",\n"
 
 
 def _remember(memo: dict[str, str], key: str, value: str) -> str:
