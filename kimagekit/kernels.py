@@ -365,26 +365,8 @@ def _scan(data: bytes, machine: int) -> tuple[int, bytes] | None:
 
 
 def _candidate(data: bytes, at: int, machine: int) -> bytes | None:
-    if at + 64 > len(data) or data[at + 5] not in (1, 2):
-        return None
-    order = "<" if data[at + 5] == 1 else ">"
-    e_type, e_machine = struct.unpack_from(order + "HH", data, at + 16)
-    if e_type != elf.ET_REL or e_machine != machine:
-        return None
-    (shoff,) = struct.unpack_from(order + "Q", data, at + 40)
-    shentsize, shnum = struct.unpack_from(order + "HH", data, at + 58)
-    if shentsize != 64 or shnum == 0:
-        return None
-    end = shoff + shnum * 64
-    if end > min(PURGATORY_MAX, len(data) - at):
-        return None
-    for i in range(shnum):
-        sh = at + shoff + i * 64
-        (sh_type,) = struct.unpack_from(order + "I", data, sh + 4)
-        sh_offset, sh_size = struct.unpack_from(order + "QQ", data, sh + 24)
-        if sh_type != elf.SHT_NOBITS:
-            end = max(end, sh_offset + sh_size)
-    if end > min(PURGATORY_MAX, len(data) - at):
+    end = _rel_extent(data, at, machine)
+    if end is None or end == _MORE or at + end > len(data):
         return None
     blob = data[at:at + end]
     try:
@@ -450,8 +432,23 @@ def _purgatory_early(data: bytes | memoryview, limit: int) -> bytes | None:
 
 def _early_candidate(buf: bytearray, at: int, machine: int) -> bytes | str | None:
     """:func:`_candidate` at ``at`` once all of it has been decompressed (``_WAIT`` before)."""
-    if at + 64 > len(buf):
+    end = _rel_extent(buf, at, machine)
+    if end is None:
+        return None
+    if end == _MORE or at + end > len(buf):
         return _WAIT
+    return _candidate(bytes(buf[at:at + end]), 0, machine)
+
+
+_MORE = -1
+
+
+def _rel_extent(buf: bytes | bytearray, at: int, machine: int) -> int | None:
+    """How many bytes from ``at`` an ELF64 ET_REL object for ``machine`` spans (headers, section
+    table, section contents); None when there is none there or it would pass PURGATORY_MAX;
+    ``_MORE`` while ``buf`` ends before that can be told."""
+    if at + 64 > len(buf):
+        return _MORE
     if buf[at + 5] not in (1, 2):
         return None
     order = "<" if buf[at + 5] == 1 else ">"
@@ -463,18 +460,14 @@ def _early_candidate(buf: bytearray, at: int, machine: int) -> bytes | str | Non
             or end > PURGATORY_MAX):
         return None
     if at + end > len(buf):
-        return _WAIT
+        return _MORE
     for i in range(shnum):
         sh = at + shoff + i * 64
         (sh_type,) = struct.unpack_from(order + "I", buf, sh + 4)
         sh_offset, sh_size = struct.unpack_from(order + "QQ", buf, sh + 24)
         if sh_type != elf.SHT_NOBITS:
             end = max(end, sh_offset + sh_size)
-    if end > PURGATORY_MAX:
-        return None
-    if at + end > len(buf):
-        return _WAIT
-    return _candidate(bytes(buf[at:at + end]), 0, machine)
+    return None if end > PURGATORY_MAX else end
 
 
 def purgatory_object(data: bytes | memoryview) -> PurgatoryObject:
