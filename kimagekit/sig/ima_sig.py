@@ -20,8 +20,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from kimagekit import ima_log
 from kimagekit.errors import KimageError, input_named
@@ -29,7 +27,8 @@ from kimagekit.ima_log import ImaEntry
 from kimagekit.sig import keys
 from kimagekit.sig.authenticode import chain_in_message, signer_cert, trust
 from kimagekit.sig.evm_sig import XATTR_NAME_IMA, evm_input, portable_digest
-from kimagekit.sig.keys import HASHES, TrustedCert, load_certs
+from kimagekit.sig.keys import TrustedCert, load_certs
+from kimagekit.sig.keys import verify as verify_with
 from kimagekit.sig.pkcs7 import parse_detached
 
 Pathish = str | os.PathLike[str]
@@ -169,7 +168,7 @@ def check_entry(e: ImaEntry, keys: dict[int, TrustedCert],
         if version == 3:
             file_id = bytes([kind, algo_id]) + digest
             digest = hashlib.new(algo, file_id).digest()
-    ok = _verify(trusted.cert, sig[SIG_HEADER.size:], digest, algo)
+    ok = verify_with(trusted.cert, sig[SIG_HEADER.size:], digest, algo, prehashed=True) is True
     if ok:
         return result(Status.VALID, None, kid, trusted.path, algo, version)
     return result(Status.INVALID, f"the signature does not verify with {trusted.path}{over}",
@@ -218,21 +217,6 @@ def _check_modsig(modsig: bytes, at: int, e: ImaEntry,
         return Status.UNKNOWN_KEY, f"no given certificate is the modsig's signer ({who}) or " \
             "its issuer", None
     return Status.VALID, None, trusted_by.path
-
-
-def _verify(cert: x509.Certificate, signature: bytes, digest: bytes, algo: str) -> bool:
-    try:
-        key = cert.public_key()
-        prehashed = utils.Prehashed(HASHES[algo]())
-        if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, digest, padding.PKCS1v15(), prehashed)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, digest, ec.ECDSA(prehashed))
-        else:
-            return False
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
-        return False
-    return True
 
 
 def check_signatures(entries: Iterable[ImaEntry],
