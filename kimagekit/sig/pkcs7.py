@@ -92,15 +92,21 @@ def _digest(name: object, field: str, offset: int) -> str:
     return str(name)
 
 
-def parse_authenticode(der: bytes, offset: int = 0) -> AuthenticodeData:
-    """Parse and check the shape the kernel requires (``offset``: where ``der`` starts in the
-    file, for errors)."""
+def _signed_data(der: bytes, offset: int) -> cms.ContentInfo:
+    """The ContentInfo, refused unless it holds signedData (as the kernel's PKCS#7 parser)."""
     with _asn1("ContentInfo", offset):
         info = cms.ContentInfo.load(der, strict=True)
         kind = info["content_type"].dotted
     if kind != SIGNED_DATA:
         raise _err(f"content type {kind} is not signedData ({SIGNED_DATA})",
                    "ContentInfo.contentType", offset)
+    return info
+
+
+def parse_authenticode(der: bytes, offset: int = 0) -> AuthenticodeData:
+    """Parse and check the shape the kernel requires (``offset``: where ``der`` starts in the
+    file, for errors)."""
+    info = _signed_data(der, offset)
     field = "SignedData.encapContentInfo"
     with _asn1(field, offset):
         signed = info["content"]
@@ -217,12 +223,7 @@ class DetachedData:
 def parse_detached(der: bytes, offset: int = 0) -> DetachedData:
     """``pkcs7_parse_message`` for a module signature: signedData of ``data`` with no content
     (the signed bytes are supplied separately)."""
-    with _asn1("ContentInfo", offset):
-        info = cms.ContentInfo.load(der, strict=True)
-        kind = info["content_type"].dotted
-    if kind != SIGNED_DATA:
-        raise _err(f"content type {kind} is not signedData ({SIGNED_DATA})",
-                   "ContentInfo.contentType", offset)
+    info = _signed_data(der, offset)
     with _asn1("SignedData.encapContentInfo", offset):
         signed = info["content"]
         data_type = signed["encap_content_info"]["content_type"].dotted
