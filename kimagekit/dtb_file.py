@@ -43,7 +43,7 @@ def load_tree(path: Pathish) -> DeviceTree:
     if dts.looks_like_dts(head):
         if _regular(path):  # dtc reads it by name, so /include/ resolves beside it
             return dts.from_dts_file(path)
-        return dts.from_dts(read_input(path).decode("latin-1"))
+        return dts.from_dts(read_input(path))  # a pipe's bytes, as dtc would read them
     raise UnrecognisedFormat("not a device tree (no DTB magic, no /dts-v1/ tag)", fmt="dtb")
 
 

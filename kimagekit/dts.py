@@ -185,11 +185,12 @@ def dtc_path() -> str | None:
     return shutil.which("dtc")
 
 
-def from_dts(text: str, *, dtc: str | None = AUTO) -> DeviceTree:
+def from_dts(text: str | bytes, *, dtc: str | None = AUTO) -> DeviceTree:
     """Compile DTS source: by dtc (the reference compiler) when there is one, else by
-    :mod:`kimagekit.dts_subset`, which refuses what it cannot compile exactly as dtc does."""
+    :mod:`kimagekit.dts_subset`, which refuses what it cannot compile exactly as dtc does.
+    Bytes (a file's, stdin's) are compiled as they are; text as the UTF-8 file holding it."""
     tool = dtc_path() if dtc == AUTO else dtc
-    raw = text.encode("utf-8")  # the bytes dtc would read from a file holding this text
+    raw = text if isinstance(text, bytes) else text.encode("utf-8")
     if tool is None:
         return compile_subset(raw.decode("latin-1"))
     return DeviceTree.parse(run_dtc(tool, raw))

@@ -3,7 +3,9 @@ construct refused with its line and one exact message."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,22 @@ def test_text_is_read_as_its_utf8_bytes(tmp_path: Path) -> None:
                          check=True, capture_output=True).stdout
     assert dts.from_dts(text, dtc=need_tool("dtc")).build() == ref
     assert dts.from_dts(text, dtc=None).build() == ref
+
+
+@pytest.mark.parametrize("dtc", ["dtc", None])
+def test_piped_dts_is_read_as_its_bytes(dtc: str | None, tmp_path: Path) -> None:
+    """DTS on stdin holds the same bytes as the file: a UTF-8 string value must come out as
+    dtc writes it from the file (it was once decoded, then encoded a second time)."""
+    src = tmp_path / "u.dts"
+    src.write_bytes('/dts-v1/;\n/ { s = "café"; };\n'.encode())
+    env = {**os.environ, "KIMAGEKIT_DTC": need_tool("dtc") if dtc else ""}
+    run = [sys.executable, "-m", "kimagekit", "dtb", "get"]
+    with src.open("rb") as f:
+        piped = subprocess.run([*run, "-", "/", "s", "--type", "bytes"], stdin=f, env=env,
+                               capture_output=True, check=False)
+    named = subprocess.run([*run, str(src), "/", "s", "--type", "bytes"], env=env,
+                           capture_output=True, check=False)
+    assert named.returncode == 0 and named.stderr == b""
+    assert (piped.returncode, piped.stdout, piped.stderr) == (0, named.stdout, b"")
+    assert bytes.fromhex("".join(c for c in named.stdout.decode() if c in "0123456789abcdef")
+                         ) == "café".encode() + b"\0"
