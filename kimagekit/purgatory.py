@@ -472,7 +472,7 @@ def find_symbol(obj: PurgatoryObject, name: str) -> Symbol:
             continue
         if sym.st_shndx == elf.SHN_UNDEF or sym.st_shndx >= len(obj.sections):
             raise RuleError(f"symbol {name!r} has bad section index {sym.st_shndx}", fmt=FMT,
-                            field=name)
+                            field=name, offset=sym.offset)
         return sym
     raise RuleError(f"no global symbol {name!r}", fmt=FMT, field=name)
 
