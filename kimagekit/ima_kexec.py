@@ -151,6 +151,12 @@ def restore(buf: bytes | memoryview, endian: Endian = "<") -> RestoredList:
         digest = bytes(buf[start + 4:start + 4 + schema.TPM_DIGEST_SIZE])
         (pcr,) = u32.unpack_from(buf, start)
         entries.append(ImaEntry(pcr, digest, name, data, endian, n - 1, start))
+    if pos < end:
+        # only a count of 0 gets here (any other stops at its last entry, checked above): the
+        # kernel's loop takes nothing and reports nothing, and the list is lost on the way
+        raise RuleError(f"count {count}: the entries from {pos:#x} to {end:#x} would not be "
+                        "restored (the kernel takes the buffer and drops them)", fmt=FMT,
+                        field="header.count", offset=16)
     return RestoredList(version, buffer_size, count, entries)
 
 

@@ -9,6 +9,7 @@ import pytest
 from ima_helpers import IMA_DIR, make_ima
 
 from kimagekit import ima_kexec, ima_log
+from kimagekit.cli import main
 from kimagekit.errors import RuleError
 
 
@@ -121,3 +122,23 @@ def test_append_updates_header_and_keeps_old_bytes() -> None:
     assert lfmt is not None
     assert ima_kexec.append(listed, new, lfmt) == listed + listed[:new[1].offset + len(
         ima_log.encode_entry(new[1]))]
+
+
+def test_count_0_with_entries_is_a_lost_list(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``while (bufp < bufendp && count++ < khdr->count)`` takes nothing when count is 0: the
+    kernel reports no error and the next kernel starts with an empty list, so the PCRs no
+    longer match it. That is damage, never "accepted"; an empty buffer with count 0 is fine."""
+    buf = bytearray((IMA_DIR / "small-le.kexec").read_bytes())
+    struct.pack_into("<Q", buf, 16, 0)
+    with pytest.raises(RuleError) as err:
+        ima_kexec.restore(bytes(buf))
+    why = ("ima-kexec-buffer: header.count at offset 0x10: count 0: the entries from 0x18 to "
+           "0x3b4 would not be restored (the kernel takes the buffer and drops them)")
+    assert str(err.value) == why
+    assert ima_kexec.restore(ima_kexec.build_buffer([])).entries == []
+    lost = tmp_path / "lost.kexec"
+    lost.write_bytes(bytes(buf))
+    assert main(["ima", "check", str(lost)]) == 1
+    assert main(["inspect", "--json", str(lost)]) == 1
+    assert f"the next kernel would refuse this buffer: {why}" in capsys.readouterr().out
