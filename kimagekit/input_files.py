@@ -94,9 +94,17 @@ def _wait_for_writer(fd: int, path: object, what: str) -> None:
     os.set_blocking(fd, True)
 
 
+def _cached(path: object, what: str, data: bytes) -> tuple[None, memoryview]:
+    """A pipe read once already, held again to the bound of the option now asking."""
+    if len(data) > bound_for(what):
+        raise _refuse(path, what, f"more than {bound_for(what)} bytes from a pipe (the bound "
+                                  f"for {what} read from a pipe or stdin)")
+    return None, memoryview(data)
+
+
 def _stdin(what: str) -> tuple[mmap.mmap | None, memoryview]:
     if "-" in _piped:
-        return None, memoryview(_piped["-"])
+        return _cached("-", what, _piped["-"])
     try:
         st = os.fstat(0)
     except OSError as exc:
@@ -105,7 +113,15 @@ def _stdin(what: str) -> tuple[mmap.mmap | None, memoryview]:
     if why is not None:
         raise _refuse("-", what, why)
     if stat.S_ISREG(st.st_mode) and st.st_size:
-        return (mm := mmap.mmap(0, 0, access=mmap.ACCESS_READ)), memoryview(mm)
+        # what stdin holds starts where its position is (`cmd - < f` after a seek, or a file
+        # descriptor shared with a reader that went first), not at the file's first byte
+        try:
+            pos = os.lseek(0, 0, os.SEEK_CUR)
+            mm = mmap.mmap(0, 0, access=mmap.ACCESS_READ)
+        except OSError:
+            pass  # a file that cannot be mapped (sysfs, procfs) is read as a pipe is
+        else:
+            return mm, memoryview(mm)[min(pos, len(mm)):]
     data = _piped["-"] = _read_bounded(0, "-", what)
     return None, memoryview(data)
 
@@ -120,7 +136,7 @@ def _open(path: object, what: str) -> tuple[mmap.mmap | None, memoryview]:
     if why is not None:
         raise _refuse(path, what, why)
     if stat.S_ISFIFO(st.st_mode) and (st.st_dev, st.st_ino) in _piped:
-        return None, memoryview(_piped[(st.st_dev, st.st_ino)])
+        return _cached(path, what, _piped[(st.st_dev, st.st_ino)])
     try:
         # never blocks on a FIFO, and a file swapped for a device since the stat is seen below
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)

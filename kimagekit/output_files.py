@@ -130,14 +130,21 @@ def _link(fd: int, name: str) -> None:
 
 
 def _to_stdout(data: memoryview, tail: Tail | None = None) -> None:
-    sys.stdout.flush()
-    _write_all(1, data)
-    if tail is not None:
-        source, start = tail
-        with open(source, "rb") as src:
-            size = os.fstat(src.fileno()).st_size
-            for at in range(start, size, _CHUNK):
-                _write_all(1, memoryview(os.pread(src.fileno(), min(_CHUNK, size - at), at)))
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        _write_all(1, data)
+        if tail is not None:
+            source, start = tail
+            with open(source, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                for at in range(start, size, _CHUNK):
+                    _write_all(1, memoryview(os.pread(src.fileno(), min(_CHUNK, size - at),
+                                                      at)))
+    except BrokenPipeError:
+        raise  # the reader left: the CLI ends quietly, as by SIGPIPE
+    except OSError as exc:
+        raise _out_error("-", f"cannot write stdout: {exc.strerror}") from exc
     state.wrote_stdout = True
 
 

@@ -154,3 +154,25 @@ def test_files_read_whole_are_held_to_the_bound(files: Path, tmp_path: Path, wha
     assert main([str(a) for a in command(files, what, big)]) == 2
     assert capsys.readouterr() == ("", f"kimagekit: error: {big}: {what}: {bound + 1} bytes, "
                                        f"more than the bound for {what} ({bound} bytes)\n")
+
+
+def test_stdin_read_once_is_held_to_each_options_bound() -> None:
+    """stdin given for the list and for --pcrs is read once; the --pcrs reading of it is held
+    to the --pcrs bound all the same (it was once handed back whole from the cache)."""
+    big = SMALL.read_bytes() * 2000  # 1,976,000 bytes: a list, over --pcrs's 1 MiB
+    p = cli("ima", "replay", "-", "--pcrs", "-", stdin=big)
+    assert (p.returncode, p.stdout, p.stderr.decode()) == (
+        2, b"", "kimagekit: error: -: --pcrs: more than 1048576 bytes from a pipe (the bound "
+                "for --pcrs read from a pipe or stdin)\n")
+
+
+def test_stdin_file_is_read_from_its_position(tmp_path: Path) -> None:
+    """A regular file on stdin holds what lies after its read position, not the whole file."""
+    src = tmp_path / "list.kexec"
+    src.write_bytes(b"\0" * 100 + (ROOT / "testdata/ima/small-le.kexec").read_bytes())
+    with src.open("rb") as f:
+        f.seek(100)
+        p = subprocess.run([sys.executable, "-m", "kimagekit", "inspect", "-"], stdin=f,
+                           capture_output=True, timeout=60, check=False)
+    assert (p.returncode, p.stderr) == (0, b"")
+    assert p.stdout.decode().splitlines()[0] == "-: ima-kexec-buffer"

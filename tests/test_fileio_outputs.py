@@ -305,3 +305,17 @@ def test_read_back_mismatch_replaces_nothing(tmp_path: Path,
     assert (str(err.value), err.value.file) == ("-o: read-back differs from what was written",
                                                 str(target))
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["target"]
+
+
+def test_a_failing_stdout_is_one_line() -> None:
+    """-o - onto a full device, or onto a closed stdout: one error line, exit 2."""
+    cmd = [sys.executable, "-m", "kimagekit", "ima", "convert", str(SMALL), "--to", "ascii",
+           "-o", "-"]
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, timeout=60, check=False)
+    assert (p.returncode, p.stderr.decode()) == (
+        2, "kimagekit: error: -: -o: cannot write stdout: No space left on device\n")
+    p = subprocess.run(" ".join(cmd) + " >&-", shell=True, stderr=subprocess.PIPE, timeout=60,
+                       check=False)
+    assert (p.returncode, p.stderr.decode()) == (
+        2, "kimagekit: error: -: -o: cannot write stdout: Bad file descriptor\n")
