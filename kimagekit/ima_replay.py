@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from kimagekit.errors import UsageError
 from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES, TPM_DIGEST_SIZE
 from kimagekit.ima_binary import DigestMismatch, ImaEntry, ListFormat, entry_path, hash_factory
 
@@ -68,7 +69,7 @@ def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, che
     (``check``); note when each ``expected`` value is reached; with ``legacy``, also replay the
     non-SHA-1 banks as ``sha1-padded``."""
     if method not in METHODS:
-        raise ValueError(method)
+        raise UsageError(f"replay method {method!r} is not one of {', '.join(METHODS)}")
     sha1 = hash_factory("sha1")
     stored_own = method == "per-bank"
     plan = []

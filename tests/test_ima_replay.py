@@ -206,3 +206,14 @@ def test_per_bank_list_replays_its_own_stored_digests(capsys: pytest.CaptureFixt
     assert lines[7:] == [
         "FAILED: chain does not match the quote: 1 of 2 expected PCR values not reproduced; "
         "1 entry altered"]
+
+
+def test_an_unknown_replay_method_is_a_usage_error() -> None:
+    from kimagekit import ima_replay
+    from kimagekit.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        ima_log.analyse(ima_log.read_entries(IMA_DIR / "small-le.bin"), banks=["sha1"],
+                        method="stored")  # type: ignore[arg-type]
+    assert str(err.value) == ("replay method 'stored' is not one of "
+                              f"{', '.join(ima_replay.METHODS)}")

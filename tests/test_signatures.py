@@ -17,6 +17,7 @@ from kernel_helpers import kgen
 from sig_helpers import Pki, make_pki, sbsign, sbverify
 
 from kimagekit.cli import main
+from kimagekit.errors import ParseError
 from kimagekit.sig import authenticode
 from kimagekit.sig.keys import load_certs
 from kimagekit.sig.pe_digest import hash_layout, image_digest
@@ -500,3 +501,24 @@ def test_build_debian_kernel_with_debian_ca_required(
     assert (code, err) == (0, "")
     result = json.loads(stdout)["result"]
     assert (result["output"], result["signature_warning"]) == (str(out), None)
+
+
+@pytest.mark.parametrize(("rel", "field", "word"), [(16, "SizeOfRawData", "runs"),
+                                                    (20, "PointerToRawData", "starts")])
+def test_section_past_the_file_names_its_header(signed: Path, rel: int, field: str,
+                                                word: str) -> None:
+    """A section whose raw data lies past the file is refused naming the header field (and its
+    offset) that says so, as the kernel's pefile_digest_pe_contents would fail."""
+    d = bytearray(signed.read_bytes())
+    lfanew = struct.unpack_from("<I", d, 0x3C)[0]
+    opt_size = struct.unpack_from("<H", d, lfanew + 20)[0]
+    h = lfanew + 24 + opt_size  # the first section header
+    name = d[h:h + 8].rstrip(b"\0").decode()
+    size, at = struct.unpack_from("<II", d, h + 16)
+    struct.pack_into("<I", d, h + rel, 0x7FFFFFF0)
+    size, at = (0x7FFFFFF0, at) if rel == 16 else (size, 0x7FFFFFF0)
+    with pytest.raises(ParseError) as err:
+        hash_layout(bytes(d))
+    assert str(err.value) == (f"pe: section[{name}].{field} at offset {h + rel:#x}: section "
+                              f"{name!r} ({size} bytes at {at:#x}) {word} past the end of the "
+                              "file")

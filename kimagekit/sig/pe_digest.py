@@ -89,13 +89,16 @@ def hash_layout(data: bytes | memoryview) -> HashLayout:
                                            dirent - opt - CHECKSUM_OFFSET - 4),
               (dirent + 8, header_size - dirent - 8)]
     hashed = header_size
-    for key, name, raw_size, raw_at in sorted(_sections(data, secs, nsec)):
+    for key, name, raw_size, raw_at, h in sorted(_sections(data, secs, nsec)):
         del key
         if raw_size == 0:
             continue
-        if raw_at > size or raw_size > size - raw_at:
+        if raw_at > size:
+            raise _err(f"section {name!r} ({raw_size} bytes at {raw_at:#x}) starts past the end "
+                       f"of the file", f"section[{name}].PointerToRawData", h + 20)
+        if raw_size > size - raw_at:
             raise _err(f"section {name!r} ({raw_size} bytes at {raw_at:#x}) runs past the end "
-                       f"of the file", f"section[{name}].SizeOfRawData", None)
+                       f"of the file", f"section[{name}].SizeOfRawData", h + 16)
         ranges.append((raw_at, raw_size))
         hashed += raw_size
     cert_size = table[1] if table else 0
@@ -109,7 +112,8 @@ def hash_layout(data: bytes | memoryview) -> HashLayout:
 
 
 def _sections(data: bytes | memoryview, at: int,
-              count: int) -> list[tuple[tuple[int, int, bytes, int, int], str, int, int]]:
+              count: int) -> list[tuple[tuple[int, int, bytes, int, int], str, int, int, int]]:
+    """(sort key, name, SizeOfRawData, PointerToRawData, header offset) per section."""
     out = []
     for i in range(count):
         h = at + i * pe.SECTION_HEADER_SIZE
@@ -117,7 +121,7 @@ def _sections(data: bytes | memoryview, at: int,
         vsize, vaddr, raw_size, raw_at = struct.unpack_from("<IIII", data, h + 8)
         # pefile_compare_shdrs: file offset, address, name (as strcmp sees it), sizes
         key = (raw_at, vaddr, raw_name.split(b"\0")[0], vsize, raw_size)
-        out.append((key, raw_name.rstrip(b"\0").decode("ascii", "replace"), raw_size, raw_at))
+        out.append((key, raw_name.rstrip(b"\0").decode("ascii", "replace"), raw_size, raw_at, h))
     return out
 
 
