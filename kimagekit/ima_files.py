@@ -4,6 +4,7 @@ another form, or extended; every output written atomically and re-read before su
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -99,7 +100,7 @@ def convert_file(path: Pathish, output: Pathish, to: Form, *,
         size = ima_log.DIGEST_SIZES[bank] if bank else (
             len(entries[0].template_digest) if entries else 20)
         data = ima_log.encode_list(entries, e, size)
-    back = _readable(data, to, e, output)
+    back = _readable(data, to, e, path, entries)
     if [(b.pcr, b.template_name) for b in back] != [(a.pcr, a.template_name) for a in entries]:
         raise UsageError(f"{output}: the output would read back as different entries; "
                          "nothing written")
@@ -107,17 +108,23 @@ def convert_file(path: Pathish, output: Pathish, to: Form, *,
     return Written(str(output), len(back), len(data))
 
 
-def _readable(data: bytes, to: Form, endian: ima_log.Endian,
-              output: Pathish) -> list[ima_log.ImaEntry]:
-    """The entries ``data`` (about to be written) reads back as; a form that cannot be read
-    back (an ASCII line for a template the reader does not know) is refused before writing."""
+def _readable(data: bytes, to: Form, endian: ima_log.Endian, source: Pathish,
+              entries: Sequence[ima_log.ImaEntry]) -> list[ima_log.ImaEntry]:
+    """The entries ``data`` (about to be written) reads back as; a form that cannot carry an
+    entry (an ASCII line for a template the reader does not know) is refused before writing,
+    naming that entry in the input."""
     try:
         if to == "ascii":
             return list(ima_ascii.parse_ascii(data, endian=endian))
         return list(ima_log.iter_entries(data))
     except KimageError as err:
-        raise UsageError(f"{output}: the {to} output would not read back ({err}); nothing "
-                         "written") from err
+        m = re.match(r"(?:line|entry)\[(\d+)\]", err.field or "")
+        i = int(m[1]) if m and int(m[1]) < len(entries) else None
+        refused = UsageError(
+            f"the {to} form cannot carry this entry, it would not read back: {err.message}; "
+            "nothing written", fmt="ima-list", field=None if i is None else f"entry[{i}]",
+            offset=None if i is None else entries[i].offset)
+        raise about_file(refused, source) from err
 
 
 def judge_buffer(data: bytes, endian: ima_log.Endian, output: Pathish) -> None:

@@ -320,3 +320,21 @@ def test_inspect_exits_1_on_a_damaged_list(capsys: pytest.CaptureFixture[str],
         "the next kernel would refuse this buffer: ima-kexec-buffer: entry[8] at offset 0x3b4: "
         "entry header: nr of fields mismatch: expected 4, found 3"])
     assert run(capsys, "inspect", str(IMA_DIR / "small-le.kexec"))[0] == 0
+
+
+def test_convert_refuses_a_form_that_cannot_carry_an_entry(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A template the ASCII reader does not know cannot go to ASCII and come back: refused
+    before anything is written, naming the entry in the input (campaign finding)."""
+    data = SMALL.read_bytes()
+    at = data.rfind(b"ima-ng")
+    src = tmp_path / "l.bin"
+    src.write_bytes(data[:at] + b"ima-nx" + data[at + 6:])  # same length: still a valid list
+    entry = next(e for e in ima_log.read_entries(src) if e.template_name == "ima-nx")
+    out = tmp_path / "o.txt"
+    assert run(capsys, "ima", "convert", str(src), "--to", "ascii", "-o", str(out)) == (
+        2, "", f"kimagekit: error: {src}: ima-list: entry[{entry.index}] at offset "
+               f"{entry.offset:#x}: the ascii form cannot carry this entry, it would not read "
+               "back: unknown template 'ima-nx': its fields cannot be read from text; nothing "
+               "written\n")
+    assert not out.exists()
