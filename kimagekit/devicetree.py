@@ -133,6 +133,7 @@ class DeviceTree:
     pad: bytes = b""  # strings end -> totalsize, as parsed
     rsv_term: bytes = b""  # the reservation map's terminating entry, when not all zeros
     read_version: int = 0  # the version of the blob it was read from (0: built here)
+    relaid: bool = False  # read from an old version or another block order: written anew
     data_end: int = -1  # where the strings block ended when parsed
     # libfdt's fdt_delprop never shrinks the strings block; a loader edit sets this to match it
     # (by default a delete undoes the name its set appended, so set-then-delete is a no-op).
@@ -396,7 +397,8 @@ def _parse(buf: bytes, file_size: int) -> DeviceTree:
         # version 17 blob in the usual order (what dtc -I dtb -O dtb writes).
         return DeviceTree(version=max(head.version, F.LAST_COMP_VERSION), last_comp_version=16,
                           boot_cpuid_phys=head.boot_cpuid_phys, reservations=rsv, top=top,
-                          strings=bytearray(strings), rsv_term=term, read_version=head.version)
+                          strings=bytearray(strings), rsv_term=term, read_version=head.version,
+                          relaid=True)
     return DeviceTree(
         version=head.version, last_comp_version=head.last_comp_version,
         boot_cpuid_phys=head.boot_cpuid_phys, reservations=rsv, top=top,

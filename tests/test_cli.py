@@ -90,3 +90,12 @@ def test_closed_stdout_exits_by_sigpipe_quietly(tmp_path: Path) -> None:
     assert (len(lines), lines[-1], p.stderr) == (2, "141", "")
     assert lines[0].startswith(f"{big}: binary list, little-endian")
     assert (tmp_path / "err").read_text() == ""
+
+
+def test_warnings_escape_control_characters(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A file name with a newline stays on one diagnostic line, as in error lines."""
+    out = tmp_path / "o\nut"
+    lst = ROOT / "testdata" / "ima" / "small-le.bin"
+    assert main(["ima", "convert", str(lst), "--to", "ascii", "-o", str(out)]) == 0
+    assert capsys.readouterr().err == (f"kimagekit: wrote {tmp_path}/o\\x0aut: 9 entries, "
+                                       "1336 bytes (ascii)\n")

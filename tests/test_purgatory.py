@@ -26,6 +26,7 @@ from kimagekit.purgatory import (
     set_symbol,
     store_digest,
     symbol_address,
+    symbols,
 )
 from kimagekit.segments import KexecBuf, MemRange, Role, Segment, SegmentList, Target, add_buffer
 
@@ -96,7 +97,10 @@ def test_symbols_get_set_rules() -> None:
     assert str(e.value) == "purgatory: local_only: no global symbol 'local_only'"
     with pytest.raises(RuleError) as e:
         find_symbol(lp.obj, "undefined_fn")
-    assert str(e.value) == "purgatory: undefined_fn: symbol 'undefined_fn' has bad section index 0"
+    sym = next(s for s in symbols(lp.obj) if s.name == "undefined_fn")
+    assert sym.offset is not None  # the .symtab entry that names it
+    assert str(e.value) == (f"purgatory: undefined_fn at offset {sym.offset:#x}: symbol "
+                            "'undefined_fn' has bad section index 0")
 
 
 def test_old_symbol_names() -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kimagekit.errors import input_named
+from kimagekit.errors import escape, input_named
 from kimagekit.output_files import state
 
 __all__ = ["emit_json", "emit_line", "input_named", "jsonable", "out", "warn"]
@@ -54,4 +54,6 @@ def out(text: str = "") -> None:
 
 
 def warn(text: str) -> None:
-    sys.stderr.write(f"kimagekit: {text}\n")
+    """One diagnostic line on stderr: control characters (from file names, from the input)
+    escaped, as in error lines."""
+    sys.stderr.write(f"kimagekit: {escape(text)}\n")
