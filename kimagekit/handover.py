@@ -16,7 +16,7 @@ from kimagekit import ima_kexec, ima_log, ppc_fdt
 from kimagekit.arch.x86_64 import announced_ima
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import KimageError, Refused, RuleError, UsageError, input_named
-from kimagekit.fileio import check_output, read_input
+from kimagekit.fileio import check_output, is_stdout, read_input
 from kimagekit.formats import ima as ima_schema
 from kimagekit.formats.ima import Endian
 from kimagekit.image import (
@@ -270,6 +270,9 @@ def patch(path: str | os.PathLike[str], data: bytes, *,
     ``extends`` says whether the new buffer carries on the old one (its entries a prefix of the
     new); when it does not, ``continuation`` says what follows: a warning, Refused, or nothing.
     """
+    if out is None and is_stdout(path):
+        raise UsageError("an image on stdin cannot be patched in place (use -o OUT)",
+                         field="--in-place")
     check_output(path if out is None else out, (path,), in_place=out is None, stdout=False)
     with open_image(path) as (info, view):
         wrong = _announced(info, view)

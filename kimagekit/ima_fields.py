@@ -137,12 +137,6 @@ def digest_head(head: bytes) -> tuple[str, str | None]:
     return ("" if head == b":" else head.decode("latin-1")), algo
 
 
-def _text(data: bytes) -> str:
-    """A string field as ``%s`` prints it: up to the first NUL; bytes kept one to one."""
-    end = data.find(b"\0")
-    return (data if end < 0 else data[:end]).decode("latin-1")
-
-
 def field_from_ascii(fid: str, text: str, endian: Endian) -> bytes:
     """The bytes a field holds, given the text the ASCII list shows for it (the inverse of
     :func:`make_field` wherever the ASCII form keeps everything)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from kimagekit.errors import UsageError
@@ -16,14 +15,6 @@ Expected = dict[str, dict[int, bytes]]
 
 _EXPECT = re.compile(r"(\d+):([a-z0-9_]+)=([0-9a-fA-F]+)\Z")
 _LINE = re.compile(r"\s*PCR[- ]?(\d+)\s*:\s*([0-9a-fA-F ]+?)\s*\Z")
-
-
-@dataclass(frozen=True)
-class PcrMismatch:
-    bank: str
-    pcr: int
-    expected: bytes
-    replayed: bytes
 
 
 def _digest(text: str, bank: str | None, where: str) -> tuple[str, bytes]:
@@ -91,17 +82,3 @@ def parse_pcr_file(path: Path) -> Expected:
         b, value = _digest(m.group(2), bank, f"--pcrs {text_path}:{n}")
         out.setdefault(b, {})[int(m.group(1))] = value
     return out
-
-
-def compare(expected: Expected, replayed: dict[str, dict[int, bytes]]) -> list[PcrMismatch]:
-    """Every expected value that the replay does not reproduce; a PCR the list never extends
-    replays as all zeros. ``ima replay`` judges with :func:`kimagekit.ima_replay.judge` instead,
-    which leaves such PCRs uncompared and knows prefixes and the SHA-1-padded banks."""
-    bad = []
-    for bank, table in expected.items():
-        got = replayed.get(bank, {})
-        for pcr, value in sorted(table.items()):
-            mine = got.get(pcr, bytes(DIGEST_SIZES[bank]))
-            if mine != value:
-                bad.append(PcrMismatch(bank, pcr, value, mine))
-    return bad

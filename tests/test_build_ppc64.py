@@ -206,7 +206,9 @@ def test_build_refusals(ppc64le_vmlinux: Path, corpus: Path, tmp_path: Path,
          "--handover-size needs --ima or --handover"),
         (["--arch", "ppc64le", "--ima", ima, "--handover-style", "setup-data"],
          "--handover-style setup-data: a device tree takes seed or ima"),
-        (["--arch", "ppc64le", "--page-size", "12288"], "--page-size 0x3000 is not a power of two"),
+        (["--arch", "ppc64le", "--page-size", "12288"],
+         "--page-size 0x3000 is not a supported page size (a power of two from 0x1000 to "
+         "0x10000)"),
     ]
     for extra, msg in cases:
         assert main([*base, *extra]) == 2

@@ -319,3 +319,15 @@ def test_a_failing_stdout_is_one_line() -> None:
                        check=False)
     assert (p.returncode, p.stderr.decode()) == (
         2, "kimagekit: error: -: -o: cannot write stdout: Bad file descriptor\n")
+
+
+def test_in_place_on_stdin_says_so(image: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.write_bytes(SHORTER)
+    with image.open("rb") as f:
+        p = subprocess.run([sys.executable, "-m", "kimagekit", "patch-handover", "-", "--data",
+                            str(data), "--in-place"], stdin=f, capture_output=True, timeout=60,
+                           check=False)
+    assert (p.returncode, p.stdout, p.stderr.decode()) == (
+        2, b"", "kimagekit: error: -: --in-place: an image on stdin cannot be patched in "
+                "place (use -o OUT)\n")

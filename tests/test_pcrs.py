@@ -80,10 +80,3 @@ def test_bank_prefix(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         pcrs.parse_pcr_file(binary)
     assert str(err.value) == f"--pcrs {binary}: not UTF-8 text (byte 8)"
-
-
-def test_compare_treats_unextended_pcrs_as_zero() -> None:
-    replayed = {"sha1": {10: b"\x01" * 20}}
-    expected = {"sha1": {0: bytes(20), 10: b"\x01" * 20, 11: b"\x02" * 20}}
-    assert pcrs.compare(expected, replayed) == [
-        pcrs.PcrMismatch("sha1", 11, b"\x02" * 20, bytes(20))]
