@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from kimagekit.errors import ParseError, UsageError
+from kimagekit.errors import NotFound, ParseError, UsageError
 from kimagekit.fileio import Buffer
 from kimagekit.formats import fdt as F
 
@@ -184,7 +184,7 @@ class DeviceTree:
     def need(self, path: str) -> Node:
         node = self.find(path)
         if node is None:
-            raise UsageError(f"no node {path}", fmt="dtb")
+            raise NotFound(f"no node {path}", fmt="dtb")
         return node
 
     def get(self, path: str, name: str) -> bytes | None:

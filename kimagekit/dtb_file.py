@@ -3,14 +3,15 @@ hand-over announcement written back to a new file."""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat
 from dataclasses import dataclass
 
-from kimagekit import dts, fdt_raw, ppc_fdt
-from kimagekit.devicetree import DeviceTree, Header, Reservation, encode
-from kimagekit.errors import UnrecognisedFormat, UsageError, input_named
+from kimagekit import dts, fdt_raw, fdt_values, ppc_fdt
+from kimagekit.devicetree import DeviceTree, Header, Reservation
+from kimagekit.errors import NotFound, UnrecognisedFormat, UsageError, input_named
 from kimagekit.fileio import (
     atomic_write,
     atomic_write_with_tail,
@@ -69,19 +70,67 @@ def read_property(path: Pathish, node: str, prop: str) -> bytes:
     tree.need(node)
     raw = tree.get(node, prop)
     if raw is None:
-        raise UsageError(f"no property {prop} in {node}", fmt="dtb")
+        raise NotFound(f"no property {prop} in {node}", fmt="dtb")
     return raw
 
 
-def set_property(path: Pathish, output: Pathish, node: str, prop: str, kind: str,
-                 values: list[str], *, pack: bool = False) -> int:
-    """Set one property (the node must exist) to ``values`` encoded as ``kind`` (see
-    :func:`kimagekit.devicetree.encode`) and write the new DTB atomically; everything else keeps
-    its bytes. Returns the new DTB's size."""
+@dataclass(frozen=True)
+class NodeListing:
+    """A node's subnodes (``fdtget -l``) and property names (``fdtget -p``), in blob order."""
+
+    node: str
+    subnodes: tuple[str, ...]
+    properties: tuple[str, ...]
+
+
+def list_node(path: Pathish, node: str) -> NodeListing:
+    tree = load_tree(path)
+    found = tree.need(node)
+    return NodeListing(node, tuple(c.name for c in found.children()),
+                       tuple(p.name for p in found.props()))
+
+
+@dataclass(frozen=True)
+class SetResult:
+    output: str
+    node: str
+    prop: str
+    type: str  # what the value was encoded as (FdtType.text)
+    kept: bool  # no --type: the old value's type was kept
+    created: tuple[str, ...]  # nodes made on the way (-c / -p)
+    size: int  # the new DTB's size
+
+
+def set_property(path: Pathish, output: Pathish, node: str, prop: str,
+                 kind: fdt_values.FdtType | None, values: list[str], *, pack: bool = False,
+                 create: str = "") -> SetResult:
+    """Set one property to ``values`` encoded as ``kind`` (None: the type the old value has, as
+    fdtget guesses it, else 32-bit cells, fdtput's default) and write the new DTB atomically;
+    everything else keeps its bytes. ``create``: ``"last"`` makes the node when its parent
+    exists (fdtput -c), ``"all"`` every missing node on the path (fdtput -p); otherwise the
+    node must exist."""
     with input_named(path):
-        value = encode(kind, values)
+        old = None
+        with contextlib.suppress(NotFound):
+            old = read_property(path, node, prop)
+        used = kind or (fdt_values.kept_type(old) if old is not None else
+                        fdt_values.FdtType("i", 4))
+        try:
+            value = fdt_values.encode_values(used, values)
+        except UsageError as exc:
+            if kind is None:
+                source = "the old value's type" if old is not None else "the default type"
+                raise UsageError(f"{exc.message} ({source}; give --type, e.g. -t s for a "
+                                 "string)") from None
+            raise
         data = None
-        if is_dtb(read_head(path, 4)):
+        created: tuple[str, ...] = ()
+        if create and load_tree(path).find(node) is None:
+            tree = load_tree(path)
+            created = _create_nodes(tree, node, create == "all")
+            tree.set(node, prop, value)
+            data = tree.build(pack=pack)
+        elif is_dtb(read_head(path, 4)):
             with map_file(path) as (mm, view):
                 data = fdt_raw.set_property(_blob(mm, view), node, prop, value, pack=pack)
         if data is None:
@@ -89,7 +138,53 @@ def set_property(path: Pathish, output: Pathish, node: str, prop: str, kind: str
             tree.set(node, prop, value)
             data = tree.build(pack=pack)
     write_tree(path, output, data)
-    return len(data)
+    return SetResult(str(output), node, prop, used.text(), kind is None and old is not None,
+                     created, len(data))
+
+
+def _create_nodes(tree: DeviceTree, node: str, parents: bool) -> tuple[str, ...]:
+    # fdtput -c makes only the last node (its parent must exist); -p every missing one
+    parts = [p for p in node.split("/") if p]
+    made: list[str] = []
+    for i in range(len(parts)):
+        path = "/" + "/".join(parts[:i + 1])
+        if tree.find(path) is not None:
+            continue
+        parent = "/" + "/".join(parts[:i])
+        if not parents and i != len(parts) - 1:
+            tree.need(path)  # a missing parent: not found, as fdtput -c says
+        tree.add_node(parent, parts[i])
+        made.append(path)
+    return tuple(made)
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    output: str
+    node: str
+    removed: tuple[str, ...]  # the property names deleted; empty: the node was removed
+    size: int
+
+
+def remove(path: Pathish, output: Pathish, node: str, props: list[str], *,
+           pack: bool = False) -> RemoveResult:
+    """Delete properties of a node (fdtput -d), or the node with everything under it (fdtput
+    -r, when ``props`` is empty), and write the new DTB atomically. As libfdt's
+    ``fdt_delprop``, a deleted name stays in the strings block."""
+    with input_named(path):
+        tree = load_tree(path)
+        tree.keep_deleted_names = True
+        tree.need(node)
+        if not props:
+            if not [p for p in node.split("/") if p]:
+                raise UsageError("the root node cannot be removed")
+            tree.remove_node(node)
+        for name in props:
+            if not tree.delete(node, name):
+                raise NotFound(f"no property {name} in {node}", fmt="dtb")
+        data = tree.build(pack=pack)
+    write_tree(path, output, data)
+    return RemoveResult(str(output), node, tuple(props), len(data))
 
 
 def _blob(mm: mmap.mmap | None, view: memoryview) -> fdt_raw.Blob:

@@ -94,6 +94,13 @@ class UsageError(KimageError):
     """An argument value that cannot be used (bad hex, unknown bank, malformed expectation)."""
 
 
+class NotFound(UsageError):
+    """A node or property the arguments name is not in the tree: exit 1, as fdtget and fdtput
+    exit when they do not find it."""
+
+    exit_code = 1
+
+
 class OutputError(KimageError):
     """Writing or re-reading an output failed."""
 

@@ -28,7 +28,7 @@ from kimagekit.devicetree import (
     _name_at,
     check_blocks,
 )
-from kimagekit.errors import UsageError
+from kimagekit.errors import NotFound, UsageError
 from kimagekit.formats import fdt as F
 
 U32 = struct.Struct(">I")
@@ -253,10 +253,10 @@ def get_property(buf: Blob, path: str, name: str) -> bytes | None:
     walk = Walk(buf, blocks)
     content, tokens = _locate(walk, path)
     if content is None:
-        raise UsageError(f"no node {path}", fmt="dtb")
+        raise NotFound(f"no node {path}", fmt="dtb")
     found = _prop(walk, tokens, name.encode("latin-1"))
     if isinstance(found, int):
-        raise UsageError(f"no property {name} in {path}", fmt="dtb")
+        raise NotFound(f"no property {name} in {path}", fmt="dtb")
     _, value, ln = found
     return bytes(buf[value:value + ln])
 
@@ -274,7 +274,7 @@ def set_property(buf: Blob, path: str, name: str, value: bytes, *, pack: bool = 
     walk = Walk(buf, blocks)
     content, tokens = _locate(walk, path)
     if content is None:
-        raise UsageError(f"no node {path}", fmt="dtb")
+        raise NotFound(f"no node {path}", fmt="dtb")
     raw_name = name.encode("latin-1")
     found = _prop(walk, tokens, raw_name)
     strings = walk.strings

@@ -24,9 +24,8 @@ from kimagekit.errors import KimageError, escape
 # name -> (module under kimagekit.cli, first paragraph of the command's help), in the order
 # --help lists them. tests/test_cli_lazy.py holds each line to the command's own help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "patch-handover": ("dtb", "Announce a hand-over buffer in a DTB (or remove it); or, for a "
-                       "kexec image, replace\nits hand-over contents as kexec_update_segment "
-                       "does."),
+    "patch-handover": ("handover", "Replace a kexec image's hand-over contents as "
+                       "kexec_update_segment does, and verify\nthe result."),
     "verify": ("image", "Recompute the digest as the purgatory will at reboot, and read the "
                "hand-over as the\nnext kernel will: exit 0 if both hold."),
     "ls": ("image", "List the segments: index, role, mem, memsz, bufsz, checksummed, file "
@@ -41,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "Detect FILE's format from its content and describe it; exit 1 "
                 "when the description\nreports damage."),
     "ima": ("ima", "IMA measurement lists and kexec buffers."),
-    "dtb": ("dtb", "Flattened device trees: show, get, set."),
+    "dtb": ("dtb", "Flattened device trees: show, get, ls, set, rm, handover."),
 }
 GROUPS = ("ima", "dtb")
 

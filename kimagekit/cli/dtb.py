@@ -1,27 +1,40 @@
-"""``kimagekit dtb ...`` and ``kimagekit patch-handover``: device trees (.dtb or .dts input)."""
+"""``kimagekit dtb ...``: device trees (.dtb or .dts input), with fdtget's and fdtput's habits
+(their ``-t`` type letters, output and "not found" exit)."""
 
 from __future__ import annotations
 
+import enum
+import sys
 from pathlib import Path
 
 import typer
 
-from kimagekit import dtb_file, dts
-from kimagekit.cli import handover as handover_cli
+from kimagekit import dtb_file, dts, fdt_values
 from kimagekit.cli.common import emit_json, input_named, out
 from kimagekit.devicetree import TYPES, decode
-from kimagekit.dtb_file import DtbSummary, is_tree, load_tree
-from kimagekit.errors import UnrecognisedFormat, UsageError
-from kimagekit.fileio import read_head
-from kimagekit.image_info import is_image
+from kimagekit.dtb_file import DtbSummary, load_tree
+from kimagekit.errors import UsageError
 
-app = typer.Typer(no_args_is_help=True, help="Flattened device trees: show, get, set.")
+app = typer.Typer(no_args_is_help=True,
+                  help="Flattened device trees: show, get, ls, set, rm, handover.")
 
-DtbArg = typer.Argument(..., help="A .dtb, or .dts source (the content decides).")
-OutOpt = typer.Option(..., "-o", "--output", help="Where to write the new DTB (atomically).")
-ValuesArg = typer.Argument(..., help="Values (numbers: 0x.. or decimal).")
-PatchArg = typer.Argument(..., help="A DTB or DTS, or a kexec image (the content decides).")
+DtbArg = typer.Argument(..., metavar="DTB", help="A .dtb, or .dts source (the content decides).")
+NodeArg = typer.Argument(..., metavar="NODE", help="Node path, e.g. /chosen.")
+PropArg = typer.Argument(..., metavar="PROP", help="Property name.")
+OutOpt = typer.Option(..., "-o", "--output", metavar="OUT",
+                      help="Where to write the new DTB (atomically; - for stdout).")
 PackOpt = typer.Option(False, "--pack", help="Drop padding and gaps, as fdtput does.")
+
+
+class Style(enum.StrEnum):
+    """--style's choices."""
+
+    IMA = "ima"
+    SEED = "seed"
+
+
+_TYPE_HELP = ("s string, i int, u unsigned, x hex (r raw, for get); a prefix b (or hh) for "
+              "bytes, h for 16-bit, l for 32-bit cells (as fdtget's -t); or ")
 
 
 def _int(text: str, what: str) -> int:
@@ -31,14 +44,24 @@ def _int(text: str, what: str) -> int:
         raise UsageError(f"{what}: not a number: {text!r}") from None
 
 
-# -- dtb show / get / set ----------------------------------------------------------------------
+def _write(data: bytes) -> None:
+    # values are bytes (a string may hold any byte but NUL): written as they are, as fdtget does
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+# -- dtb show / get / ls -----------------------------------------------------------------------
 @app.command("show")
 def show(
     file: Path = DtbArg,
     as_dts: bool = typer.Option(False, "--dts", help="DTS text, as dtc -O dts writes it."),
     as_json: bool = typer.Option(False, "--json", help="Header, reservations, every node."),
 ) -> None:
-    """Every property of every node, one per line (or DTS, or JSON)."""
+    """Every property of every node, one per line (or DTS, or JSON).
+
+    Example: kimagekit dtb show --dts board.dtb
+    """
     if as_dts and as_json:
         raise UsageError("--dts and --json exclude each other")
     if as_dts:
@@ -65,17 +88,31 @@ def show(
 @app.command("get")
 def get(
     file: Path = DtbArg,
-    node: str = typer.Argument(..., help="Node path, e.g. /chosen."),
-    prop: str = typer.Argument(..., help="Property name."),
-    kind: str | None = typer.Option(None, "--type", "-t", help=f"One of {', '.join(TYPES)}."),
+    node: str = NodeArg,
+    prop: str = PropArg,
+    kind: fdt_values.FdtType | None = typer.Option(
+        None, "--type", "-t", parser=fdt_values.parse_type,
+        metavar=fdt_values.TYPE_METAVAR,
+        help=_TYPE_HELP + f"{', '.join(TYPES)} (one value per line). Default: as fdtget "
+        "guesses (strings, else 32-bit cells when the length allows, else bytes)."),
+    as_dts: bool = typer.Option(False, "--dts", help="The value as dtc writes it in DTS."),
 ) -> None:
-    """Print one property: as dtc would, or decoded as --type (one value per line)."""
+    """Print one property as fdtget does (or as --type, or in DTS form); exit 1 when the node
+    or property is not there.
+
+    Example: kimagekit dtb get -t x board.dtb /memory@0 reg
+    """
+    if as_dts and kind is not None:
+        raise UsageError("--dts and --type exclude each other")
     with input_named(file):
         raw = dtb_file.read_property(file, node, prop)
-        if kind is None:
+        if as_dts:
             out(dts.value_text(raw))
             return
-        value = decode(kind, raw)
+        if kind is None or not kind.name:
+            _write(fdt_values.fdtget_text(raw, kind))
+            return
+        value = decode(kind.name, raw)
     if isinstance(value, bytes):
         out(value.hex())
     elif isinstance(value, str):
@@ -85,74 +122,128 @@ def get(
             out(f"{v:#x}" if isinstance(v, int) else v)
 
 
+@app.command("ls")
+def ls(
+    file: Path = DtbArg,
+    node: str = typer.Argument("/", metavar="[NODE]", help="Node path (default: the root)."),
+    props: bool = typer.Option(False, "-p", "--properties",
+                               help="List the node's properties, as fdtget -p."),
+    as_json: bool = typer.Option(False, "--json", help="Subnodes and properties."),
+) -> None:
+    """List a node's subnodes, one per line, as fdtget -l (its properties with -p); exit 1
+    when the node is not there.
+
+    Example: kimagekit dtb ls -p board.dtb /chosen
+    """
+    with input_named(file):
+        listing = dtb_file.list_node(file, node)
+    if as_json:
+        emit_json(listing)
+        return
+    for name in listing.properties if props else listing.subnodes:
+        out(name)
+
+
+# -- dtb set / rm ------------------------------------------------------------------------------
 @app.command("set")
 def set_(
     file: Path = DtbArg,
-    node: str = typer.Argument(..., help="Node path (must exist)."),
-    prop: str = typer.Argument(..., help="Property name."),
-    values: list[str] = ValuesArg,
-    kind: str = typer.Option("u32", "--type", "-t", help=f"One of {', '.join(TYPES)}."),
+    node: str = NodeArg,
+    prop: str = PropArg,
+    values: list[str] | None = typer.Argument(
+        None, metavar="[VALUE]...", help="Values: numbers (0x.. hex, 0.. octal, decimal) or, "
+        "for strings, one string each; none: an empty property."),
+    kind: fdt_values.FdtType | None = typer.Option(
+        None, "--type", "-t", parser=fdt_values.parse_type,
+        metavar=fdt_values.SET_TYPE_METAVAR,
+        help=_TYPE_HELP + f"{', '.join(TYPES)}. Default: the type the property already has "
+        "(a string stays a string), else 32-bit cells."),
+    create: bool = typer.Option(False, "-c", "--create",
+                                help="Create the node if it is missing (its parent must "
+                                "exist), as fdtput -c."),
+    parents: bool = typer.Option(False, "-p", "--auto-path",
+                                 help="Create every missing node on the path, as fdtput -p."),
     output: Path = OutOpt,
     pack: bool = PackOpt,
 ) -> None:
-    """Set one property and write a new DTB; everything else keeps its bytes."""
-    size = dtb_file.set_property(file, output, node, prop, kind, values, pack=pack)
-    out(f"{output}: {node} {prop} set ({size} bytes)")
+    """Set one property and write a new DTB; everything else keeps its bytes. Exit 1 when the
+    node is not there (unless -c/-p).
+
+    Example: kimagekit dtb set board.dtb / model "IBM pSeries" -o new.dtb
+    """
+    res = dtb_file.set_property(file, output, node, prop, kind, values or [], pack=pack,
+                                create="all" if parents else "last" if create else "")
+    for made in res.created:
+        out(f"{res.output}: node {made} created")
+    how = f"{res.type}, the old value's type" if res.kept else res.type
+    out(f"{res.output}: {node} {prop} set as {how} ({res.size} bytes)")
 
 
-# -- patch-handover ----------------------------------------------------------------------------
-def register(root: typer.Typer) -> None:
-    @root.command("patch-handover")
-    def patch_handover(
-        file: Path = PatchArg,
-        start: str | None = typer.Option(None, "--start", help="Buffer address."),
-        size: str | None = typer.Option(None, "--size", help="Buffer size in bytes."),
-        style: str = typer.Option("seed", "--style", help="seed (2016 series) or ima."),
-        remove: bool = typer.Option(False, "--remove", help="Remove it and its reservation."),
-        output: Path | None = typer.Option(None, "-o", "--output", help="Where to write."),
-        pack: bool = PackOpt,
-        as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
-        ima: Path | None = typer.Option(None, "--ima", help="Image: new IMA list to hand over."),
-        data: Path | None = typer.Option(None, "--data", help="Image: new raw contents."),
-        in_place: bool = typer.Option(False, "--in-place", help="Image: rewrite IMAGE itself."),
-        reseal: bool = typer.Option(False, "--reseal", help="Image: recompute the digest when "
-                                    "the policy hashes the hand-over."),
-        force: bool = typer.Option(False, "--force", help="Image: write contents the next "
-                                   "kernel would refuse."),
-        continuation: bool = typer.Option(False, "--continuation", help="Image: refuse an IMA "
-                                          "list that does not extend the old hand-over."),
-    ) -> None:
-        """Announce a hand-over buffer in a DTB (or remove it); or, for a kexec image, replace
-        its hand-over contents as kexec_update_segment does."""
-        head = read_head(file, 65536)
-        if is_image(head):
-            if start is not None or size is not None or remove or pack:
-                raise UsageError("--start/--size/--remove/--pack are for device trees")
-            handover_cli.patch_image(file, ima=ima, data=data, output=output,
-                                     in_place=in_place, reseal=reseal, as_json=as_json,
-                                     force=force, continuation=continuation)
-            return
-        if ima is not None or data is not None or in_place or reseal or force or continuation:
-            raise UsageError("--ima/--data/--in-place/--reseal/--force/--continuation are for "
-                             "kexec images")
-        if output is None:
-            raise UsageError("-o/--output is needed for a device tree")
-        if remove and (start is not None or size is not None):
-            raise UsageError("--remove takes no --start/--size")
-        if not is_tree(head):
-            with input_named(file):
-                raise UnrecognisedFormat("patch-handover reads a DTB, DTS or kexec image",
-                                         fmt="patch-handover")
-        res = dtb_file.patch_handover(
-            file, output, start=None if start is None else _int(start, "--start"),
-            size=None if size is None else _int(size, "--size"), style=style, remove=remove,
-            pack=pack)
-        if as_json:
-            emit_json(res)
-            return
-        for h in res.handovers:
-            out(f"{res.output}: hand-over {h.style} [{h.start:#x}, {h.start + h.size:#x}) "
-                f"{res.action}{', with its reservation' if h.reserved else ''}")
+@app.command("rm")
+def rm(
+    file: Path = DtbArg,
+    node: str = NodeArg,
+    props: list[str] | None = typer.Argument(
+        None, metavar="[PROP]...", help="Properties to delete; none: remove the node and "
+        "everything under it."),
+    output: Path = OutOpt,
+    pack: bool = PackOpt,
+) -> None:
+    """Delete properties (fdtput -d) or a whole node (fdtput -r) and write a new DTB; exit 1
+    when the node or a property is not there.
+
+    Example: kimagekit dtb rm board.dtb /chosen bootargs -o new.dtb
+    """
+    res = dtb_file.remove(file, output, node, props or [], pack=pack)
+    if res.removed:
+        for name in res.removed:
+            out(f"{res.output}: {node} {name} deleted ({res.size} bytes)")
+    else:
+        out(f"{res.output}: node {node} removed ({res.size} bytes)")
+
+
+# -- dtb handover ------------------------------------------------------------------------------
+STYLE_HELP = ("ima: linux,ima-kexec-buffer (upstream, 4.10 on); seed: linux,kexec-handover-"
+              "buffer-start/-end (the 2016 \"kexec hand-over buffer\" series).")
+
+
+@app.command("handover")
+def handover(
+    file: Path = DtbArg,
+    start: str | None = typer.Option(None, "--start", metavar="ADDR",
+                                     help="Buffer address (0x.. or decimal)."),
+    size: str | None = typer.Option(None, "--size", metavar="N", help="Buffer size in bytes."),
+    style: Style = typer.Option(Style.IMA, "--style", help=STYLE_HELP),
+    remove: bool = typer.Option(False, "--remove",
+                                help="Remove every hand-over and its reservation."),
+    output: Path = OutOpt,
+    pack: bool = PackOpt,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
+) -> None:
+    """Announce a hand-over buffer in /chosen, with its reservation (or remove it); refused
+    when it is not in RAM or overlaps a reservation.
+
+    Example: kimagekit dtb handover board.dtb --start 0x2000000 --size 0x10000 -o new.dtb
+    """
+    handover_tree(file, start=start, size=size, style=style.value, remove=remove, output=output,
+                  pack=pack, as_json=as_json)
+
+
+def handover_tree(file: Path, *, start: str | None, size: str | None, style: str,
+                  remove: bool, output: Path, pack: bool, as_json: bool) -> None:
+    """``dtb handover`` (and the old ``patch-handover DTB`` spelling)."""
+    if remove and (start is not None or size is not None):
+        raise UsageError("--remove takes no --start/--size")
+    res = dtb_file.patch_handover(
+        file, output, start=None if start is None else _int(start, "--start"),
+        size=None if size is None else _int(size, "--size"), style=style, remove=remove,
+        pack=pack)
+    if as_json:
+        emit_json(res)
+        return
+    for h in res.handovers:
+        out(f"{res.output}: hand-over {h.style} [{h.start:#x}, {h.start + h.size:#x}) "
+            f"{res.action}{', with its reservation' if h.reserved else ''}")
 
 
 # -- inspect -----------------------------------------------------------------------------------
