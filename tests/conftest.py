@@ -111,7 +111,8 @@ def ppc_seed_image(ppc64le_vmlinux: Path, corpus: Path,
     return _build_ppc(tmp, "seed.img", [
         "--kernel", str(ppc64le_vmlinux),
         "--dtb", str(corpus / "dtb" / "qemu-7.2-ppc64-pseries-smp4-4G-maxmem8G-initrd.dtb"),
-        "--initrd", str(rd), "--cmdline", PPC_CMDLINE, "--ima", str(corpus / PPC_IMA_LIST)])
+        "--initrd", str(rd), "--cmdline", PPC_CMDLINE, "--ima", str(corpus / PPC_IMA_LIST),
+        "--handover-style", "seed"])
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ def test_error_lines_escape_control_characters(tmp_path: Path,
         f"kimagekit: error: {tmp_path}/a\\x0ab\\x1b[31m\\x7f\\u2028/\\xff: file: cannot open: "
         "No such file or directory\n")
     dtb = ROOT / "testdata" / "dtb" / "small.dtb"
-    assert main(["dtb", "get", str(dtb), "/chosen", "pr\rop\tx"]) == 2
+    assert main(["dtb", "get", str(dtb), "/chosen", "pr\rop\tx"]) == 1
     assert capsys.readouterr().err == (f"kimagekit: error: {dtb}: dtb: no property "
                                        "pr\\x0dop\\x09x in /chosen\n")
     err = ParseError("name 'a\nb'\x00", fmt="ima\x85", field="entry[0].\x1bname", offset=16)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from kimagekit import dtb_file, fdt_raw
 from kimagekit.devicetree import NOP, DeviceTree, Node, Prop
-from kimagekit.errors import KimageError, ParseError, UsageError
+from kimagekit.errors import KimageError, NotFound, ParseError, UsageError
 
 _NAMES = ["a", "b", "cpu", "cpu@0", "cpu@1", "reg", "compatible", "x@1", "bootargs"]
 _name = st.sampled_from(_NAMES)
@@ -97,7 +97,7 @@ def dtb_file_get_by_model(blob: bytes, path: str, name: str) -> bytes:
     tree.need(path)
     value = tree.get(path, name)
     if value is None:
-        raise UsageError(f"no property {name} in {path}", fmt="dtb")
+        raise NotFound(f"no property {name} in {path}", fmt="dtb")
     return value
 
 

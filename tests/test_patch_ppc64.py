@@ -110,7 +110,8 @@ def test_in_place_and_usage(ppc_seed_image: Path, corpus: Path, tmp_path: Path,
         (["--data", str(raw), "--ima", str(raw), "--in-place"],
          "give exactly one of --ima LIST and --data FILE"),
         (["--data", str(raw), "--in-place", "--start", "0"],
-         "--start/--size/--remove/--pack are for device trees"),
+         "--start/--size/--style/--remove/--pack are for device trees (kimagekit dtb "
+         "handover)"),
     ]
     for extra, msg in cases:
         assert main(["patch-handover", str(img), *extra]) == 2

@@ -57,7 +57,10 @@ def register(app: typer.Typer) -> None:
         handover_size: str | None = typer.Option(
             None, "--handover-size", help="memsz of the hand-over (default: as IMA sizes it)."),
         handover_style: HandoverStyle = typer.Option(
-            HandoverStyle.SEED, "--handover-style", help="seed or ima."),
+            HandoverStyle.IMA, "--handover-style", metavar="[ima|seed]",
+            help="ppc64: how /chosen announces the hand-over. ima: linux,ima-kexec-buffer "
+            "(upstream, 4.10 on); seed: linux,kexec-handover-buffer-start/-end (the 2016 "
+            "\"kexec hand-over buffer\" series)."),
         policy: DigestPolicy = typer.Option(DigestPolicy.SEED, "--digest-policy",
                                             help="Which segments the digest leaves out."),
         page_size: str | None = typer.Option(
