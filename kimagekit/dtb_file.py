@@ -115,6 +115,8 @@ def set_property(path: Pathish, output: Pathish, node: str, prop: str,
             old = read_property(path, node, prop)
         used = kind or (fdt_values.kept_type(old) if old is not None else
                         fdt_values.FdtType("i", 4))
+        if used.letter in ("i", "u", "x") and not used.size:  # fdtput writes 32-bit cells
+            used = fdt_values.FdtType(used.letter, 4)
         try:
             value = fdt_values.encode_values(used, values)
         except UsageError as exc:

@@ -196,8 +196,7 @@ def rm(
     """
     res = dtb_file.remove(file, output, node, props or [], pack=pack)
     if res.removed:
-        for name in res.removed:
-            out(f"{res.output}: {node} {name} deleted ({res.size} bytes)")
+        out(f"{res.output}: {node} {', '.join(res.removed)} deleted ({res.size} bytes)")
     else:
         out(f"{res.output}: node {node} removed ({res.size} bytes)")
 
