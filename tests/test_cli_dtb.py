@@ -46,11 +46,13 @@ def test_show_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_get(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "dtb", "get", SMALL, "/chosen", "bootargs") == (0, '"console=hvc0"\n', "")
+    assert run(capsys, "dtb", "get", SMALL, "/chosen", "bootargs") == (0, "console=hvc0\n", "")
+    assert run(capsys, "dtb", "get", "--dts", SMALL, "/chosen", "bootargs") == (
+        0, '"console=hvc0"\n', "")
     assert run(capsys, "dtb", "get", SMALL, "/memory@0", "reg", "--type", "u64") == \
         (0, "0x0\n0x40000000\n", "")
     rc, _, err = run(capsys, "dtb", "get", SMALL, "/chosen", "nope")
-    assert (rc, err) == (2, f"kimagekit: error: {SMALL}: dtb: no property nope in /chosen\n")
+    assert (rc, err) == (1, f"kimagekit: error: {SMALL}: dtb: no property nope in /chosen\n")
 
 
 def test_set_then_fdtget(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -58,7 +60,7 @@ def test_set_then_fdtget(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     before = hashlib.sha256(SMALL.read_bytes()).hexdigest()
     rc, text, _ = run(capsys, "dtb", "set", SMALL, "/chosen", "kimagekit,cells", "1", "0x20",
                       "-o", out)
-    assert (rc, text) == (0, f"{out}: /chosen kimagekit,cells set (410 bytes)\n")
+    assert (rc, text) == (0, f"{out}: /chosen kimagekit,cells set as 32-bit cells (410 bytes)\n")
     assert hashlib.sha256(SMALL.read_bytes()).hexdigest() == before
     fdtget = need_tool("fdtget")
     got = subprocess.run([fdtget, "-t", "x", str(out), "/chosen", "kimagekit,cells"],
@@ -77,8 +79,8 @@ def test_dts_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
                    '\tmemory@0 { device_type = "memory"; reg = <0 0 0 0x40000000>; };\n'
                    "\tchosen { };\n};\n")
     out = tmp_path / "o.dtb"
-    rc, text, _ = run(capsys, "patch-handover", src, "--start", "0x1000000", "--size", "4096",
-                      "--style", "ima", "-o", out)
+    rc, text, _ = run(capsys, "dtb", "handover", src, "--start", "0x1000000", "--size", "4096",
+                      "-o", out)
     assert (rc, text) == (0, f"{out}: hand-over ima [0x1000000, 0x1001000) set, "
                              "with its reservation\n")
     dts = subprocess.run([need_tool("dtc"), "-I", "dtb", "-O", "dts", str(out)], check=True,
@@ -106,15 +108,16 @@ def test_patch_handover_refusals(capsys: pytest.CaptureFixture[str], tmp_path: P
                                  corpus: Path) -> None:
     src = corpus / "dtb" / "qemu-7.2-ppc64-pseries.dtb"
     out = tmp_path / "o.dtb"
-    rc, _, err = run(capsys, "patch-handover", src, "--start", "0x30000000", "--size", "16",
+    rc, _, err = run(capsys, "dtb", "handover", src, "--start", "0x30000000", "--size", "16",
                      "-o", out)
     assert (rc, err) == (2, f"kimagekit: error: {src}: dtb: chosen: hand-over buffer "
                             "[0x30000000, 0x30000010) is not inside RAM ([0x0, 0x20000000))\n")
     assert not out.exists()
     rc, _, err = run(capsys, "patch-handover", TESTDATA / "make_dtb.py", "--remove", "-o", out)
     assert (rc, err) == (2, f"kimagekit: error: {TESTDATA / 'make_dtb.py'}: patch-handover: "
-                            "patch-handover reads a DTB, DTS or kexec image\n")
-    rc, _, err = run(capsys, "patch-handover", src, "--remove", "-o", out)
+                            "patch-handover reads a kexec image (a device tree: kimagekit dtb "
+                            "handover)\n")
+    rc, _, err = run(capsys, "dtb", "handover", src, "--remove", "-o", out)
     assert (rc, err) == (2, f"kimagekit: error: {src}: dtb: no hand-over buffer to remove\n")
 
 
@@ -141,3 +144,70 @@ def test_corrupt_input_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert (rc, out) == (2, "")
     assert err == (f"kimagekit: error: {bad}: dtb: struct.node[/] at offset 0x50: "
                    "bad token 0x00000007\n")
+
+
+NOTICE = ("kimagekit: notice: `patch-handover DTB` is now `kimagekit dtb handover DTB` (whose "
+          "--style defaults to ima; this spelling keeps seed)\n")
+
+
+def test_dtb_handover_default_style_and_the_old_spelling(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, corpus: Path) -> None:
+    """``dtb handover`` defaults to upstream's ima; ``patch-handover DTB`` still runs the old
+    job (seed by default) with a one-line notice, writing the same bytes as the new spelling."""
+    src = corpus / "dtb" / "qemu-7.2-ppc64-powernv.dtb"
+    new, seed, old = tmp_path / "new.dtb", tmp_path / "seed.dtb", tmp_path / "old.dtb"
+    args = ["--start", "0x2000000", "--size", "0x10000"]
+    assert run(capsys, "dtb", "handover", src, *args, "-o", new) == (
+        0, f"{new}: hand-over ima [0x2000000, 0x2010000) set, with its reservation\n", "")
+    fdtget = need_tool("fdtget")
+    got = subprocess.run([fdtget, "-t", "x", str(new), "/chosen", "linux,ima-kexec-buffer"],
+                         check=True, capture_output=True, text=True).stdout
+    assert got == "0 2000000 0 10000\n"
+    assert run(capsys, "dtb", "handover", src, *args, "--style", "seed", "-o", seed)[0] == 0
+    assert run(capsys, "patch-handover", src, *args, "-o", old) == (
+        0, f"{old}: hand-over seed [0x2000000, 0x2010000) set, with its reservation\n", NOTICE)
+    assert old.read_bytes() == seed.read_bytes()
+    rc, _, err = run(capsys, "dtb", "handover", src, *args, "--style", "x", "-o", old)
+    assert rc == 2 and "'x' is not one of 'ima', 'seed'" in err
+
+
+def _help(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+          *argv: str) -> str:
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("TERM", "dumb")
+    assert main([*argv, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def test_each_command_shows_only_its_own_options(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    image = _help(capsys, monkeypatch, "patch-handover")
+    for opt in ("--ima", "--data", "--in-place", "--reseal", "--force", "--continuation"):
+        assert opt in image
+    for opt in ("--start", "--size", "--style", "--remove", "--pack"):
+        assert opt not in image
+    assert "Example: kimagekit patch-handover kexec.img --ima new.bin -o patched.img" in image
+    tree = _help(capsys, monkeypatch, "dtb", "handover")
+    for opt in ("--start", "--size", "--style", "--remove", "--pack", "[ima|seed]",
+                "[default: ima]", "the 2016"):
+        assert opt in tree
+    for opt in ("--ima", "--data", "--in-place", "--reseal"):
+        assert opt not in tree
+    assert "Example: kimagekit dtb handover board.dtb --start 0x2000000 --size 0x10000 -o " \
+        "new.dtb" in tree
+    build = _help(capsys, monkeypatch, "build")
+    assert "[ima|seed]" in build and "the 2016" in build
+    examples = {
+        "get": "Example: kimagekit dtb get -t x board.dtb /memory@0 reg",
+        "ls": "Example: kimagekit dtb ls -p board.dtb /chosen",
+        "set": 'Example: kimagekit dtb set board.dtb / model "IBM pSeries" -o new.dtb',
+        "rm": "Example: kimagekit dtb rm board.dtb /chosen bootargs -o new.dtb",
+        "show": "Example: kimagekit dtb show --dts board.dtb",
+    }
+    for cmd, example in examples.items():
+        text = _help(capsys, monkeypatch, "dtb", cmd)
+        assert example in text
+        if cmd in ("get", "set"):
+            choices = "[s|i|u|x|r|bi|bu|bx|hi|hu|hx|u32|u64|string|strings|bytes]" \
+                if cmd == "get" else "[s|i|u|x|bi|bu|bx|hi|hu|hx|u32|u64|string|strings|bytes]"
+            assert choices in text

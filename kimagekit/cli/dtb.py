@@ -212,7 +212,7 @@ def handover(
     start: str | None = typer.Option(None, "--start", metavar="ADDR",
                                      help="Buffer address (0x.. or decimal)."),
     size: str | None = typer.Option(None, "--size", metavar="N", help="Buffer size in bytes."),
-    style: Style = typer.Option(Style.IMA, "--style", help=STYLE_HELP),
+    style: Style = typer.Option(Style.IMA, "--style", metavar="[ima|seed]", help=STYLE_HELP),
     remove: bool = typer.Option(False, "--remove",
                                 help="Remove every hand-over and its reservation."),
     output: Path = OutOpt,
