@@ -102,13 +102,15 @@ class SetResult:
 
 
 def set_property(path: Pathish, output: Pathish, node: str, prop: str,
-                 kind: fdt_values.FdtType | None, values: list[str], *, pack: bool = False,
-                 create: str = "") -> SetResult:
-    """Set one property to ``values`` encoded as ``kind`` (None: the type the old value has, as
-    fdtget guesses it, else 32-bit cells, fdtput's default) and write the new DTB atomically;
+                 kind: fdt_values.FdtType | str | None, values: list[str], *,
+                 pack: bool = False, create: str = "") -> SetResult:
+    """Set one property to ``values`` encoded as ``kind`` (a ``-t`` type or its text; None: the
+    type the old value has, as fdtget guesses it, else 32-bit cells, fdtput's default) and write the new DTB atomically;
     everything else keeps its bytes. ``create``: ``"last"`` makes the node when its parent
     exists (fdtput -c), ``"all"`` every missing node on the path (fdtput -p); otherwise the
     node must exist."""
+    if isinstance(kind, str):
+        kind = fdt_values.parse_type(kind)
     with input_named(path):
         old = None
         with contextlib.suppress(NotFound):
