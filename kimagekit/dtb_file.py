@@ -59,8 +59,26 @@ def dts_text(path: Pathish) -> str:
     return dts.to_dts(load_tree(path))
 
 
+def resolve_alias(path: Pathish, node: str) -> str:
+    """``node`` as libfdt's ``fdt_path_offset`` reads it: a path not starting with ``/``
+    starts with a name in ``/aliases``, whose value (a path) stands for it."""
+    if node.startswith("/"):
+        return node
+    name, slash, rest = node.partition("/")
+    try:
+        raw = read_property(path, "/aliases", name)
+    except NotFound:
+        raise NotFound(f"no alias {name!r} in /aliases (a node path starts with '/')",
+                       fmt="dtb") from None
+    target = raw.split(b"\0")[0].decode("latin-1")
+    if not target.startswith("/"):
+        raise NotFound(f"alias {name!r} is not a path: {target!r}", fmt="dtb")
+    return target.rstrip("/") + slash + rest if rest else target
+
+
 def read_property(path: Pathish, node: str, prop: str) -> bytes:
     """One property's raw value; a missing node or property is refused."""
+    node = resolve_alias(path, node)
     if is_dtb(read_head(path, 4)):
         with map_file(path) as (mm, view):
             raw = fdt_raw.get_property(_blob(mm, view), node, prop)
@@ -85,7 +103,7 @@ class NodeListing:
 
 def list_node(path: Pathish, node: str) -> NodeListing:
     tree = load_tree(path)
-    found = tree.need(node)
+    found = tree.need(resolve_alias(path, node))
     return NodeListing(node, tuple(c.name for c in found.children()),
                        tuple(p.name for p in found.props()))
 
@@ -105,13 +123,14 @@ def set_property(path: Pathish, output: Pathish, node: str, prop: str,
                  kind: fdt_values.FdtType | str | None, values: list[str], *,
                  pack: bool = False, create: str = "") -> SetResult:
     """Set one property to ``values`` encoded as ``kind`` (a ``-t`` type or its text; None: the
-    type the old value has, as fdtget guesses it, else 32-bit cells, fdtput's default) and write the new DTB atomically;
-    everything else keeps its bytes. ``create``: ``"last"`` makes the node when its parent
-    exists (fdtput -c), ``"all"`` every missing node on the path (fdtput -p); otherwise the
-    node must exist."""
+    type the old value has, as fdtget guesses it, else 32-bit cells, fdtput's default) and
+    write the new DTB atomically; everything else keeps its bytes. ``create``: ``"last"``
+    makes the node when its parent exists (fdtput -c), ``"all"`` every missing node on the
+    path (fdtput -p); otherwise the node must exist."""
     if isinstance(kind, str):
         kind = fdt_values.parse_type(kind)
     with input_named(path):
+        node = resolve_alias(path, node)
         old = None
         with contextlib.suppress(NotFound):
             old = read_property(path, node, prop)
@@ -176,6 +195,7 @@ def remove(path: Pathish, output: Pathish, node: str, props: list[str], *,
     -r, when ``props`` is empty), and write the new DTB atomically. As libfdt's
     ``fdt_delprop``, a deleted name stays in the strings block."""
     with input_named(path):
+        node = resolve_alias(path, node)
         tree = load_tree(path)
         tree.keep_deleted_names = True
         tree.need(node)

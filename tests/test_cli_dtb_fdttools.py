@@ -296,3 +296,27 @@ def test_set_refuses_what_fdtput_would_garble(tmp_path: Path, run: Run) -> None:
     assert run("dtb", "set", SMALL, "-t", "hx", "/chosen", "h", "1234", "abcd", "-o", out)[0] == 0
     assert run("dtb", "get", out, "/chosen", "h", "-t", "r")[1] == bytes.fromhex("1234abcd")
     assert _fdtget("-t", "hx", out, "/chosen", "h").stdout == b"1234 abcd\n"
+
+
+def test_alias_paths_as_fdtget(corpus: Path, tmp_path: Path, run: Run) -> None:
+    """A path not starting with / starts with an /aliases name, as libfdt reads it."""
+    tree = tmp_path / "aliases.dtb"
+    shutil.copyfile(corpus / PSERIES, tree)
+    fdtput = need_tool("fdtput")
+    for name, target in (("mem", "/memory@0"), ("cpus", "/cpus/"), ("rel", "memory@0")):
+        subprocess.run([fdtput, "-p", "-t", "s", str(tree), "/aliases", name, target],
+                       check=True)
+    for args in (["mem", "reg"], ["cpus/PowerPC,POWER9@0", "reg"], ["mem", "device_type"]):
+        rc, out, err = run("dtb", "get", tree, *args)
+        ref = _fdtget(tree, *args)
+        assert (rc, out, err) == (0, ref.stdout, b"") and ref.returncode == 0
+    assert run("dtb", "ls", tree, "cpus")[1] == _fdtget("-l", tree, "cpus").stdout
+    for args, msg in ((["nope", "reg"], "no alias 'nope' in /aliases (a node path starts with "
+                       "'/')"), (["rel", "reg"], "alias 'rel' is not a path: 'memory@0'")):
+        assert run("dtb", "get", tree, *args) == (
+            1, b"", f"kimagekit: error: {tree}: dtb: {msg}\n".encode())
+        assert _fdtget(tree, *args).returncode == 1
+    out = tmp_path / "o.dtb"
+    assert run("dtb", "rm", tree, "mem", "device_type", "-o", out, "--pack")[0] == 0
+    subprocess.run([fdtput, "-d", str(tree), "mem", "device_type"], check=True)
+    assert out.read_bytes() == tree.read_bytes()
