@@ -80,7 +80,7 @@ def test_set_on_an_old_version_writes_version_17(tmp_path: Path,
     src.write_bytes(dtc("-I", "dtb", "-O", "dtb", "-V", "2", TESTDATA / "dtb" / "small.dtb"))
     out = tmp_path / "out.dtb"
     assert main(["dtb", "set", str(src), "/chosen", "x", "7", "-o", str(out)]) == 0
-    assert capsys.readouterr().out == f"{out}: /chosen x set (389 bytes)\n"
+    assert capsys.readouterr().out == f"{out}: /chosen x set as 32-bit cells (389 bytes)\n"
     data = out.read_bytes()
     assert (int.from_bytes(data[20:24], "big"), int.from_bytes(data[24:28], "big")) == (17, 16)
     got = subprocess.run([need_tool("fdtget"), "-t", "x", str(out), "/chosen", "x"],

@@ -16,7 +16,8 @@ from kimagekit.dtb_file import DtbSummary, load_tree
 from kimagekit.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True,
-                  help="Flattened device trees: show, get, ls, set, rm, handover.")
+                  help="Flattened device trees: show, get, ls, set, rm, handover.\n\n"
+                  "Example: kimagekit dtb get board.dtb /chosen bootargs")
 
 DtbArg = typer.Argument(..., metavar="DTB", help="A .dtb, or .dts source (the content decides).")
 NodeArg = typer.Argument(..., metavar="NODE", help="Node path, e.g. /chosen.")
