@@ -320,3 +320,18 @@ def test_alias_paths_as_fdtget(corpus: Path, tmp_path: Path, run: Run) -> None:
     assert run("dtb", "rm", tree, "mem", "device_type", "-o", out, "--pack")[0] == 0
     subprocess.run([fdtput, "-d", str(tree), "mem", "device_type"], check=True)
     assert out.read_bytes() == tree.read_bytes()
+
+
+def test_cells_print_as_c_prints_them(tmp_path: Path, run: Run) -> None:
+    """fdtget prints a 32-bit cell through a C int: signed for the default and -t i."""
+    tree = tmp_path / "t.dtb"
+    assert run("dtb", "set", "-t", "x", "-o", tree, SMALL, "/chosen", "c", "ffffffff",
+               "80000000", "7fffffff")[0] == 0
+    want = {None: b"-1 -2147483648 2147483647\n", "i": b"-1 -2147483648 2147483647\n",
+            "u": b"4294967295 2147483648 2147483647\n", "x": b"ffffffff 80000000 7fffffff\n",
+            "bi": b"255 255 255 255 128 0 0 0 127 255 255 255\n",
+            "hx": b"ffff ffff 8000 0 7fff ffff\n"}
+    for kind, text in want.items():
+        opt = [] if kind is None else ["-t", kind]
+        assert run("dtb", "get", *opt, tree, "/chosen", "c") == (0, text, b"")
+        assert _fdtget(*opt, tree, "/chosen", "c").stdout == text
