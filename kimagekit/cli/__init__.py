@@ -118,7 +118,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
-    help="Build, inspect, verify and patch Linux kexec images and IMA measurement lists offline.",
+    help="Build, inspect, verify and patch Linux kexec images and IMA measurement lists offline."
+    "\n\nExample: kimagekit inspect vmlinuz",
 )
 
 
@@ -135,9 +136,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Print kimagekit's version and exit."),
 ) -> None:
-    """kimagekit: exit 0 = ok, 1 = a check failed, 2 = bad input or usage.
-
-    Example: kimagekit inspect vmlinuz"""
+    """kimagekit: exit 0 = ok, 1 = a check failed, 2 = bad input or usage."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 
@@ -58,6 +59,11 @@ def apply(command: core.Command) -> None:
     """Give ``command`` (and, for a group, each of its commands) the conventions above."""
     for sub in getattr(command, "commands", {}).values():
         apply(sub)
+    if command.help:
+        # typer's rich help keeps the docstring's line breaks after the first paragraph:
+        # each paragraph becomes one line, wrapped to the terminal (an example stays whole)
+        command.help = "\n\n".join(" ".join(p.split())
+                                    for p in inspect.cleandoc(command.help).split("\n\n"))
     for param in command.params:
         if isinstance(param, TyperArgument):
             param.__class__ = _Argument
