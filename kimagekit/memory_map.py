@@ -18,6 +18,9 @@ from kimagekit.formats import bzimage as bz
 from kimagekit.image import ImageInfo, content, open_image
 from kimagekit.segments import Role
 
+# arch/x86/include/asm/e820/types.h: RAM, reserved, ACPI, NVS, unusable, PMEM, PRAM, soft reserved
+E820_TYPES = frozenset({1, 2, 3, 4, 5, 7, 12, 0xEFFFFFFF})
+
 __all__ = ["MemoryMap", "Region", "RegionKind", "file_map", "image_map"]
 
 
@@ -84,6 +87,10 @@ def _e820_ranges(data: bytes) -> tuple[list[Region], list[Region]]:
         if at + bz.E820_ENTRY_SIZE > len(data):
             break
         addr, size, kind = struct.unpack_from("<QQI", data, at)
+        if addr + size > 1 << 64:
+            raise ValueError(f"e820 entry {i} ({addr:#x}+{size:#x}) runs past 2^64")
+        if kind not in E820_TYPES:
+            raise ValueError(f"e820 entry {i} has type {kind}, which no kernel defines")
         if not size:
             continue
         if kind == bz.E820_TYPE_RAM:

@@ -36,38 +36,33 @@ def _letter(r: Region) -> str:
 
 
 def _bar(m: MemoryMap, lo: int, hi: int) -> str:
-    """One character per 1/BAR_WIDTH of [lo, hi): a segment's letter wherever a segment lies
-    (the largest share of the cell wins), else '#' for a reservation, '.' for free RAM and
-    ' ' outside RAM. A segment that lost its every cell to a larger one takes the nearest
-    cell holding no letter, so each segment shows at least once."""
+    """One character per 1/BAR_WIDTH of [lo, hi): '#' where a reservation lies, else '.' for
+    free RAM, ' ' outside RAM; then each segment's letter over the cells it covers. Every
+    segment shows at least once and in address order: one that shares its first cell with
+    another takes the next cell (or the previous one, at the end of the bar)."""
     span = hi - lo
-    cells = []
-    for i in range(BAR_WIDTH):
+
+    def cell(addr: int) -> int:
+        return min(BAR_WIDTH - 1, (addr - lo) * BAR_WIDTH // span)
+
+    def touches(r: Region, i: int) -> bool:
         c0 = lo + span * i // BAR_WIDTH
         c1 = max(lo + span * (i + 1) // BAR_WIDTH, c0 + 1)
+        return r.start < c1 and r.end > c0
 
-        def share(r: Region, c0: int = c0, c1: int = c1) -> int:
-            return max(0, min(r.end, c1) - max(r.start, c0))
-
-        best = max(m.segments, key=share, default=None)
-        if best is not None and share(best):
-            cells.append(_letter(best))
-        elif any(share(r) for r in m.reserved):
-            cells.append(RESERVED)
-        elif any(share(r) for r in m.free):
-            cells.append(FREE)
-        else:
-            cells.append(NOT_RAM)
-    letters = set(LETTERS.values())
-    shown = set(cells)
-    for s in sorted(m.segments, key=lambda r: r.start):
-        if _letter(s) in shown:
-            continue
-        home = min(BAR_WIDTH - 1, (s.start - lo) * BAR_WIDTH // span)
-        free = [i for i in range(BAR_WIDTH) if cells[i] not in letters]
-        if free:
-            cells[min(free, key=lambda i: (abs(i - home), i))] = _letter(s)
-            shown.add(_letter(s))
+    cells = [RESERVED if any(touches(r, i) for r in m.reserved)
+             else FREE if any(touches(r, i) for r in m.free) else NOT_RAM
+             for i in range(BAR_WIDTH)]
+    segs = sorted(m.segments, key=lambda r: (r.start, r.end))[:BAR_WIDTH]
+    pos: list[int] = []
+    for s in segs:  # first cells, strictly increasing
+        pos.append(max(cell(s.start), pos[-1] + 1 if pos else 0))
+    for k in range(len(pos) - 1, -1, -1):  # pushed past the end: back, keeping the order
+        pos[k] = min(pos[k], BAR_WIDTH - 1 if k == len(pos) - 1 else pos[k + 1] - 1)
+    for k, s in enumerate(segs):
+        stop = pos[k + 1] if k + 1 < len(segs) else BAR_WIDTH
+        for i in range(pos[k], max(pos[k] + 1, min(cell(s.end - 1) + 1, stop))):
+            cells[i] = _letter(s)
     return "".join(cells)
 
 
@@ -88,10 +83,10 @@ def map_lines(m: MemoryMap) -> list[str]:
     lines = [f"memory map (RAM and reservations: {m.ram_source}):",
              f"  {lo:#x} |{_bar(m, lo, hi)}| {hi:#x}",
              f"  {', '.join(legend)}; one column {human_size(max(1, (hi - lo) // BAR_WIDTH))}",
-             f"  {'range':<41} {'size':>10}  {'kind':<8} label"]
+             f"  {'range':<41} {'size':>12}  {'kind':<8} label"]
     for r in regions:
         span = f"[{r.start:#x}, {r.end:#x})"
-        lines.append(f"  {span:<41} {human_size(r.size):>10}  {r.kind.value:<8} {r.label}")
+        lines.append(f"  {span:<41} {human_size(r.size):>12}  {r.kind.value:<8} {r.label}")
     return lines
 
 
