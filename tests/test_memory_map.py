@@ -180,3 +180,20 @@ def test_x86_map_comes_from_the_e820_table(corpus: Path, tmp_path: Path,
                                          ((1 << 30) - 1, "1024.00 MiB"), (3 << 40, "3 TiB")])
 def test_human_sizes(n: int, text: str) -> None:
     assert human_size(n) == text
+
+
+def test_a_tree_that_cannot_be_read_gives_segments_only(ppc_image: Path) -> None:
+    from kimagekit.image import open_image
+    from kimagekit.segments import Role
+
+    with open_image(ppc_image) as (info, _):
+        dtb = info.segment(Role.DTB)
+        assert dtb is not None
+    data = bytearray(ppc_image.read_bytes())
+    data[dtb.offset:dtb.offset + 4] = b"\0\0\0\0"  # the FDT magic gone
+    ppc_image.write_bytes(data)
+    m = file_map(ppc_image)
+    assert (m.ram, m.reserved, m.free) == ((), (), ())
+    assert m.ram_source == ("the device-tree segment cannot be read: dtb: header.magic at "
+                            "offset 0x0: bad magic 0x00000000 (a DTB starts with 0xd00dfeed)")
+    assert len(m.segments) == 4
