@@ -63,9 +63,8 @@ def seeds_image() -> list[bytes]:
     sys.path.insert(0, str(ROOT / "testdata"))
     import make_images
 
-    from kimagekit.image import write_image
-
     from kimagekit.arch.build import BuildInputs, build_ppc64
+    from kimagekit.image import write_image
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "x.img"
