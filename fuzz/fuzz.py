@@ -63,12 +63,20 @@ def seeds_image() -> list[bytes]:
     sys.path.insert(0, str(ROOT / "testdata"))
     import make_images
 
+    from kimagekit.arch.build import BuildInputs, build_ppc64
     from kimagekit.image import write_image
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "x.img"
         write_image(out, make_images.x86_like_image())
-        return [out.read_bytes()]
+        seeds = [out.read_bytes()]
+        # a ppc64 image: its device-tree segment is where the memory map reads RAM
+        vmlinux = Path(tmp) / "vmlinux"
+        vmlinux.write_bytes(make_images.make_vmlinux())
+        ppc = Path(tmp) / "ppc.img"
+        build_ppc64(BuildInputs(vmlinux, ppc), arch="ppc64le",
+                    dtb=ROOT / "testdata" / "dtb" / "small.dtb")
+        return [*seeds, ppc.read_bytes()]
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
@@ -140,9 +148,10 @@ def exercise_purgatory(data: bytes) -> None:
 
 def exercise_image(data: bytes) -> None:
     from kimagekit.image import read_image
+    from kimagekit.memory_map import image_map
 
     with contextlib.suppress(KimageError):
-        read_image(data)
+        image_map(read_image(data), data)  # the map reads the tree or e820 it holds
 
 
 def seeds_kernel() -> list[bytes]:

@@ -2,8 +2,9 @@
 a hard bound on the output, so a decompression bomb costs at most ``limit`` bytes and a corrupt
 stream is a :class:`ParseError`, never a hang.
 
-Decompressor modules are imported when first needed (``lz4`` and ``zstandard`` are optional: a
-payload that needs a missing one is refused, saying which package to install).
+Decompressor modules are imported when first needed. ``lz4`` and ``zstandard`` are the
+``compressors`` extra: a payload that needs a missing one is refused, naming the package and the
+extra.
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def _pieces(data: bytes | memoryview, kind: str | None, fmt: str, field: str, of
         raise ParseError(f"{exc} (decompression bomb?)", fmt=fmt, field=field,
                          offset=offset) from exc
     except ImportError as exc:
-        raise ParseError(f"{kind} payload needs the Python package {exc.name!r}", fmt=fmt,
-                         field=field, offset=offset) from exc
+        raise ParseError(f"{kind} payload needs the Python package "
+                         f"{(exc.name or kind).split('.')[0]!r}: pip install "
+                         "'kimagekit[compressors]'", fmt=fmt, field=field,
+                         offset=offset) from exc
     except Exception as exc:  # zlib/bz2/lzma/lz4/zstandard each raise their own types
         raise ParseError(f"bad {kind} stream: {_describe(exc)}", fmt=fmt, field=field,
                          offset=offset) from exc

@@ -702,9 +702,10 @@ def _patch_handover(path: str | os.PathLike[str], data: bytes, target: Path, res
                             f"than the hand-over's memsz {ho.memsz}", fmt=FMT,
                             field=f"segment[{ho.index}]")
         before = _refuse_unverified(info, view, mm)
-        # in place needs write access to the file itself (a rename needs only the folder's)
-        plan = None if ho.checksummed or (in_place and not os.access(target, os.W_OK)) \
-            else _edit_plan(info, view, ho, data)
+        # in place needs write access to the file itself (a rename needs only the folder's);
+        # a copy with edits reopens the input by name: stdin (``-``) is written whole instead
+        plan = None if ho.checksummed or mm is None or os.fspath(path) == "-" or (
+            in_place and not os.access(target, os.W_OK)) else _edit_plan(info, view, ho, data)
         if plan is None:
             img = _rebuilt(info, view, ho.index, data, reseal)
             out = b"".join(image_chunks(img))

@@ -13,6 +13,7 @@ from kimagekit.formats.kexec import NOTE_OWNER
 from kimagekit.handover import Announcement, ImaContent, announcement, handover_problems
 from kimagekit.handover import embedded_tree as tree_of
 from kimagekit.image import content, open_image, segment_sha256, verify
+from kimagekit.memory_map import MemoryMap, image_map
 from kimagekit.ppc_fdt import chosen_items
 from kimagekit.segments import Role
 
@@ -59,6 +60,7 @@ class ImageSummary:
     dtb_error: str | None  # why the embedded device tree could not be read
     # every reason the image would not boot as built: digest, hand-over, announcement, tree
     damage: tuple[str, ...]
+    memory_map: MemoryMap | None = None  # RAM, reservations, segments, free holes
 
 
 def is_image(head: bytes) -> bool:
@@ -89,8 +91,9 @@ def describe(path: str | os.PathLike[str]) -> ImageSummary:
         handover = None if ho is None or ima is None else HandoverSummary(
             ho.mem, ho.memsz, ho.bufsz, info.handover_style.value, segs[ho.index].unchanged,
             ann, ima)
+        memory = image_map(info, view)
     damage = ((() if res.ok else (f"digest: {res.reason}",)) + problems
               + (() if dtb_error is None else (f"device tree: {dtb_error}",)))
     return ImageSummary(info.arch, info.entry, info.policy.value, info.cmdline,
                         info.has_purgatory, tuple(segs), res.regions, res.digest.hex(), res.ok,
-                        res.reason, handover, chosen, dtb_error, damage)
+                        res.reason, handover, chosen, dtb_error, damage, memory)

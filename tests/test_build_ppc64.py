@@ -199,7 +199,8 @@ def test_build_refusals(ppc64le_vmlinux: Path, corpus: Path, tmp_path: Path,
             "-o", str(tmp_path / "x.img")]
     ima = str(corpus / PPC_IMA_LIST)
     cases = [
-        (["--arch", "arm64"], "--arch arm64: this build supports ppc64le, ppc64, x86_64"),
+        (["--arch", "arm64"], "Invalid value for '--arch': 'arm64' is not one of 'ppc64le', "
+         "'ppc64', 'x86_64'. (see 'kimagekit build --help')"),
         (["--arch", "ppc64le", "--ima", ima, "--handover-size", "4096"],
          "--handover-size 4096 is smaller than the hand-over buffer (49352 bytes)"),
         (["--arch", "ppc64le", "--handover-size", "65536"],
@@ -234,7 +235,7 @@ def test_json_keys(ppc_seed_image: Path, ppc64le_vmlinux: Path, corpus: Path, tm
     s = json.loads(capsys.readouterr().out)["summary"]
     assert list(s) == ["arch", "entry", "policy", "cmdline", "purgatory", "segments", "regions",
                        "digest", "digest_ok", "digest_status", "handover", "chosen", "dtb_error",
-                       "damage"]
+                       "damage", "memory_map"]
     assert s["damage"] == []
     assert s["handover"]["announced"] == {"style": "seed", "start": 0xFFFE0000,
                                           "size": 0x20000, "reserved": True, "matches": True}

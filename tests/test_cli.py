@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -18,17 +19,68 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "testdata" / "ima" / "small-le.bin"
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["nosuchcmd"], "No such command 'nosuchcmd'."),
-    (["ima", "replay"], "Missing argument 'file'."),
-    (["ima", "check", "--bogus", "x"], "No such option: --bogus"),
+@pytest.mark.parametrize(("argv", "line"), [
+    (["nosuchcmd"], "No such command 'nosuchcmd'. (see 'kimagekit --help')"),
+    (["ima", "replay"], "Missing argument 'FILE'. (see 'kimagekit ima replay --help')"),
+    (["ima", "check", "--bogus", "x"],
+     "No such option: --bogus (Possible options: --jobs) (see 'kimagekit ima check --help')"),
+    (["build", "--arch", "x86_64"],
+     "Missing option '--kernel'. (see 'kimagekit build --help')"),
+    (["ls"], "Missing argument 'IMAGE'. (see 'kimagekit ls --help')"),
+    (["ls", "a", "b"], "Got unexpected extra argument(s) (b) (see 'kimagekit ls --help')"),
+    (["inspect", "--json=\x1b"],
+     "Option '--json' does not take a value."),  # click gives no command here
 ])
-def test_usage_errors_exit_2_without_traceback(capsys: pytest.CaptureFixture[str],
-                                               argv: list[str], needle: str) -> None:
+def test_usage_errors_are_one_plain_line(capsys: pytest.CaptureFixture[str],
+                                         argv: list[str], line: str) -> None:
+    """Off a terminal a usage error reads like every other error: one line, exit 2."""
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert needle in err
-    assert "Traceback" not in err
+    assert capsys.readouterr() == ("", f"kimagekit: error: {line}\n")
+
+
+def test_usage_errors_on_a_terminal_keep_the_usage_box() -> None:
+    import pty
+    leader, follower = pty.openpty()
+    code = "import sys; from kimagekit.cli import main; sys.exit(main(['ls']))"
+    p = subprocess.run([sys.executable, "-c", code], stderr=follower, stdout=subprocess.PIPE,
+                       env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(ROOT)},
+                       check=False)
+    os.close(follower)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(leader)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", err.decode())
+    assert p.returncode == 2
+    assert "Usage: kimagekit ls [OPTIONS] IMAGE" in text
+    assert "Missing argument 'IMAGE'." in text and "\u256d" in text  # the box
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from kimagekit import __version__
+    assert main(["--version"]) == 0
+    assert capsys.readouterr() == (f"kimagekit {__version__}\n", "")
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" in project["dynamic"]
+    assert (project.get("version"), __version__) == (None, "0.1.0")
+
+
+def test_shell_completion_is_offered(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--install-completion" in help_text and "--show-completion" in help_text
+    env = {**os.environ, "_KIMAGEKIT_COMPLETE": "complete_bash", "COMP_WORDS": "kimagekit ins",
+           "COMP_CWORD": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "kimagekit"], env=env, capture_output=True,
+                       text=True, check=False)
+    assert (p.returncode, p.stdout.split()) == (0, ["inspect"])
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,10 +103,11 @@ def test_debug_shows_the_traceback_on_bad_input(tmp_path, capsys) -> None:  # ty
 def test_console_script_exit_codes() -> None:
     run = [sys.executable, "-m", "kimagekit"]
     bad = subprocess.run([*run, "nosuchcmd"], capture_output=True, text=True, check=False)
-    assert (bad.returncode, bad.stdout) == (2, "")
-    assert bad.stderr.startswith("Usage: kimagekit [OPTIONS] COMMAND [ARGS]...\n"
-                                 "Try 'kimagekit --help' for help.\n")
-    assert "No such command 'nosuchcmd'." in bad.stderr and "Traceback" not in bad.stderr
+    assert (bad.returncode, bad.stdout, bad.stderr) == (
+        2, "", "kimagekit: error: No such command 'nosuchcmd'. (see 'kimagekit --help')\n")
+    bare = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert (bare.returncode, bare.stderr) == (2, "")
+    assert "Usage: kimagekit [OPTIONS] COMMAND [ARGS]..." in bare.stdout
     ok = subprocess.run([*run, "--help"], capture_output=True, text=True, check=False)
     assert (ok.returncode, ok.stderr) == (0, "")
     assert "Usage: kimagekit [OPTIONS] COMMAND [ARGS]..." in ok.stdout

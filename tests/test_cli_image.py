@@ -82,7 +82,22 @@ def test_ls_golden(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
         " 1 boot-params         0x7fffc000     0x2000     0x1800 yes     0x2000\n"
         " 2 kernel               0x1000000     0xc000     0x6000 yes     0x4000\n"
         " 3 initrd              0x7fff7000     0x5000     0x5000 yes     0xa000\n"
-        " 4 handover            0x7fff3000     0x4000      0x3b4 no      0xf000\n")
+        " 4 handover            0x7fff3000     0x4000      0x3b4 no      0xf000\n"
+        "\n" + "".join(f"{line}\n" for line in MAP_LINES))
+
+
+# The memory map of gen.x86_like_image: its boot_params segment is filler, so no RAM
+MAP_LINES = [
+    "memory map (RAM and reservations: the boot_params segment's e820 table cannot be read: "
+    "e820 entry 0 (0x645d564f48413a33+0x9c958e878079726b) runs past 2^64):",
+    "  0x1000000 |K" + " " * 59 + "HIBP| 0x80000000",
+    "  B boot_params, H hand-over, I initrd, K kernel, P purgatory; one column 31.75 MiB",
+    "  range                                             size  kind     label",
+    "  [0x1000000, 0x100c000)                          48 KiB  segment  kernel #2",
+    "  [0x7fff3000, 0x7fff7000)                        16 KiB  segment  hand-over #4",
+    "  [0x7fff7000, 0x7fffc000)                        20 KiB  segment  initrd #3",
+    "  [0x7fffc000, 0x7fffe000)                         8 KiB  segment  boot_params #1",
+    "  [0x7fffe000, 0x80000000)                         8 KiB  segment  purgatory #0"]
 
 
 def test_ls_json(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,6 +117,10 @@ def test_ls_json(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "arch": "x86_64", "machine": 62, "little": True, "page_size": 4096,
         "entry": 0x7FFFE010, "policy": "seed", "handover_style": "none", "has_purgatory": True,
         "cmdline": "console=ttyS0 root=/dev/vda", "file_size": len(data)}
+    memory = doc["memory_map"]
+    assert (memory["ram"], memory["reserved"], memory["free"]) == ([], [], [])
+    assert memory["segments"][0] == {"kind": "segment", "start": 0x7FFFE000,
+                                     "end": 0x80000000, "label": "purgatory #0"}
 
 
 def test_extract(image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,7 +174,8 @@ def test_inspect_reports_handover_damage(image: Path, capsys: pytest.CaptureFixt
         "    IMA unknown: 8 entries, restore FAILED\n"
         f"    PCR 10 sha1 {PCR10_SHA1}\n"
         f"    PCR 10 sha256 {PCR10_SHA256}\n"
-        f"    DAMAGE: the next kernel would refuse it: {refusal}\n")
+        f"    DAMAGE: the next kernel would refuse it: {refusal}\n"
+        + "".join(f"  {line}\n" for line in MAP_LINES))
     assert main(["inspect", "--json", str(image)]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["format"] == "kexec image"

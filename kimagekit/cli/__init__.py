@@ -16,29 +16,35 @@ from functools import cache
 from typing import Any
 
 import typer
+from typer._click import exceptions as click_errors  # typer 0.28's own click (pinned)
 from typer.core import TyperGroup
 
 from kimagekit import output_files
+from kimagekit.cli import conventions
 from kimagekit.errors import KimageError, escape
 
 # name -> (module under kimagekit.cli, first paragraph of the command's help), in the order
 # --help lists them. tests/test_cli_lazy.py holds each line to the command's own help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "patch-handover": ("handover", "Replace a kexec image's hand-over contents as "
-                       "kexec_update_segment does, and verify\nthe result."),
-    "verify": ("image", "Recompute the digest as the purgatory will at reboot, and read the "
-               "hand-over as the\nnext kernel will: exit 0 if both hold."),
-    "ls": ("image", "List the segments: index, role, mem, memsz, bufsz, checksummed, file "
-           "offset."),
-    "extract": ("image", "Write one segment's content (bufsz bytes) to a file."),
+    "inspect": ("inspect", "Detect FILE's format from its content and describe it; exit 1 "
+                "when the description
+reports damage."),
     "build": ("build", "Place kernel, initrd, hand-over, device tree (and purgatory) as "
-              "kexec_file_load does;\nseal, write atomically, re-read and verify."),
+              "kexec_file_load does;
+seal, write atomically, re-read and verify."),
+    "verify": ("image", "Recompute the digest as the purgatory will at reboot, and read the "
+               "hand-over as the
+next kernel will: exit 0 if both hold."),
+    "ls": ("image", "List the segments and the memory map: RAM, reservations, segments and "
+           "free holes."),
+    "extract": ("image", "Write one segment's content (bufsz bytes) to a file."),
+    "patch-handover": ("handover", "Replace a kexec image's hand-over contents as "
+                       "kexec_update_segment does, and verify
+the result."),
     "extract-purgatory": ("kernel", "Write the purgatory object a kexec_file kernel embeds; "
                           "refuse when it has none."),
     "verify-signature": ("signature", "Verify the signature as kexec_file_load does "
                          "(KEXEC_SIG): exit 0 verified, 1 not."),
-    "inspect": ("inspect", "Detect FILE's format from its content and describe it; exit 1 "
-                "when the description\nreports damage."),
     "ima": ("ima", "IMA measurement lists and kexec buffers."),
     "dtb": ("dtb", "Flattened device trees: show, get, ls, set, rm, handover."),
 }
@@ -56,7 +62,9 @@ def load_command(name: str) -> Any:
         holder.add_typer(module.app, name=name)
     else:
         module.register(holder)
-    return typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
+    command = typer.main.get_command(holder).commands[name]  # type: ignore[attr-defined]
+    conventions.apply(command)
+    return command
 
 
 def _no_options() -> None:
@@ -96,7 +104,8 @@ class _LazyGroup(TyperGroup):
         if cmd_name not in COMMANDS:
             return None
         if self._listing:
-            return typer.core.TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
+            # one paragraph, wrapped by the listing, not at the table's line breaks
+            return typer.core.TyperCommand(cmd_name, help=" ".join(COMMANDS[cmd_name][1].split()))
         return load_command(cmd_name)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
@@ -110,15 +119,25 @@ class _LazyGroup(TyperGroup):
 app = typer.Typer(
     cls=_LazyGroup,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
-    help="Build, inspect, verify and patch Linux kexec images and IMA measurement lists offline.",
+    help="Build, inspect, verify and patch Linux kexec images and IMA measurement lists offline."
+    "\n\nExample: kimagekit inspect vmlinuz",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from kimagekit import __version__
+        typer.echo(f"kimagekit {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show a traceback on errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print kimagekit's version and exit."),
 ) -> None:
     """kimagekit: exit 0 = ok, 1 = a check failed, 2 = bad input or usage."""
 
@@ -135,10 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     output_files.state.wrote_stdout = False
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="kimagekit")
+        code = app(args=args, prog_name="kimagekit", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except SystemExit as done:
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 2)
+    except click_errors.ClickException as err:
+        conventions.show_usage_error(err)
+        return err.exit_code
+    except typer.Abort:
+        sys.stderr.write("kimagekit: aborted\n")
+        return 1
     except KimageError as err:
         if debug:
             traceback.print_exc()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -19,8 +20,10 @@ from kimagekit.arch.build import (
 )
 from kimagekit.cli.common import emit_json, out, warn
 from kimagekit.cli.image import ls_lines
+from kimagekit.cli.memory_map import map_lines, write_svg
 from kimagekit.errors import UsageError
 from kimagekit.image import HandoverStyle, check_page_size
+from kimagekit.memory_map import file_map
 from kimagekit.purgatory import DigestPolicy
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, parse_mem_ranges
 
@@ -37,25 +40,45 @@ def _number(text: str | None, what: str) -> int | None:
     return value
 
 
+class Arch(StrEnum):
+    PPC64LE = "ppc64le"
+    PPC64 = "ppc64"
+    X86_64 = "x86_64"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("build")
     def build_cmd(
-        arch: str = typer.Option(..., "--arch", help="Target: ppc64le, ppc64 or x86_64."),
-        kernel: Path = typer.Option(..., "--kernel", help="The vmlinux (ELF) to load."),
+        arch: Arch = typer.Option(..., "--arch", help="The target kernel's architecture."),
+        kernel: Path = typer.Option(
+            ..., "--kernel", metavar="KERNEL", help="The kernel to load: ppc64le/ppc64 take "
+            "the ELF vmlinux, x86_64 the bzImage (/boot/vmlinuz)."),
         dtb: Path | None = typer.Option(
-            None, "--dtb", help="The running system's tree (.dtb or .dts); ppc64 only."),
-        output: Path = typer.Option(..., "-o", "--output", help="Where to write the image."),
-        initrd: Path | None = typer.Option(None, "--initrd", help="Initial ramdisk."),
-        cmdline: str = typer.Option("", "--cmdline", help="Kernel command line (bootargs)."),
-        purgatory: Path | None = typer.Option(None, "--purgatory", help="Purgatory object."),
+            None, "--dtb", metavar="DTB", help="ppc64: the running system's tree (.dtb or .dts): "
+            "RAM, reservations, and the /chosen the next kernel gets."),
+        output: Path = typer.Option(..., "-o", "--output", metavar="FILE",
+                                    help="Where to write the image (a regular file: it is "
+                                    "re-read and verified)."),
+        initrd: Path | None = typer.Option(None, "--initrd", metavar="FILE",
+                                           help="Initial ramdisk."),
+        cmdline: str = typer.Option("", "--cmdline", metavar="TEXT",
+                                    help="Kernel command line (bootargs)."),
+        purgatory: Path | None = typer.Option(
+            None, "--purgatory", metavar="FILE",
+            help="Purgatory object (extract-purgatory writes one)."),
         purgatory_from: Path | None = typer.Option(
-            None, "--purgatory-from", help="x86_64: take the purgatory from this kernel."),
+            None, "--purgatory-from", metavar="BZIMAGE",
+            help="x86_64: take the purgatory from this kernel."),
         mem: str | None = typer.Option(
-            None, "--mem", help="x86_64: RAM ranges START-LAST or START+SIZE, comma separated."),
-        ima: Path | None = typer.Option(None, "--ima", help="IMA list for the hand-over."),
-        handover: Path | None = typer.Option(None, "--handover", help="Raw hand-over bytes."),
+            None, "--mem", metavar="RANGES", help="x86_64: RAM ranges START-LAST or "
+            "START+SIZE, comma separated (default 1 MiB-4 GiB)."),
+        ima: Path | None = typer.Option(None, "--ima", metavar="LIST",
+                                        help="IMA list for the hand-over."),
+        handover: Path | None = typer.Option(None, "--handover", metavar="FILE",
+                                             help="ppc64: raw hand-over bytes."),
         handover_size: str | None = typer.Option(
-            None, "--handover-size", help="memsz of the hand-over (default: as IMA sizes it)."),
+            None, "--handover-size", metavar="N",
+            help="memsz of the hand-over (default: as IMA sizes it)."),
         handover_style: HandoverStyle = typer.Option(
             HandoverStyle.IMA, "--handover-style", metavar="[ima|seed]",
             help="ppc64: how /chosen announces the hand-over. ima: linux,ima-kexec-buffer "
@@ -64,7 +87,8 @@ def register(app: typer.Typer) -> None:
         policy: DigestPolicy = typer.Option(DigestPolicy.SEED, "--digest-policy",
                                             help="Which segments the digest leaves out."),
         page_size: str | None = typer.Option(
-            None, "--page-size", help=f"Target page size (default {ppc64_dt.PPC64_PAGE_SIZE})."),
+            None, "--page-size", metavar="N",
+            help=f"ppc64: target page size (default {ppc64_dt.PPC64_PAGE_SIZE})."),
         hole_search: HoleSearch = typer.Option(
             HoleSearch.UPSTREAM_6_8, "--hole-search",
             help="x86_64: the loading kernel's hole search (pre-6.8 for 6.1)."),
@@ -74,12 +98,20 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Write a hand-over the next kernel "
                                    "would refuse."),
         require_signature: Path | None = typer.Option(
-            None, "--require-signature", help="x86_64: refuse a kernel whose signature does "
-            "not chain to this certificate (or a directory of them), as KEXEC_SIG_FORCE does."),
+            None, "--require-signature", metavar="CERT|DIR", help="x86_64: refuse a kernel "
+            "whose signature does not chain to this certificate (or a directory of them), as "
+            "KEXEC_SIG_FORCE does."),
+        svg: Path | None = typer.Option(None, "--svg", metavar="FILE", help="Also write the "
+                                        "image's memory map as SVG ('-': stdout)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     ) -> None:
         """Place kernel, initrd, hand-over, device tree (and purgatory) as kexec_file_load does;
-        seal, write atomically, re-read and verify."""
+        seal, write atomically, re-read and verify.
+
+        Prints the segments and the memory map (RAM, reservations, segments, free holes).
+
+        Example: kimagekit build --arch ppc64le --kernel vmlinux --dtb system.dtb --ima
+        binary_runtime_measurements -o kexec.img"""
         inputs = BuildInputs(kernel, output, initrd=initrd, cmdline=cmdline, purgatory=purgatory,
                              ima=ima, handover=handover, policy=policy, force=force,
                              require_signature=require_signature)
@@ -95,9 +127,7 @@ def register(app: typer.Typer) -> None:
                                  purgatory_from=purgatory_from, ram=ram,
                                  hole_search=hole_search, ima_kexec=ima_kexec)
         else:
-            if arch not in PPC_ARCHES:
-                raise UsageError(f"--arch {arch}: this build supports "
-                                 f"{', '.join((*PPC_ARCHES, 'x86_64'))}")
+            assert arch.value in PPC_ARCHES  # the choice's other values
             if dtb is None or purgatory_from is not None or mem is not None:
                 raise UsageError("ppc64 needs --dtb and takes no --purgatory-from or --mem")
             if hole_search != HoleSearch.UPSTREAM_6_8 or not ima_kexec:
@@ -116,16 +146,19 @@ def register(app: typer.Typer) -> None:
             if size is not None and ima is None and handover is None:
                 raise UsageError("--handover-size needs --ima or --handover")
             built = build_ppc64(replace(inputs, handover_size=size),
-                                arch=arch, dtb=dtb, handover_style=handover_style,
+                                arch=arch.value, dtb=dtb, handover_style=handover_style,
                                 page_size=page)
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:
             warn(f"warning: {output}: {w}")
+        memory = file_map(built.result.output)
+        if svg is not None:
+            write_svg(svg, memory, (kernel, dtb, initrd, purgatory, ima, handover))
         if as_json:
             emit_json(built)
             return
-        for line in ls_lines(built.image):
+        for line in [*ls_lines(built.image), "", *map_lines(memory)]:
             out(line)
         out(_summary_line(built))
 

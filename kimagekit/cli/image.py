@@ -6,19 +6,24 @@ from pathlib import Path
 
 import typer
 
-from kimagekit.cli.common import emit_json, input_named, out
+from kimagekit.cli.common import emit_json, input_named, jsonable, out
+from kimagekit.cli.memory_map import map_lines, write_svg
 from kimagekit.handover import verify_image
 from kimagekit.image import ImageInfo, extract, open_image
 from kimagekit.image_info import HandoverSummary, ImageSummary
+from kimagekit.memory_map import image_map
 
 
 def register(app: typer.Typer) -> None:
     @app.command("verify")
     def verify_cmd(
-        image: Path = typer.Argument(..., help="A kexec image written by kimagekit."),
+        image: Path = typer.Argument(..., metavar="IMAGE", help="A kexec image written by "
+                                     "kimagekit ('-': stdin)."),
     ) -> None:
         """Recompute the digest as the purgatory will at reboot, and read the hand-over as the
-        next kernel will: exit 0 if both hold."""
+        next kernel will: exit 0 if both hold.
+
+        Example: kimagekit verify kexec.img"""
         with input_named(image):
             res = verify_image(image)
         if res.ok:
@@ -30,24 +35,42 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ls")
     def ls_cmd(
-        image: Path = typer.Argument(..., help="A kexec image written by kimagekit."),
-        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        image: Path = typer.Argument(..., metavar="IMAGE", help="A kexec image written by "
+                                     "kimagekit ('-': stdin)."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output: the "
+                                     "segments and the memory map."),
+        svg: Path | None = typer.Option(None, "--svg", metavar="FILE", help="Also write the "
+                                        "memory map as SVG ('-': stdout)."),
     ) -> None:
-        """List the segments: index, role, mem, memsz, bufsz, checksummed, file offset."""
-        with input_named(image), open_image(image) as (info, _):
-            if as_json:
-                emit_json(info)
-                return
-            for line in ls_lines(info):
-                out(line)
+        """List the segments and the memory map: RAM, reservations, segments and free holes.
+
+        The segment table (index, role, mem, memsz, bufsz, checksummed, file offset), then
+        the map as a bar (one column per 1/64 of the range) and a table with end addresses and
+        sizes.
+
+        Example: kimagekit ls kexec.img --svg map.svg"""
+        with input_named(image), open_image(image) as (info, view):
+            memory = image_map(info, view)
+        if svg is not None:
+            write_svg(svg, memory, (image,))
+        if as_json:
+            emit_json({**jsonable(info), "memory_map": jsonable(memory)})
+            return
+        for line in [*ls_lines(info), "", *map_lines(memory)]:
+            out(line)
 
     @app.command("extract")
     def extract_cmd(
-        image: Path = typer.Argument(..., help="A kexec image written by kimagekit."),
-        segment: str = typer.Argument(..., help="Segment index or role (kernel, initrd, ...)."),
-        output: Path = typer.Option(..., "-o", "--output", help="Where to write the content."),
+        image: Path = typer.Argument(..., metavar="IMAGE", help="A kexec image written by "
+                                     "kimagekit ('-': stdin)."),
+        segment: str = typer.Argument(..., metavar="SEGMENT", help="Segment index or role: "
+                                      "kernel, initrd, dtb, purgatory, handover, boot-params."),
+        output: Path = typer.Option(..., "-o", "--output", metavar="FILE",
+                                    help="Where to write the content ('-': stdout)."),
     ) -> None:
-        """Write one segment's content (bufsz bytes) to a file."""
+        """Write one segment's content (bufsz bytes) to a file.
+
+        Example: kimagekit extract kexec.img handover -o handover.bin"""
         with input_named(image):
             seg = extract(image, segment, output)
         out(f"segment {seg.index} ({seg.role}): {seg.bufsz} bytes -> {output}")
@@ -83,6 +106,8 @@ def render_summary(s: ImageSummary) -> list[str]:
         lines.append(f"device tree: cannot be read: {s.dtb_error}")
     for k, v in (s.chosen or {}).items():
         lines.append(f"/chosen {k} = {v}")
+    if s.memory_map is not None:
+        lines += map_lines(s.memory_map)
     return lines
 
 

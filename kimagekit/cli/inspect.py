@@ -12,6 +12,7 @@ import typer
 
 from kimagekit.cli.common import emit_json, input_named, out
 from kimagekit.detect import inspect
+from kimagekit.errors import UsageError
 
 # format -> (CLI module, renderer): only the renderer of the format found is imported
 RENDERERS: dict[str, tuple[str, str]] = {
@@ -37,13 +38,29 @@ def renderer(fmt: str) -> Callable[[Any], list[str]]:
 def register(app: typer.Typer) -> None:
     @app.command("inspect")
     def inspect_cmd(
-        file: Path = typer.Argument(..., help="Any file kimagekit knows; the content decides."),
+        file: Path = typer.Argument(..., metavar="FILE", help="Any file kimagekit knows: "
+                                    "kernel, kexec image, device tree, IMA list ('-': stdin); "
+                                    "the content decides."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        svg: Path | None = typer.Option(None, "--svg", metavar="FILE", help="A kexec image: "
+                                        "also write its memory map as SVG ('-': stdout)."),
     ) -> None:
         """Detect FILE's format from its content and describe it; exit 1 when the description
-        reports damage."""
+        reports damage.
+
+        A kexec image's description ends with its memory map (RAM, reservations, segments,
+        free holes).
+
+        Example: kimagekit inspect /boot/vmlinuz"""
         with input_named(file):
             found = inspect(file)
+        memory = getattr(found.summary, "memory_map", None)
+        if svg is not None:
+            if memory is None:
+                raise UsageError(f"--svg draws a kexec image's memory map; {file} is "
+                                 f"{found.format}")
+            from kimagekit.cli.memory_map import write_svg
+            write_svg(svg, memory, (file,))
         if as_json:
             emit_json(found)
         else:

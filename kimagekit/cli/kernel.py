@@ -23,11 +23,15 @@ from kimagekit.kernel_info import (
 def register(app: typer.Typer) -> None:
     @app.command("extract-purgatory")
     def extract_purgatory_cmd(
-        kernel: Path = typer.Argument(..., help="A bzImage or ELF vmlinux."),
-        output: Path = typer.Option(..., "-o", "--output", help="Where to write the object."),
+        kernel: Path = typer.Argument(..., metavar="KERNEL", help="A bzImage or ELF vmlinux "
+                                      "('-': stdin)."),
+        output: Path = typer.Option(..., "-o", "--output", metavar="FILE",
+                                    help="Where to write the object ('-': stdout)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     ) -> None:
-        """Write the purgatory object a kexec_file kernel embeds; refuse when it has none."""
+        """Write the purgatory object a kexec_file kernel embeds; refuse when it has none.
+
+        Example: kimagekit extract-purgatory /boot/vmlinuz -o purgatory.ro"""
         result = extract_purgatory(kernel, output)
         if as_json:
             emit_json(result)

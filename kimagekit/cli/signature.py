@@ -17,14 +17,17 @@ from kimagekit.sig.keys import load_certs
 def register(app: typer.Typer) -> None:
     @app.command("verify-signature")
     def verify_signature_cmd(
-        kernel: Path = typer.Argument(..., help="A PE kernel: bzImage, arm64 Image, EFI zboot."),
-        cert: list[Path] = typer.Option([], "--cert", help="A trusted X.509 certificate (PEM "
-                                        "or DER), repeatable."),
-        keyring: Path | None = typer.Option(None, "--keyring", help="A directory of trusted "
-                                            "certificates."),
+        kernel: Path = typer.Argument(..., metavar="KERNEL", help="A PE kernel: bzImage, "
+                                      "arm64 Image, EFI zboot ('-': stdin)."),
+        cert: list[Path] = typer.Option([], "--cert", metavar="CERT", help="A trusted X.509 "
+                                        "certificate (PEM or DER), repeatable."),
+        keyring: Path | None = typer.Option(None, "--keyring", metavar="DIR", help="A "
+                                            "directory of trusted certificates."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     ) -> None:
-        """Verify the signature as kexec_file_load does (KEXEC_SIG): exit 0 verified, 1 not."""
+        """Verify the signature as kexec_file_load does (KEXEC_SIG): exit 0 verified, 1 not.
+
+        Example: kimagekit verify-signature /boot/vmlinuz --cert debian-secure-boot-ca.pem"""
         if not cert and keyring is None:
             raise UsageError("give --cert CERT (repeatable) or --keyring DIR")
         trusted = load_certs(list(cert), keyring)
