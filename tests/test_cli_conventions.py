@@ -74,8 +74,10 @@ def test_help_shows_no_python_types(path: tuple[str, ...], capsys: pytest.Captur
 
 @pytest.mark.parametrize("path", LEAVES, ids=[" ".join(p) for p in LEAVES])
 def test_every_option_and_argument_has_help(path: tuple[str, ...]) -> None:
+    # hidden options (the old `patch-handover DTB` spelling's) are not shown, so need no help
     missing = [p.opts[0] for p in _command(path).params
-               if isinstance(p, TyperOption | TyperArgument) and not (p.help or "").strip()]
+               if isinstance(p, TyperOption | TyperArgument) and not getattr(p, "hidden", False)
+               and not (p.help or "").strip()]
     assert missing == []
 
 
@@ -85,7 +87,12 @@ def test_fixed_value_options_are_choices(path: tuple[str, ...],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     text = _help(path, capsys, monkeypatch)
     for p in _command(path).params:
-        if isinstance(p, TyperOption) and set(p.opts) & set(CHOICE_OPTIONS):
+        if isinstance(p, TyperOption) and set(p.opts) & set(CHOICE_OPTIONS) and not p.hidden:
+            if path[0] == "dtb" and "--type" in p.opts:
+                # fdtget's -t is a grammar (size prefix + letter): its metavar lists every value
+                assert p.metavar and "|".join(("s", "i", "u", "x")) in p.metavar
+                assert p.metavar in text
+                continue
             assert p.type.name == "choice", (p.opts, p.type)
             shown = "|".join(str(getattr(c, "value", c)) for c in p.type.choices)
             assert f"<{shown}>" in text

@@ -188,7 +188,7 @@ def test_each_command_shows_only_its_own_options(capsys: pytest.CaptureFixture[s
         assert opt not in image
     assert "Example: kimagekit patch-handover kexec.img --ima new.bin -o patched.img" in image
     tree = _help(capsys, monkeypatch, "dtb", "handover")
-    for opt in ("--start", "--size", "--style", "--remove", "--pack", "[ima|seed]",
+    for opt in ("--start", "--size", "--style", "--remove", "--pack", "<ima|seed>",
                 "[default: ima]", "the 2016"):
         assert opt in tree
     for opt in ("--ima", "--data", "--in-place", "--reseal"):
@@ -196,7 +196,7 @@ def test_each_command_shows_only_its_own_options(capsys: pytest.CaptureFixture[s
     assert "Example: kimagekit dtb handover board.dtb --start 0x2000000 --size 0x10000 -o " \
         "new.dtb" in tree
     build = _help(capsys, monkeypatch, "build")
-    assert "[ima|seed]" in build and "the 2016" in build
+    assert "<ima|seed>" in build and "the 2016" in build
     examples = {
         "get": "Example: kimagekit dtb get -t x board.dtb /memory@0 reg",
         "ls": "Example: kimagekit dtb ls -p board.dtb /chosen",

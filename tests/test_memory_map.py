@@ -78,7 +78,7 @@ def test_ls_and_inspect_draw_the_map(ppc_image: Path, capsys: pytest.CaptureFixt
         " 0 handover            0x3fff0000    0x10000      0x3b4 no     0x10000\n"
         " 1 kernel                     0x0    0x10000     0x3000 yes    0x20000\n"
         " 2 initrd                 0x10000    0x10000     0x1166 yes    0x30000\n"
-        " 3 dtb                 0x3ffe0000    0x10000      0x254 yes    0x40000\n"
+        " 3 dtb                 0x3ffe0000    0x10000      0x21d yes    0x40000\n"
         "\n" + "".join(f"{line}\n" for line in PPC_MAP))
     assert main(["inspect", str(ppc_image)]) == 0
     text = capsys.readouterr().out

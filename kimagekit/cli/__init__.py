@@ -27,20 +27,16 @@ from kimagekit.errors import KimageError, escape
 # --help lists them. tests/test_cli_lazy.py holds each line to the command's own help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "Detect FILE's format from its content and describe it; exit 1 "
-                "when the description
-reports damage."),
+                "when the description\nreports damage."),
     "build": ("build", "Place kernel, initrd, hand-over, device tree (and purgatory) as "
-              "kexec_file_load does;
-seal, write atomically, re-read and verify."),
+              "kexec_file_load does;\nseal, write atomically, re-read and verify."),
     "verify": ("image", "Recompute the digest as the purgatory will at reboot, and read the "
-               "hand-over as the
-next kernel will: exit 0 if both hold."),
+               "hand-over as the\nnext kernel will: exit 0 if both hold."),
     "ls": ("image", "List the segments and the memory map: RAM, reservations, segments and "
            "free holes."),
     "extract": ("image", "Write one segment's content (bufsz bytes) to a file."),
     "patch-handover": ("handover", "Replace a kexec image's hand-over contents as "
-                       "kexec_update_segment does, and verify
-the result."),
+                       "kexec_update_segment does, and verify\nthe result."),
     "extract-purgatory": ("kernel", "Write the purgatory object a kexec_file kernel embeds; "
                           "refuse when it has none."),
     "verify-signature": ("signature", "Verify the signature as kexec_file_load does "

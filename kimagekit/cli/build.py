@@ -18,7 +18,7 @@ from kimagekit.arch.build import (
     build_ppc64,
     build_x86_64,
 )
-from kimagekit.cli.common import emit_json, out, warn
+from kimagekit.cli.common import DtStyle, emit_json, out, warn
 from kimagekit.cli.image import ls_lines
 from kimagekit.cli.memory_map import map_lines, write_svg
 from kimagekit.errors import UsageError
@@ -79,8 +79,8 @@ def register(app: typer.Typer) -> None:
         handover_size: str | None = typer.Option(
             None, "--handover-size", metavar="N",
             help="memsz of the hand-over (default: as IMA sizes it)."),
-        handover_style: HandoverStyle = typer.Option(
-            HandoverStyle.IMA, "--handover-style", metavar="[ima|seed]",
+        handover_style: DtStyle = typer.Option(
+            DtStyle.IMA, "--handover-style",
             help="ppc64: how /chosen announces the hand-over. ima: linux,ima-kexec-buffer "
             "(upstream, 4.10 on); seed: linux,kexec-handover-buffer-start/-end (the 2016 "
             "\"kexec hand-over buffer\" series)."),
@@ -135,9 +135,6 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--hole-search and --no-ima-kexec are x86_64 options")
             if ima is not None and handover is not None:
                 raise UsageError("--ima and --handover exclude each other")
-            if handover_style not in (HandoverStyle.SEED, HandoverStyle.IMA):
-                raise UsageError(f"--handover-style {handover_style}: a device tree takes seed "
-                                 "or ima")
             page = _number(page_size, "--page-size") or ppc64_dt.PPC64_PAGE_SIZE
             why = check_page_size(page)
             if why is not None:
@@ -146,7 +143,8 @@ def register(app: typer.Typer) -> None:
             if size is not None and ima is None and handover is None:
                 raise UsageError("--handover-size needs --ima or --handover")
             built = build_ppc64(replace(inputs, handover_size=size),
-                                arch=arch.value, dtb=dtb, handover_style=handover_style,
+                                arch=arch.value, dtb=dtb,
+                                handover_style=HandoverStyle(handover_style.value),
                                 page_size=page)
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")

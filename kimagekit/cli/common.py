@@ -57,3 +57,10 @@ def warn(text: str) -> None:
     """One diagnostic line on stderr: control characters (from file names, from the input)
     escaped, as in error lines."""
     sys.stderr.write(f"kimagekit: {escape(text)}\n")
+
+
+class DtStyle(enum.StrEnum):
+    """How a device tree announces the hand-over (``--style``, ``--handover-style``)."""
+
+    IMA = "ima"
+    SEED = "seed"

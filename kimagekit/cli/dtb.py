@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import enum
 import sys
 from pathlib import Path
 
 import typer
 
 from kimagekit import dtb_file, dts, fdt_values
-from kimagekit.cli.common import emit_json, input_named, out
+from kimagekit.cli.common import DtStyle, emit_json, input_named, out
 from kimagekit.devicetree import TYPES, decode
 from kimagekit.dtb_file import DtbSummary, load_tree
 from kimagekit.errors import UsageError
@@ -27,11 +26,7 @@ OutOpt = typer.Option(..., "-o", "--output", metavar="OUT",
 PackOpt = typer.Option(False, "--pack", help="Drop padding and gaps, as fdtput does.")
 
 
-class Style(enum.StrEnum):
-    """--style's choices."""
-
-    IMA = "ima"
-    SEED = "seed"
+Style = DtStyle
 
 
 _TYPE_HELP = ("s string, i int, u unsigned, x hex (r raw, for get); a prefix b (or hh) for "
@@ -126,7 +121,7 @@ def get(
 @app.command("ls")
 def ls(
     file: Path = DtbArg,
-    node: str = typer.Argument("/", metavar="[NODE]", help="Node path (default: the root)."),
+    node: str = typer.Argument("/", metavar="NODE", help="Node path (default: the root)."),
     props: bool = typer.Option(False, "-p", "--properties",
                                help="List the node's properties, as fdtget -p."),
     as_json: bool = typer.Option(False, "--json", help="Subnodes and properties."),
@@ -152,7 +147,7 @@ def set_(
     node: str = NodeArg,
     prop: str = PropArg,
     values: list[str] | None = typer.Argument(
-        None, metavar="[VALUE]...", help="Values: numbers (0x.. hex, 0.. octal, decimal) or, "
+        None, metavar="VALUE", help="Values: numbers (0x.. hex, 0.. octal, decimal) or, "
         "for strings, one string each; none: an empty property."),
     kind: fdt_values.FdtType | None = typer.Option(
         None, "--type", "-t", parser=fdt_values.parse_type,
@@ -185,7 +180,7 @@ def rm(
     file: Path = DtbArg,
     node: str = NodeArg,
     props: list[str] | None = typer.Argument(
-        None, metavar="[PROP]...", help="Properties to delete; none: remove the node and "
+        None, metavar="PROP", help="Properties to delete; none: remove the node and "
         "everything under it."),
     output: Path = OutOpt,
     pack: bool = PackOpt,
@@ -213,7 +208,7 @@ def handover(
     start: str | None = typer.Option(None, "--start", metavar="ADDR",
                                      help="Buffer address (0x.. or decimal)."),
     size: str | None = typer.Option(None, "--size", metavar="N", help="Buffer size in bytes."),
-    style: Style = typer.Option(Style.IMA, "--style", metavar="[ima|seed]", help=STYLE_HELP),
+    style: Style = typer.Option(Style.IMA, "--style", help=STYLE_HELP),
     remove: bool = typer.Option(False, "--remove",
                                 help="Remove every hand-over and its reservation."),
     output: Path = OutOpt,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from kimagekit.cli.common import emit_json, input_named, out, warn
+from kimagekit.cli.common import DtStyle, emit_json, input_named, out, warn
 from kimagekit.dtb_file import is_tree
 from kimagekit.errors import UnrecognisedFormat, UsageError
 from kimagekit.fileio import read_head
@@ -38,7 +38,7 @@ def register(root: typer.Typer) -> None:
         # the device-tree job's options, for the old `patch-handover DTB` spelling only
         start: str | None = typer.Option(None, "--start", hidden=True),
         size: str | None = typer.Option(None, "--size", hidden=True),
-        style: str | None = typer.Option(None, "--style", hidden=True),
+        style: DtStyle | None = typer.Option(None, "--style", hidden=True),
         remove: bool = typer.Option(False, "--remove", hidden=True),
         pack: bool = typer.Option(False, "--pack", hidden=True),
     ) -> None:
@@ -64,14 +64,12 @@ def register(root: typer.Typer) -> None:
                              "kexec images")
         if output is None:
             raise UsageError("-o/--output is needed for a device tree")
-        if style is not None and style not in ("seed", "ima"):
-            raise UsageError(f"--style {style}: one of ima, seed")
         warn("notice: `patch-handover DTB` is now `kimagekit dtb handover DTB` (whose --style "
              "defaults to ima; this spelling keeps seed)")
         from kimagekit.cli.dtb import handover_tree
 
-        handover_tree(file, start=start, size=size, style=style or "seed", remove=remove,
-                      output=output, pack=pack, as_json=as_json)
+        handover_tree(file, start=start, size=size, style=style.value if style else "seed",
+                      remove=remove, output=output, pack=pack, as_json=as_json)
 
 
 def patch_image(image: Path, *, ima: Path | None, data: Path | None, output: Path | None,
