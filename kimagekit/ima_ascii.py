@@ -16,6 +16,8 @@ from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES, Endian
 from kimagekit.ima_binary import ImaEntry, Releaser, u32_codec
 from kimagekit.ima_fields import field_from_ascii, template_field_ids
 
+__all__ = ["FMT", "MAX_LINE", "parse_ascii", "render", "render_line"]
+
 FMT = "ima-ascii"
 _LINE = re.compile(r"\s*(\d+) (?:([a-z0-9]+):)?([0-9a-fA-F]+) (\S+)(?: (.*))?\Z")
 

@@ -19,6 +19,8 @@ from typing import Any
 from kimagekit import ima_files
 from kimagekit.errors import KimageError, about_file
 
+__all__ = ["Checked", "Outcome", "Pathish", "attempt", "check_with_keys", "run_all"]
+
 Pathish = str | os.PathLike[str]
 
 

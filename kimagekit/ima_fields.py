@@ -23,6 +23,11 @@ from kimagekit.formats.ima import (
     template_field,
 )
 
+__all__ = [
+    "ImaField", "digest_head", "field_from_ascii", "make_field", "shown_parts", "split_fields",
+    "split_pairs", "template_field_ids", "walk_fields",
+]
+
 _UINT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 

@@ -14,6 +14,11 @@ from kimagekit.errors import KimageError, Refused, RuleError, UsageError, about_
 from kimagekit.fileio import atomic_write, reread
 from kimagekit.ima_log import ListFormat, ListReport
 
+__all__ = [
+    "FORMS", "CheckResult", "Form", "Pathish", "Written", "append_file", "check_file",
+    "convert_file", "judge_buffer", "replay_file",
+]
+
 Pathish = str | os.PathLike[str]
 Form = Literal["ascii", "binary", "canonical", "kexec-buffer"]
 FORMS: tuple[Form, ...] = ("ascii", "binary", "canonical", "kexec-buffer")

@@ -28,6 +28,11 @@ from kimagekit.errors import UsageError
 from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES, TPM_DIGEST_SIZE
 from kimagekit.ima_binary import DigestMismatch, ImaEntry, ListFormat, entry_path, hash_factory
 
+__all__ = [
+    "METHODS", "PADDED", "Method", "PcrVerdict", "Record", "Replayed", "Status", "Tables",
+    "check_banks", "judge", "run",
+]
+
 Method = Literal["per-bank", "recomputed"]
 METHODS: tuple[Method, ...] = ("per-bank", "recomputed")
 PADDED = "sha1-padded"

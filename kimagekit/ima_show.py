@@ -19,6 +19,8 @@ from kimagekit.ima_ascii import parse_ascii
 from kimagekit.ima_binary import ImaEntry, ListFormat, scan, template_digest, u32_codec
 from kimagekit.ima_fields import digest_head, shown_parts, split_pairs, template_field_ids
 
+__all__ = ["BLOCK", "Record", "ascii_lines", "json_entries", "records"]
+
 #: Entries per block handed out: large enough that writing costs one call per block.
 BLOCK = 2048
 

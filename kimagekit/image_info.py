@@ -16,6 +16,8 @@ from kimagekit.image import content, open_image, segment_sha256, verify
 from kimagekit.ppc_fdt import chosen_items
 from kimagekit.segments import Role
 
+__all__ = ["HandoverSummary", "ImageSummary", "SegmentSummary", "describe", "is_image"]
+
 
 @dataclass(frozen=True)
 class SegmentSummary:

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 
 from kimagekit.errors import UsageError
 
+__all__ = ["BOUNDS", "DEFAULT_BOUND", "FIFO_WAIT", "INT_MAX", "bound_for", "open_input", "too_big"]
+
 INT_MAX = 2**31 - 1
 # Bytes read from a pipe, FIFO or stdin at most, by option. Files are mapped, never read whole.
 BOUNDS = {
