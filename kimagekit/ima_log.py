@@ -24,6 +24,7 @@ from kimagekit.ima_binary import (
     FMT,
     TEMPLATE_NAME_OK,
     DigestMismatch,
+    FileDigest,
     ImaEntry,
     ImaField,
     Kind,
@@ -44,10 +45,11 @@ from kimagekit.ima_kexec import restore
 from kimagekit.ima_replay import Method
 
 __all__ = [
-    "BANKS", "BANK_BY_SIZE", "DIGEST_SIZES", "DigestMismatch", "Endian", "ImaEntry", "ImaField",
-    "Kind", "ListFormat", "ListReport", "ListSummary", "ParseError", "analyse", "detect",
-    "detect_or_raise", "encode_entry", "encode_list", "extend", "iter_entries", "open_list",
-    "read_entries", "reencode_template_data", "replay", "scan", "summarize", "template_digest",
+    "BANKS", "BANK_BY_SIZE", "DIGEST_SIZES", "DigestMismatch", "Endian", "FileDigest", "ImaEntry",
+    "ImaField", "Kind", "ListFormat", "ListReport", "ListSummary", "ParseError", "analyse",
+    "detect", "detect_or_raise", "encode_entry", "encode_list", "extend", "iter_entries",
+    "open_list", "read_entries", "reencode_template_data", "replay", "scan", "summarize",
+    "template_digest",
 ]
 
 

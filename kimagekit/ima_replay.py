@@ -26,6 +26,7 @@ from typing import Literal
 
 from kimagekit.errors import UsageError
 from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES, TPM_DIGEST_SIZE
+from kimagekit.hexrepr import hex_repr
 from kimagekit.ima_binary import DigestMismatch, ImaEntry, ListFormat, entry_path, hash_factory
 
 __all__ = [
@@ -165,6 +166,9 @@ class PcrVerdict:
     method: str | None
     reached_at: int | None
     last_entry: int | None
+
+    def __repr__(self) -> str:
+        return hex_repr(self)
 
 
 def judge(expected: Mapping[str, Mapping[int, bytes]], r: Replayed,
