@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from kimagekit import ima_batch, ima_files, ima_log, ima_replay, ima_show, pcrs
+from kimagekit import ima_batch, ima_binary, ima_files, ima_log, ima_replay, ima_show, pcrs
 from kimagekit.cli.common import emit_json, emit_line, input_named, jsonable, out, warn
 from kimagekit.cli.ima_summary import render_summary
 from kimagekit.errors import UsageError, escape
@@ -35,6 +35,7 @@ def _entry_json(e: ImaEntry) -> dict[str, Any]:
         "template_name": e.template_name,
         "violation": e.is_violation,
         "digest_ok": ok,
+        "path": ima_binary.entry_path(e),
         "fields": [
             {"id": f.id, "length": len(f.data), "data": f.data.hex(), "shown": f.shown,
              **({"algo": f.algo} if f.algo else {}),
@@ -54,35 +55,60 @@ def show(
     file: Path = ListArg,
     ascii_: bool = typer.Option(False, "--ascii", help="Exactly the kernel's ASCII list."),
     as_json: bool = typer.Option(False, "--json", help="Every entry, field by field, as JSON."),
+    path_prefix: str | None = typer.Option(
+        None, "--path-prefix", metavar="PREFIX", show_default=False,
+        help="Only entries whose file name (n/n-ng field) starts with PREFIX."),
+    template: str | None = typer.Option(
+        None, "--template", metavar="NAME", show_default=False,
+        help="Only entries of this template (ima-ng, ima-sig, ima-buf, d-ng|n-ng, ...)."),
+    pcr: int | None = typer.Option(None, "--pcr", metavar="N", min=0, max=63,
+                                   show_default=False, help="Only entries extending PCR N."),
+    index: str | None = typer.Option(
+        None, "--index", metavar="A:B", show_default=False,
+        help="Only entries A to B-1: 0-based, B excluded; A: or :B leave a side open."),
+    violations: bool = typer.Option(False, "--violations",
+                                    help="Only violations (all-zero template digest)."),
 ) -> None:
-    """Decode every entry field by field, checking each template digest."""
+    """Decode every entry field by field, checking each template digest. The filters combine:
+    an entry is shown when it passes every one given.
+
+    Example: kimagekit ima show LIST --path-prefix /usr/bin/ --template ima-sig --index 0:100
+    """
     if ascii_ and as_json:
         raise UsageError("--ascii and --json exclude each other")
+    start, stop = ima_show.parse_index(index) if index is not None else (0, None)
+    sel = ima_show.Selection(path_prefix, template, pcr, start, stop, violations)
     with input_named(file), ima_log.open_list(file) as (fmt, view):
+        recs = ima_show.select(ima_show.records(view, fmt), sel, fmt.endian)
         if ascii_:
-            for block in ima_show.ascii_lines(ima_show.records(view, fmt), fmt.endian):
+            for block in ima_show.ascii_lines(recs, fmt.endian):
                 sys.stdout.write(block)
             return
         if as_json:
             # streamed, so a huge list never sits in memory as one document
             sys.stdout.write('{"file": ' + json.dumps(str(file)) + ', "format": '
                              + json.dumps(_format_json(fmt)) + ', "entries": [')
-            for block in ima_show.json_entries(ima_show.records(view, fmt), fmt.endian):
+            for block in ima_show.json_entries(recs, fmt.endian):
                 sys.stdout.write(block)
             sys.stdout.write("\n]}\n")
             return
-        entries = ima_log.iter_entries(view, fmt)
         out(f"{file}: {fmt.kind} list, {'little' if fmt.endian == '<' else 'big'}-endian, "
             f"{fmt.bank} template digests")
-        for e in entries:
+        shown = 0
+        for index_, offset, pcr_, digest, name, data, _base in recs:
+            e = ImaEntry(pcr_, digest, name, data, fmt.endian, index_, offset)
             d = _entry_json(e)
             status = ("violation" if e.is_violation else
                       "digest ok" if d["digest_ok"] else
-                      "no check" if d["digest_ok"] is None else "DIGEST MISMATCH")
+                      "no check" if d["digest_ok"] is None else
+                      f"DIGEST MISMATCH: {d['path'] or 'no file name'}")
             out(f"#{e.index} @{e.offset:#x} pcr {e.pcr} {e.template_name} "
                 f"{e.template_digest.hex()} [{status}]")
             for f in d["fields"]:
                 out(f"    {f['id']:<12} {f['shown']}")
+            shown += 1
+        if sel.active:
+            out(f"{shown} entr{'y' if shown == 1 else 'ies'} selected")
 
 
 MoreArg = typer.Argument(None, metavar="FILE", show_default=False,
