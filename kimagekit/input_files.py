@@ -27,6 +27,7 @@ BOUNDS = {
     "--purgatory": 16 << 20,  # the kernel's purgatories are tens of KiB
     "--data": 256 << 20,      # hand-over contents: far beyond any IMA list a kexec buffer holds
     "--handover": 256 << 20,
+    "--policy": 256 << 20,    # a keylime runtime policy of a whole distribution is tens of MiB
 }
 DEFAULT_BOUND = INT_MAX  # kexec_file_load (6.1) reads a kernel or initrd of at most INT_MAX bytes
 FIFO_WAIT = 3.0          # seconds; KIMAGEKIT_FIFO_WAIT overrides

@@ -124,13 +124,27 @@ def check(
     as_json: bool = typer.Option(False, "--json"),
     key: list[Path] = typer.Option([], "--key", help="X.509 certificate (PEM or DER) to check "
                                    "file signatures with, as evmctl's --key; repeatable."),
+    policy: Path | None = typer.Option(
+        None, "--policy", metavar="FILE", show_default=False,
+        help="A keylime runtime policy (JSON, as keylime-policy create runtime writes it): "
+        "each entry allowed, excluded, not in policy, digest not allowed, ... as keylime "
+        "judges it."),
     jobs: int = JobsOpt,
     jsonl: bool = JsonlOpt,
 ) -> None:
     """Recompute every template digest (never trusting the stored one); for a kexec buffer also
-    apply the next kernel's restore rules; with --key check each entry's file signature. Exit 1
-    on any mismatch or refusal (or a signature invalid or by an unknown key)."""
-    fn = partial(ima_batch.check_with_keys, keys=tuple(key))
+    apply the next kernel's restore rules; with --key check each entry's file signature; with
+    --policy judge each entry by a keylime runtime policy. Exit 1 on any mismatch or refusal (or
+    a signature invalid or by an unknown key, or an entry the policy does not allow).
+
+    Example: kimagekit ima check ascii_runtime_measurements --policy runtime-policy.json
+    """
+    rules = None
+    if policy is not None:
+        from kimagekit import keylime_policy
+        with input_named(policy):
+            rules = keylime_policy.load_policy(policy)
+    fn = partial(ima_batch.check_with_keys, keys=tuple(key), policy=rules)
     run_files([file, *(more or [])], fn, _check_view, as_json, jsonl, jobs)
 
 
@@ -140,11 +154,13 @@ def _check_view(file: Path, checked: ima_batch.Checked) -> tuple[dict[str, Any],
     fmt, report, restore_error = res.fmt, res.report, res.restore_error
     if sigs is not None:
         from kimagekit.cli.ima_sig import sig_failed, sig_lines
-    ok = res.ok and not (sigs and sig_failed(sigs))
+    judged = checked.policy
+    ok = res.ok and not (sigs and sig_failed(sigs)) and (judged is None or judged.ok)
     obj = {"file": str(file), "format": _format_json(fmt), "entries": report.entries,
            "violations": report.violations, "mismatches": report.mismatches,
            "restore_error": restore_error, "ok": ok,
-           **({"signatures": sigs} if sigs is not None else {})}
+           **({"signatures": sigs} if sigs is not None else {}),
+           **({"policy": _policy_json(judged)} if judged is not None else {})}
     lines = []
     for m in report.mismatches:
         lines.append(f"entry {m.index} ({m.path or 'no file name'}) at offset {m.offset:#x} "
@@ -153,10 +169,37 @@ def _check_view(file: Path, checked: ima_batch.Checked) -> tuple[dict[str, Any],
     if restore_error:
         lines.append(f"the next kernel would refuse this buffer: {restore_error}")
     lines += sig_lines(sigs) if sigs is not None else []
+    lines += _policy_lines(judged) if judged is not None else []
     verdict = "OK" if ok else "FAILED"
     lines.append(f"{verdict}: {report.entries} entries, {report.violations} violations, "
                  f"{len(report.mismatches)} template digest mismatches ({fmt.bank})")
     return obj, lines, ok
+
+
+def _policy_json(judged: Any) -> dict[str, Any]:
+    return {"entries": [{"index": v.index, "offset": v.offset, "pcr": v.pcr,
+                         "template_name": v.template_name, "path": v.path, "digest": v.digest,
+                         "status": v.status, "pcr_ok": v.pcr_ok, "ok": v.ok}
+                        for v in judged.verdicts],
+            "counts": judged.counts, "failed": judged.failed, "problems": list(judged.problems),
+            "notes": list(judged.notes), "ok": judged.ok}
+
+
+def _policy_lines(judged: Any) -> list[str]:
+    """One line per entry, then the counts: what keylime's verifier would say of each."""
+    lines = []
+    for v in judged.verdicts:
+        status = v.status if v.ok or v.status in ("allowed", "excluded", "ignored keyring") \
+            else v.status.upper()
+        pcr = "" if v.pcr_ok else f"; PCR {v.pcr}, NOT 10"
+        lines.append(f"entry {v.index} ({v.template_name}) {v.path or 'no file name'} "
+                     f"{v.digest or '-'}: {status}{pcr}")
+    lines += [f"note: {n}" for n in judged.notes]
+    lines += [f"POLICY: {p}" for p in judged.problems]
+    counts = ", ".join(f"{n} {s}" for s, n in judged.counts.items())
+    lines.append(f"policy: {len(judged.verdicts)} entries: {counts or 'none'}; "
+                 f"{judged.failed} fail")
+    return lines
 
 
 View = Callable[[Path, Any], tuple[dict[str, Any], list[str], bool]]
