@@ -51,21 +51,21 @@ def check_file(path: Pathish) -> CheckResult:
 
 def replay_file(path: Pathish, banks: Sequence[str], method: ima_replay.Method = "per-bank",
                 expected: Mapping[str, Mapping[int, bytes]] | None = None,
-                legacy: bool | None = True) -> ListReport:
+                legacy: bool | None = True, trace: bool = False) -> ListReport:
     """``ima replay`` of one file: every template digest rechecked, ``banks`` replayed (with the
     pre-5.8 ``sha1-padded`` replay beside), and where each ``expected`` value is reached.
 
     ``legacy=None``: the ``sha1-padded`` replay only when :func:`ima_replay.judge` would look at
     it (an expected value of another bank that the replay does not end on), by a second pass;
     otherwise ``padded`` stays empty and every verdict is the same. One hash less per entry
-    and bank in the usual case."""
+    and bank in the usual case. ``trace``: keep every entry's PCR values."""
     with input_named(path), ima_log.open_list(path) as (fmt, view):
         want = expected or {}
         report = ima_log.analyse(view, fmt, banks=banks, method=method, expected=want,
-                                 legacy=bool(legacy))
+                                 legacy=bool(legacy), trace=trace)
         if legacy is None and _padded_needed(want, report):
             report = ima_log.analyse(view, fmt, banks=banks, method=method, expected=want,
-                                     legacy=True)
+                                     legacy=True, trace=trace)
         return report
 
 

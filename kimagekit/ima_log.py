@@ -202,12 +202,13 @@ def read_entries(path: str | os.PathLike[str]) -> list[ImaEntry]:
 def analyse(entries_or_buf: bytes | memoryview | Iterable[ImaEntry], fmt: ListFormat | None = None,
             *, banks: Sequence[str] = (), check: bool = True, method: Method = "recomputed",
             expected: Mapping[str, Mapping[int, bytes]] | None = None,
-            legacy: bool = False) -> ListReport:
+            legacy: bool = False, trace: bool = False) -> ListReport:
     """One pass: recheck every template digest against the stored one (``check``), count
     violations and templates, and replay ``banks`` (``method``: see :mod:`kimagekit.ima_replay`;
     ``ima replay`` and ``inspect`` use ``per-bank``, the library keeps ``recomputed`` as its
     default for its callers), noting where each ``expected`` value is reached; ``legacy`` adds
-    the ``sha1-padded`` replay of the non-SHA-1 banks (``ListReport.padded``)."""
+    the ``sha1-padded`` replay of the non-SHA-1 banks (``ListReport.padded``); ``trace`` keeps
+    every entry's PCR values (``ListReport.replayed.trace``)."""
     if isinstance(entries_or_buf, bytes | memoryview):
         buf = entries_or_buf
         if fmt is None:
@@ -218,7 +219,7 @@ def analyse(entries_or_buf: bytes | memoryview | Iterable[ImaEntry], fmt: ListFo
         fmt = fmt or ListFormat("binary")
         records = _entry_records(entries_or_buf)
     r = ima_replay.run(records, fmt, banks, check=check, method=method, expected=expected,
-                       legacy=legacy)
+                       legacy=legacy, trace=trace)
     return ListReport(fmt, r.entries, r.violations, r.templates, r.mismatches, r.pcrs, r.padded,
                       method, r)
 

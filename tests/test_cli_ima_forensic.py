@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from ima_helpers import IMA_DIR
+from ima_helpers import IMA_DIR, make_ima
 
 from kimagekit.cli import main
 
@@ -104,3 +105,50 @@ def test_mismatch_names_the_path(capsys: pytest.CaptureFixture[str], tmp_path: P
     out = shown(capsys, bad, "--json", "--index", "2:3")
     (e,) = json.loads(out)["entries"]
     assert (e["digest_ok"], e["path"]) == (False, "/Bin/sh")
+
+
+def _ext(bank: str, pcr: bytes, digest: bytes) -> bytes:
+    return hashlib.new(bank, pcr + digest).digest()
+
+
+def test_replay_trace_finds_where_the_quote_was_reached(capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path) -> None:
+    fields = [[make_ima.d_ng("sha256", bytes([i]) * 32), make_ima.n_ng(f"/f{i}")]
+              for i in range(3)]
+    raw = b"".join(make_ima.entry(10, "ima-ng", f, "<", "sha1") for f in fields)
+    lst = tmp_path / "l.bin"
+    lst.write_bytes(raw)
+    # independently: sha1 extends the stored digests, sha256 the recomputed template hash
+    s1, s256 = bytes(20), bytes(32)
+    want1, want256 = [], []
+    for f in fields:
+        s1 = _ext("sha1", s1, make_ima.tdigest("ima-ng", f, "<", "sha1"))
+        s256 = _ext("sha256", s256, make_ima.tdigest("ima-ng", f, "<", "sha256"))
+        want1.append(s1.hex())
+        want256.append(s256.hex())
+    code, out, err = run(capsys, "ima", "replay", lst, "--bank", "sha1", "--bank", "sha256",
+                         "--trace", "--expect", f"10:sha1={want1[1]}", "--prefix")
+    assert (code, err) == (0, "")
+    assert out == (
+        f"entry 0 (ima-ng /f0): sha1 PCR-10 {want1[0]}\n"
+        f"entry 0 (ima-ng /f0): sha256 PCR-10 {want256[0]}\n"
+        f"entry 1 (ima-ng /f1): sha1 PCR-10 {want1[1]} = quote\n"
+        f"entry 1 (ima-ng /f1): sha256 PCR-10 {want256[1]}\n"
+        f"entry 2 (ima-ng /f2): sha1 PCR-10 {want1[2]}\n"
+        f"entry 2 (ima-ng /f2): sha256 PCR-10 {want256[2]}\n"
+        f"sha1 PCR-10: {want1[2]}\n"
+        f"sha256 PCR-10: {want256[2]}\n"
+        "sha1 PCR-10: matches the quote after entry 1; entries up to 2 extend it further: the "
+        "list grew after the quote, accepted (--prefix) (stored template digests)\n"
+        "OK: chain matches the quote, 1 expected PCR value reproduced\n")
+    code, out, _ = run(capsys, "ima", "replay", lst, "--bank", "sha256", "--trace", "--json",
+                       "--expect", f"10:sha256={want256[2]}")
+    doc = json.loads(out)
+    assert code == 0
+    assert doc["trace"] == [
+        {"index": i, "offset": i * len(raw) // 3, "pcr": 10, "template_name": "ima-ng",
+         "path": f"/f{i}", "values": {"sha256": want256[i]},
+         "quoted": ["sha256"] if i == 2 else []} for i in range(3)]
+    # without --trace, no trace member
+    _, out, _ = run(capsys, "ima", "replay", lst, "--json")
+    assert "trace" not in json.loads(out)

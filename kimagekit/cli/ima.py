@@ -263,12 +263,18 @@ def replay(
                                     "recomputed template hash, even where the list stores it."),
     prefix: bool = typer.Option(False, "--prefix", help="Accept a quote that a prefix of the "
                                 "list reaches (the list grew after the quote)."),
+    trace: bool = typer.Option(False, "--trace", help="Also the PCR value after each entry, in "
+                               "every bank replayed (--bank), marking where a quoted value is "
+                               "reached."),
     as_json: bool = typer.Option(False, "--json"),
     jobs: int = JobsOpt,
     jsonl: bool = JsonlOpt,
 ) -> None:
     """Replay the list into PCR values (stored digests in the list's own bank), recheck every
-    template digest, and compare with the expected (quoted) values."""
+    template digest, and compare with the expected (quoted) values.
+
+    Example: kimagekit ima replay LIST --bank sha256 --expect 10:sha256=HEX --trace
+    """
     expected: pcrs.Expected = {}
     for spec in expect:
         b, pcr, value = pcrs.parse_expect(spec)
@@ -284,7 +290,7 @@ def replay(
     method: ima_replay.Method = "recomputed" if recomputed else "per-bank"
     # the text report never shows the sha1-padded tables: replay them only when a verdict needs
     fn = partial(ima_files.replay_file, banks=banks, method=method, expected=expected,
-                 legacy=True if as_json or jsonl else None)
+                 legacy=True if as_json or jsonl else None, trace=trace)
     view = partial(_replay_view, banks=banks, method=method, expected=expected, prefix=prefix)
     run_files([file, *(more or [])], fn, view, as_json, jsonl, jobs)
 
@@ -307,6 +313,15 @@ def _replay_view(file: Path, report: ima_log.ListReport, *, banks: list[str],
                            "replayed": (v.replayed or b"").hex()} for v in differ],
            "altered": jsonable(altered), "chain_matches": chain, "ok": ok}
     lines = []
+    steps = report.replayed.trace
+    if steps is not None:
+        obj["trace"] = [{"index": t.index, "offset": t.offset, "pcr": t.pcr,
+                         "template_name": t.template_name, "path": t.path,
+                         "values": {b: v.hex() for b, v in t.values.items()},
+                         "quoted": [b for b, v in t.values.items()
+                                    if expected.get(b, {}).get(t.pcr) == v]}
+                        for t in steps]
+        lines += _trace_lines(steps, expected)
     for b in banks:
         for p, v in sorted(report.pcrs[b].items()):
             lines.append(f"{b} PCR-{p:02d}: {v.hex()}")
@@ -318,6 +333,18 @@ def _replay_view(file: Path, report: ima_log.ListReport, *, banks: list[str],
     if summary:
         lines.append(summary)
     return obj, lines, ok
+
+
+def _trace_lines(steps: tuple[ima_replay.TraceStep, ...], expected: pcrs.Expected) -> list[str]:
+    """One line per entry and bank: the PCR's value after that entry; ``= quote`` where it
+    equals the expected value of that PCR and bank."""
+    lines = []
+    for t in steps:
+        name = f"{t.template_name} {t.path}" if t.path is not None else t.template_name
+        for b, v in t.values.items():
+            mark = " = quote" if expected.get(b, {}).get(t.pcr) == v else ""
+            lines.append(f"entry {t.index} ({name}): {b} PCR-{t.pcr:02d} {v.hex()}{mark}")
+    return lines
 
 
 def _tables(t: dict[str, dict[int, bytes]]) -> dict[str, dict[str, str]]:
