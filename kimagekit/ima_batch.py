@@ -70,11 +70,12 @@ class Checked:
         return self.result.ok and (self.policy is None or self.policy.ok)
 
 
-def check_with_keys(path: Pathish, keys: Sequence[Pathish] = (), policy: Any = None) -> Checked:
+def check_with_keys(path: Pathish, keys: Sequence[Pathish] = (), policy: Any = None,
+                    progress: Callable[[int], None] | None = None) -> Checked:
     """:func:`~kimagekit.ima_files.check_file`, and with ``keys`` each entry's file signature
     checked as evmctl does; with ``policy`` (a
     :class:`~kimagekit.keylime_policy.RuntimePolicy`) each entry judged as keylime does."""
-    res = ima_files.check_file(path)
+    res = ima_files.check_file(path, progress)
     sigs = None
     if keys:
         # the X.509/PKCS#7 stack only when signatures are asked for

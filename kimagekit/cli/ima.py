@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import typer
 from kimagekit import ima_batch, ima_binary, ima_files, ima_log, ima_replay, ima_show, pcrs
 from kimagekit.cli.common import emit_json, emit_line, input_named, jsonable, out, warn
 from kimagekit.cli.ima_summary import render_summary
+from kimagekit.cli.progress import Progress, ticking
 from kimagekit.errors import UsageError, escape
 from kimagekit.ima_log import ImaEntry, ListFormat
 
@@ -78,8 +82,13 @@ def show(
         raise UsageError("--ascii and --json exclude each other")
     start, stop = ima_show.parse_index(index) if index is not None else (0, None)
     sel = ima_show.Selection(path_prefix, template, pcr, start, stop, violations)
-    with input_named(file), ima_log.open_list(file) as (fmt, view):
-        recs = ima_show.select(ima_show.records(view, fmt), sel, fmt.endian)
+    # a bar only while stdout is not the terminal it would be drawn among
+    bar = Progress(f"reading {file}", _size(file)) if not sys.stdout.isatty() else None
+    with input_named(file), ima_log.open_list(file) as (fmt, view), bar or nullcontext():
+        recs = ima_show.records(view, fmt)
+        if bar is not None:
+            recs = ticking(recs, bar, lambda rec: rec[1])
+        recs = ima_show.select(recs, sel, fmt.endian)
         if ascii_:
             for block in ima_show.ascii_lines(recs, fmt.endian):
                 sys.stdout.write(block)
@@ -205,7 +214,16 @@ def _policy_lines(judged: Any) -> list[str]:
 View = Callable[[Path, Any], tuple[dict[str, Any], list[str], bool]]
 
 
-def run_files(files: list[Path], fn: Callable[[ima_batch.Pathish], Any], view: View, as_json: bool,
+def _size(path: Path) -> int | None:
+    """A regular file's size, for a bar; None (a spinner) for a pipe or stdin."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def run_files(files: list[Path], fn: Callable[..., Any], view: View, as_json: bool,
               jsonl: bool, jobs: int) -> None:
     """Run ``fn`` on each file (on ``jobs`` processes) and report each in order. One file
     reports as it always has; several: text lines prefixed with the file name, ``--json`` a list
@@ -217,7 +235,9 @@ def run_files(files: list[Path], fn: Callable[[ima_batch.Pathish], Any], view: V
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: give at least 1")
     if len(files) == 1 and not jsonl:
-        single, text, ok = view(files[0], fn(files[0]))
+        with Progress(f"reading {files[0]}", _size(files[0])) as one:
+            value = fn(files[0], progress=one.callback)
+        single, text, ok = view(files[0], value)
         if as_json:
             emit_json(single)
         for line in [] if as_json else text:
@@ -228,22 +248,27 @@ def run_files(files: list[Path], fn: Callable[[ima_batch.Pathish], Any], view: V
     worst, objs = 0, []
     obj: dict[str, Any]
     lines: list[str]
-    for o in ima_batch.run_all(fn, files, jobs):
-        if o.error is not None:
-            worst = max(worst, o.error.exit_code)
-            sys.stderr.write(f"kimagekit: error: {escape(o.file)}: {o.error}\n")
-            obj = {"file": o.file, "error": str(o.error), "exit_code": o.error.exit_code}
-            lines = []
-        else:
-            obj, lines, ok = view(Path(o.file), o.value)
-            worst = max(worst, 0 if ok else 1)
-        if jsonl:
-            emit_line(obj)
-        elif as_json:
-            objs.append(obj)
-        else:
-            for line in lines:
-                out(f"{escape(o.file)}: {line}")
+    # a bar over the files while stdout (the results, as they come) is not the terminal
+    many = Progress(f"{len(files)} lists", len(files)) if not sys.stdout.isatty() else None
+    with many or nullcontext():
+        for n, o in enumerate(ima_batch.run_all(fn, files, jobs), 1):
+            if many is not None:
+                many.update(n)
+            if o.error is not None:
+                worst = max(worst, o.error.exit_code)
+                sys.stderr.write(f"kimagekit: error: {escape(o.file)}: {o.error}\n")
+                obj = {"file": o.file, "error": str(o.error), "exit_code": o.error.exit_code}
+                lines = []
+            else:
+                obj, lines, ok = view(Path(o.file), o.value)
+                worst = max(worst, 0 if ok else 1)
+            if jsonl:
+                emit_line(obj)
+            elif as_json:
+                objs.append(obj)
+            else:
+                for line in lines:
+                    out(f"{escape(o.file)}: {line}")
     if as_json:
         emit_json(objs)
     if worst:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from kimagekit.cli.common import emit_json, input_named, out
+from kimagekit.cli.progress import Progress
 from kimagekit.handover import verify_image
 from kimagekit.image import ImageInfo, extract, open_image
 from kimagekit.image_info import HandoverSummary, ImageSummary
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Recompute the digest as the purgatory will at reboot, and read the hand-over as the
         next kernel will: exit 0 if both hold."""
-        with input_named(image):
+        with input_named(image), Progress(f"verifying {image}"):
             res = verify_image(image)
         if res.ok:
             out(f"ok {res.digest.digest.hex()}")

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from kimagekit.cli.common import emit_json, input_named, out
+from kimagekit.cli.progress import Progress
 from kimagekit.detect import inspect
 
 # format -> (CLI module, renderer): only the renderer of the format found is imported
@@ -42,7 +43,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Detect FILE's format from its content and describe it; exit 1 when the description
         reports damage."""
-        with input_named(file):
+        # a kernel is decompressed, an image hashed: a spinner if that takes over a second
+        with input_named(file), Progress(f"inspecting {file}"):
             found = inspect(file)
         if as_json:
             emit_json(found)
