@@ -178,6 +178,8 @@ class EntryVerdict:
     digest: str | None  # the measured digest as the ASCII list shows it (``sha256:hex``)
     status: Status
     pcr_ok: bool
+    #: An ``ima-sig`` entry carrying a signature (keylime tries it before the digests).
+    signed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -223,12 +225,15 @@ def judge_entry(e: ImaEntry, policy: RuntimePolicy, altered: bool = False,
             return _verdict(e, path, digest, _lookup(policy, policy.keyrings, path, fd.hex),
                             pcr_ok)
         return _verdict(e, path, digest, _lookup(policy, policy.ima_buf, path, fd.hex), pcr_ok)
-    return _verdict(e, path, digest, _lookup(policy, policy.digests, path, fd.hex), pcr_ok)
+    signed = name == "ima-sig" and any(f.id == "sig" and f.data for f in fields)
+    return _verdict(e, path, digest, _lookup(policy, policy.digests, path, fd.hex), pcr_ok,
+                    signed)
 
 
 def _verdict(e: ImaEntry, path: str | None, digest: str | None, status: Status,
-             pcr_ok: bool) -> EntryVerdict:
-    return EntryVerdict(e.index, e.offset, e.pcr, e.template_name, path, digest, status, pcr_ok)
+             pcr_ok: bool, signed: bool = False) -> EntryVerdict:
+    return EntryVerdict(e.index, e.offset, e.pcr, e.template_name, path, digest, status, pcr_ok,
+                        signed)
 
 
 def _lookup(policy: RuntimePolicy, table: Mapping[str, frozenset[str]], path: str,
@@ -302,11 +307,13 @@ def judge_entries(entries: Iterable[ImaEntry], policy: RuntimePolicy,
                         f"template digests are {bank}: keylime recomputes them in "
                         f"{policy.log_hash_alg} and finds every one wrong")
     notes = []
-    signed = sum(1 for v in verdicts if v.template_name == "ima-sig")
-    if signed and (policy.verification_keys or counts["allowed"] < len(verdicts)):
-        notes.append(f"{signed} ima-sig entries judged by digest only: keylime would also "
-                     "accept a valid signature by a key of its keyrings (verification-keys, keys "
-                     "measured into .ima), which kimagekit does not take")
+    by_sig = sum(1 for v in verdicts if v.signed and v.status in ("not in policy",
+                                                                  "digest not allowed"))
+    if by_sig:
+        notes.append(f"{by_sig} signed ima-sig entr{'y' if by_sig == 1 else 'ies'} failed by "
+                     "digest: keylime accepts such an entry when its signature verifies with a "
+                     "key of its keyrings (verification-keys, keys measured into .ima), which "
+                     "kimagekit does not take")
     return PolicyReport(verdicts, {**{s: counts[s] for s in (*PASSING, *FAILING) if counts[s]},
                                    **({"wrong pcr": wrong_pcr} if wrong_pcr else {})},
                         tuple(problems), tuple(notes))

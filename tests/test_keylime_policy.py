@@ -152,9 +152,6 @@ def test_the_cli_reports_each_entry_and_a_summary(capsys: pytest.CaptureFixture[
         "entry 6 (ima-ng) /var/log/violated sha256:0000000000000000000000000000000000000000: VIOLATION\n"  # noqa: E501
         "entry 7 (d-ng|n-ng) /custom/list sha1:11f6ad8ec52a2984abaafd7c3b516503785c2072: UNSUPPORTED TEMPLATE\n"  # noqa: E501
         "entry 8 (ima) /sbin/old c00dbbc9dadfbe1e232e93a729dd4752fade0abf: NOT IN POLICY\n"
-        "note: 2 ima-sig entries judged by digest only: keylime would also accept a valid "
-        "signature by a key of its keyrings (verification-keys, keys measured into .ima), "
-        "which kimagekit does not take\n"
         "policy: 9 entries: 2 allowed, 1 excluded, 1 not in policy, 1 digest not allowed, "
         "1 violation, 3 unsupported template, 1 wrong pcr; 6 fail\n"
         "FAILED: 9 entries, 1 violations, 0 template digest mismatches (sha1)\n")
@@ -164,10 +161,29 @@ def test_the_cli_reports_each_entry_and_a_summary(capsys: pytest.CaptureFixture[
     assert doc["policy"]["entries"][2] == {
         "index": 2, "offset": 0xD7, "pcr": 10, "template_name": "ima-sig", "path": "/bin/sh",
         "digest": "sha256:89c4ec9f6b3f1086b158d8ef03dfe8155e6f79d9e66434b8f9b3432fe8720e50",
-        "status": "digest not allowed", "pcr_ok": True, "ok": False}
+        "status": "digest not allowed", "pcr_ok": True, "signed": False, "ok": False}
     assert doc["policy"]["counts"] == {
         "allowed": 2, "excluded": 1, "not in policy": 1, "digest not allowed": 1, "violation": 1,
         "unsupported template": 3, "wrong pcr": 1}
+
+
+def test_a_signed_entry_failed_by_digest_gets_a_note(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    sig = b"\x03\x02\x04\xaa\xbb\xcc\xdd\x00\x04" + b"\x11" * 4
+    raw = (ng("/a", D[1], template="ima-sig", extra=(sig,))
+           + ng("/b", D[2], template="ima-sig", extra=(sig,)))
+    lst = tmp_path / "l.bin"
+    lst.write_bytes(raw)
+    pol = tmp_path / "p.json"
+    pol.write_text(json.dumps(policy(digests={"/a": [D[1].hex()]})))
+    assert main(["ima", "check", str(lst), "--policy", str(pol)]) == 1
+    assert capsys.readouterr().out.splitlines()[-4:] == [
+        f"entry 1 (ima-sig) /b sha256:{D[2].hex()}: NOT IN POLICY",
+        "note: 1 signed ima-sig entry failed by digest: keylime accepts such an entry when its "
+        "signature verifies with a key of its keyrings (verification-keys, keys measured into "
+        ".ima), which kimagekit does not take",
+        "policy: 2 entries: 1 allowed, 1 not in policy; 1 fail",
+        "FAILED: 2 entries, 0 violations, 0 template digest mismatches (sha1)"]
 
 
 def test_a_policy_that_allows_everything_passes(capsys: pytest.CaptureFixture[str],

@@ -188,7 +188,8 @@ def _check_view(file: Path, checked: ima_batch.Checked) -> tuple[dict[str, Any],
 def _policy_json(judged: Any) -> dict[str, Any]:
     return {"entries": [{"index": v.index, "offset": v.offset, "pcr": v.pcr,
                          "template_name": v.template_name, "path": v.path, "digest": v.digest,
-                         "status": v.status, "pcr_ok": v.pcr_ok, "ok": v.ok}
+                         "status": v.status, "pcr_ok": v.pcr_ok, "signed": v.signed,
+                         "ok": v.ok}
                         for v in judged.verdicts],
             "counts": judged.counts, "failed": judged.failed, "problems": list(judged.problems),
             "notes": list(judged.notes), "ok": judged.ok}
