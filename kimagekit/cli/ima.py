@@ -76,7 +76,7 @@ def show(
     """Decode every entry field by field, checking each template digest. The filters combine:
     an entry is shown when it passes every one given.
 
-    Example: kimagekit ima show LIST --path-prefix /usr/bin/ --template ima-sig --index 0:100
+    Example: kimagekit ima show LIST --path-prefix /usr/bin/ --index 0:100
     """
     if ascii_ and as_json:
         raise UsageError("--ascii and --json exclude each other")
@@ -146,7 +146,7 @@ def check(
     --policy judge each entry by a keylime runtime policy. Exit 1 on any mismatch or refusal (or
     a signature invalid or by an unknown key, or an entry the policy does not allow).
 
-    Example: kimagekit ima check ascii_runtime_measurements --policy runtime-policy.json
+    Example: kimagekit ima check LIST --policy runtime-policy.json
     """
     rules = None
     if policy is not None:
@@ -299,7 +299,7 @@ def replay(
     """Replay the list into PCR values (stored digests in the list's own bank), recheck every
     template digest, and compare with the expected (quoted) values.
 
-    Example: kimagekit ima replay LIST --bank sha256 --expect 10:sha256=HEX --trace
+    Example: kimagekit ima replay LIST --expect 10:sha256=HEX --trace
     """
     expected: pcrs.Expected = {}
     for spec in expect:
