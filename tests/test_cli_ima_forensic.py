@@ -152,3 +152,22 @@ def test_replay_trace_finds_where_the_quote_was_reached(capsys: pytest.CaptureFi
     # without --trace, no trace member
     _, out, _ = run(capsys, "ima", "replay", lst, "--json")
     assert "trace" not in json.loads(out)
+
+
+@pytest.mark.parametrize(("command", "example", "options"), [
+    ("show", "kimagekit ima show LIST --path-prefix /usr/bin/ --index 0:100",
+     ["--path-prefix", "--template", "--pcr", "--index", "--violations"]),
+    ("check", "kimagekit ima check LIST --policy runtime-policy.json", ["--policy"]),
+    ("replay", "kimagekit ima replay LIST --expect 10:sha256=HEX --trace", ["--trace"]),
+])
+def test_help_has_an_example_and_every_new_option(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  command: str, example: str,
+                                                  options: list[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "100")  # the help's width, whatever runs the tests
+    code, out, _ = run(capsys, "ima", command, "--help")
+    assert code == 0
+    assert f"Example: {example}" in out
+    for opt in options:
+        line = next(x for x in out.splitlines() if x.startswith(f"│ {opt} "))
+        assert line.split(opt, 1)[1].strip(" │"), opt  # help text beside it
