@@ -15,6 +15,11 @@ from dataclasses import dataclass
 
 from kimagekit.errors import ParseError
 
+__all__ = [
+    "DEFAULT_LIMIT", "LZ4_LEGACY_BLOCK", "LZ4_LEGACY_MAGIC", "MAGICS", "Decompressed", "Pieces",
+    "decompress", "detect", "stream",
+]
+
 # A decompressed vmlinux is tens of MiB (Debian 6.1 amd64: 63 MiB); 512 MiB leaves room for debug
 # kernels while keeping a bomb from exhausting memory.
 DEFAULT_LIMIT = 512 << 20

@@ -17,6 +17,11 @@ from typing import Any
 from kimagekit.errors import UnrecognisedFormat
 from kimagekit.fileio import input_size, read_head
 
+__all__ = [
+    "HEAD_SIZE", "KINDS", "MAGIC_ARM64", "MAGIC_BZIMAGE", "MAGIC_DTB", "MAGIC_ELF", "MAGIC_ZBOOT",
+    "Described", "Kind", "detect", "inspect",
+]
+
 HEAD_SIZE = 65536
 
 # Bytes each format must hold in its head (a necessary condition of its detector, so a file

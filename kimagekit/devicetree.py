@@ -21,6 +21,11 @@ from kimagekit.errors import NotFound, ParseError, UsageError
 from kimagekit.fileio import Buffer
 from kimagekit.formats import fdt as F
 
+__all__ = [
+    "NOP", "TYPES", "Blocks", "DeviceTree", "Header", "Node", "Nop", "Opaque", "Prop",
+    "Reservation", "check_blocks", "decode", "encode", "is_redundant_name",
+]
+
 _HDR = struct.Struct(">" + "I" * len(F.HEADER_FIELDS))
 _RSV = struct.Struct(">QQ")
 _PROP = struct.Struct(">III")

@@ -22,6 +22,11 @@ from kimagekit.fileio import (
 )
 from kimagekit.formats.fdt import FDT_MAGIC
 
+__all__ = [
+    "DtbPatchResult", "DtbSummary", "Pathish", "describe", "dts_text", "is_dtb", "is_tree",
+    "load_tree", "patch_handover", "read_property", "set_property", "write_tree",
+]
+
 Pathish = str | os.PathLike[str]
 _MAGIC = FDT_MAGIC.to_bytes(4, "big")
 

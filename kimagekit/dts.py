@@ -21,6 +21,11 @@ from kimagekit.errors import ParseError, UsageError
 from kimagekit.fileio import read_input
 from kimagekit.formats import fdt as F
 
+__all__ = [
+    "AUTO", "DTC_MAX_OUTPUT", "DTC_TIMEOUT", "blob_to_dts", "dtc_path", "from_dts",
+    "from_dts_file", "looks_like_dts", "run_dtc", "to_dts", "value_text",
+]
+
 _ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r",
             0x5C: "\\\\", 0x22: '\\"', 0: "\\0"}
 _STRINGISH_BYTES = bytes([*range(0x20, 0x7F), 0, 7, 8, 9, 10, 11, 12, 13])

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from kimagekit.devicetree import DeviceTree, Node, Prop, Reservation
 from kimagekit.errors import ParseError
 
+__all__ = ["MAX_CELL", "compile_subset", "refuse", "tokens"]
+
 _NODE_CHARS = re.compile(r"[a-zA-Z0-9,._+@-]+")
 _PROP_CHARS = re.compile(r"[a-zA-Z0-9,._+*#?-]+")
 _NAME = re.compile(r"\\?[a-zA-Z0-9,._+*#?@-]+")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from kimagekit.formats import elf
 
+__all__ = ["Load", "Section"]
+
 
 @dataclass(frozen=True)
 class Section:

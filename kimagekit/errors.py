@@ -12,6 +12,11 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+__all__ = [
+    "KimageError", "OutputError", "ParseError", "Refused", "RuleError", "UnrecognisedFormat",
+    "UsageError", "about_file", "converted", "escape", "input_named",
+]
+
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 

@@ -31,6 +31,11 @@ from kimagekit.devicetree import (
 from kimagekit.errors import NotFound, UsageError
 from kimagekit.formats import fdt as F
 
+__all__ = [
+    "LEN_OFF", "U32", "Anomaly", "Blob", "Walk", "get_property", "partial_tree", "set_property",
+    "usable",
+]
+
 U32 = struct.Struct(">I")
 _PROP = struct.Struct(">III")
 LEN_OFF = struct.Struct(">II")

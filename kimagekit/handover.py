@@ -33,6 +33,13 @@ from kimagekit.image import (
 )
 from kimagekit.segments import Role
 
+__all__ = [
+    "BANKS", "EMPTY", "FMT", "PCR", "Announcement", "Continuation", "ImaContent",
+    "ImagePatchResult", "ImageVerdict", "PatchOutcome", "announcement", "decode_ima",
+    "embedded_tree", "endian_of", "handover_problems", "judge_new_handover", "patch", "patch_file",
+    "verify_image",
+]
+
 FMT = "handover"
 PCR = 10
 Continuation = Literal["off", "warn", "refuse"]

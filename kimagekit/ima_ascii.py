@@ -16,6 +16,8 @@ from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES, Endian
 from kimagekit.ima_binary import ImaEntry, Releaser, u32_codec
 from kimagekit.ima_fields import field_from_ascii, template_field_ids
 
+__all__ = ["FMT", "MAX_LINE", "entry_lines", "parse_ascii", "render", "render_line"]
+
 FMT = "ima-ascii"
 _LINE = re.compile(r"\s*(\d+) (?:([a-z0-9]+):)?([0-9a-fA-F]+) (\S+)(?: (.*))?\Z")
 
@@ -38,13 +40,17 @@ def parse_ascii(data: bytes | memoryview, *, endian: Endian = "<") -> Iterator[I
     """Entries from ASCII lines, streamed (``data`` may be a whole mapped file). Field bytes are
     rebuilt with their lengths in ``endian``: the ASCII list does not say which byte order the
     kernel hashed them in; little-endian is the canonical one."""
-    index = 0
+    for index, (offset, line) in enumerate(entry_lines(data)):
+        yield _parse_line(line.decode("latin-1"), index, offset, endian)
+
+
+def entry_lines(data: bytes | memoryview) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of each line that is an entry (blank lines skipped, no CR), in the order
+    :func:`parse_ascii` reads them: the n-th is entry n's text."""
     for offset, raw in _lines(data):
         line = raw.rstrip(b"\r")
-        if not line.strip():
-            continue
-        yield _parse_line(line.decode("latin-1"), index, offset, endian)
-        index += 1
+        if line.strip():
+            yield offset, line
 
 
 #: The longest line accepted. The largest field a kernel measures from user space is a key

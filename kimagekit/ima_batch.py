@@ -17,7 +17,9 @@ from functools import partial
 from typing import Any
 
 from kimagekit import ima_files
-from kimagekit.errors import KimageError, about_file
+from kimagekit.errors import KimageError, about_file, input_named
+
+__all__ = ["Checked", "Outcome", "Pathish", "attempt", "check_with_keys", "run_all"]
 
 Pathish = str | os.PathLike[str]
 
@@ -61,14 +63,31 @@ class Checked:
 
     result: ima_files.CheckResult
     signatures: tuple[Any, ...] | None = None  # kimagekit.sig.ima_sig.EntrySignature
+    policy: Any = None  # kimagekit.keylime_policy.PolicyReport
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok and (self.policy is None or self.policy.ok)
 
 
-def check_with_keys(path: Pathish, keys: Sequence[Pathish] = ()) -> Checked:
+def check_with_keys(path: Pathish, keys: Sequence[Pathish] = (), policy: Any = None,
+                    progress: Callable[[int], None] | None = None) -> Checked:
     """:func:`~kimagekit.ima_files.check_file`, and with ``keys`` each entry's file signature
-    checked as evmctl does."""
-    res = ima_files.check_file(path)
-    if not keys:
-        return Checked(res)
-    # the X.509/PKCS#7 stack only when signatures are asked for
-    from kimagekit.sig import ima_sig
-    return Checked(res, ima_sig.check_file(path, list(keys)))
+    checked as evmctl does; with ``policy`` (a
+    :class:`~kimagekit.keylime_policy.RuntimePolicy`) each entry judged as keylime does."""
+    res = ima_files.check_file(path, progress)
+    sigs = None
+    if keys:
+        # the X.509/PKCS#7 stack only when signatures are asked for
+        from kimagekit.sig import ima_sig
+        sigs = ima_sig.check_file(path, list(keys))
+    report = None
+    if policy is not None:
+        from kimagekit import ima_ascii, ima_log, keylime_policy
+        with input_named(path), ima_log.open_list(path) as (fmt, view):
+            lines = None if fmt.kind != "ascii" else (
+                line for _, line in ima_ascii.entry_lines(view))
+            report = keylime_policy.judge_entries(
+                ima_log.iter_entries(view, fmt), policy,
+                altered=[m.index for m in res.report.mismatches], bank=fmt.bank, lines=lines)
+    return Checked(res, sigs, report)

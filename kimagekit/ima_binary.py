@@ -23,16 +23,16 @@ from kimagekit import ima_fields
 from kimagekit.errors import ParseError, UsageError
 from kimagekit.formats import ima as schema
 from kimagekit.formats.ima import BANK_BY_SIZE, DEFAULT_BANKS, DIGEST_SIZES, Endian
-from kimagekit.ima_fields import ImaField
+from kimagekit.hexrepr import hex_repr
+from kimagekit.ima_fields import FileDigest, ImaField, file_digest_of
 
 #: The banks replayed when none is named (``sm3_256`` only on request).
 BANKS: tuple[str, ...] = DEFAULT_BANKS
 __all__ = [
-    "BANKS", "FMT", "RELEASE_STEP", "TEMPLATE_NAME_OK", "DigestMismatch", "ImaEntry", "ImaField",
-    "Kind", "ListFormat", "RawEntry", "Releaser", "encode_entry", "encode_list",
-    "entry_header_codec", "entry_path", "extend", "hash_factory", "ima_hash_input",
-    "iter_binary", "kexec_header_codec", "reencode_template_data", "scan", "template_digest",
-    "u32_codec",
+    "BANKS", "FMT", "RELEASE_STEP", "TEMPLATE_NAME_OK", "DigestMismatch", "FileDigest", "ImaEntry",
+    "ImaField", "Kind", "ListFormat", "RawEntry", "Releaser", "encode_entry", "encode_list",
+    "entry_header_codec", "entry_path", "extend", "hash_factory", "ima_hash_input", "iter_binary",
+    "kexec_header_codec", "reencode_template_data", "scan", "template_digest", "u32_codec",
 ]
 Kind = Literal["binary", "kexec-buffer", "ascii"]
 FMT = "ima-list"
@@ -87,6 +87,22 @@ class ImaEntry:
         head = 4 + len(self.template_digest) + 4 + len(self.template_name)
         return self.offset + head + (0 if self.template_name == "ima" else 4)
 
+    @property
+    def path(self) -> str | None:
+        """The file name (or buffer name) the entry measured: its first ``n``/``n-ng`` field as
+        the ASCII list shows it; None when the template has none. Raises ParseError when the
+        template data does not split into its fields."""
+        return next((f.shown for f in self.fields if f.id in ("n", "n-ng")), None)
+
+    @property
+    def file_digest(self) -> FileDigest | None:
+        """The measured file's digest (``d-ng``, ``d-ngv2`` or ``d``), or None. Raises
+        ParseError as :attr:`path` does."""
+        return file_digest_of(self.fields)
+
+    def __repr__(self) -> str:
+        return hex_repr(self)
+
     def digest_for(self, bank: str) -> bytes:
         """The template digest the kernel computes for ``bank`` (all 0xff for a violation, which
         is what the PCR is extended with)."""
@@ -107,14 +123,16 @@ class DigestMismatch:
     #: The entry's file name (its ``n``/``n-ng`` field), when it has one.
     path: str | None = None
 
+    def __repr__(self) -> str:
+        return hex_repr(self)
+
 
 def entry_path(e: ImaEntry) -> str | None:
     """The file name an entry measured (its first ``n``/``n-ng`` field), or ``None``."""
     try:
-        fields = e.fields
+        return e.path
     except ParseError:
         return None
-    return next((f.shown for f in fields if f.id in ("n", "n-ng")), None)
 
 
 # ----------------------------------------------------------------------------- digests

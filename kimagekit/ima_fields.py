@@ -22,6 +22,13 @@ from kimagekit.formats.ima import (
     fixed_prefix,
     template_field,
 )
+from kimagekit.hexrepr import hex_repr
+
+__all__ = [
+    "FILE_DIGEST_FIELDS", "FileDigest", "ImaField", "digest_head", "field_from_ascii",
+    "file_digest_of", "make_field", "shown_parts", "split_fields", "split_pairs",
+    "template_field_ids", "walk_fields",
+]
 
 _UINT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
@@ -36,6 +43,53 @@ class ImaField:
     shown: str
     algo: str | None = None
     digest: bytes | None = None
+
+    def __repr__(self) -> str:
+        return hex_repr(self)
+
+
+#: The fields that hold the measured file's digest, in the order a template would carry them.
+FILE_DIGEST_FIELDS = ("d-ng", "d-ngv2", "d")
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """The measured file's digest (an entry's ``d-ng``/``d-ngv2``/``d`` field): the algorithm
+    it names, the digest bytes, and ``d-ngv2``'s type (``ima`` or ``verity``). The ``d`` field
+    (the ``ima`` template) names no algorithm: 20 bytes are SHA-1 and 16 MD5, the only two the
+    kernel puts there; another size gives ``algo`` None."""
+
+    algo: str | None
+    digest: bytes
+    type: str | None = None
+
+    @property
+    def hex(self) -> str:
+        return self.digest.hex()
+
+    def __str__(self) -> str:
+        """As keylime policies and the ASCII list write it: ``algo:hex`` (bare hex without an
+        algorithm)."""
+        return f"{self.algo}:{self.hex}" if self.algo else self.hex
+
+    def __repr__(self) -> str:
+        return hex_repr(self)
+
+
+def file_digest_of(fields: tuple[ImaField, ...]) -> FileDigest | None:
+    """The file digest among ``fields``, or None when the template records none."""
+    for f in fields:
+        if f.id not in FILE_DIGEST_FIELDS:
+            continue
+        if f.id == "d":
+            algo = {20: "sha1", 16: "md5"}.get(len(f.data))
+            return FileDigest(algo, f.data)
+        if f.digest is None:  # a malformed prefix: shown as hex, no digest to give
+            return None
+        head = f.shown[:len(f.shown) - 2 * len(f.digest)].rstrip(":").split(":")
+        kind = head[0] if f.id == "d-ngv2" and len(head) == 2 else None
+        return FileDigest(f.algo, f.digest, kind)
+    return None
 
 
 @lru_cache(maxsize=256)  # a list names a handful of templates; a hostile one cannot grow it

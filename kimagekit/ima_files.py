@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,6 +13,11 @@ from kimagekit import ima_ascii, ima_kexec, ima_log, ima_replay
 from kimagekit.errors import KimageError, Refused, RuleError, UsageError, about_file, input_named
 from kimagekit.fileio import atomic_write, reread
 from kimagekit.ima_log import ListFormat, ListReport
+
+__all__ = [
+    "FORMS", "CheckResult", "Form", "Pathish", "Written", "append_file", "check_file",
+    "convert_file", "judge_buffer", "replay_file",
+]
 
 Pathish = str | os.PathLike[str]
 Form = Literal["ascii", "binary", "canonical", "kexec-buffer"]
@@ -30,11 +35,11 @@ class CheckResult:
         return not self.report.mismatches and self.restore_error is None
 
 
-def check_file(path: Pathish) -> CheckResult:
+def check_file(path: Pathish, progress: Callable[[int], None] | None = None) -> CheckResult:
     """Every template digest recomputed; for a kexec buffer also the next kernel's restore rules
-    (a refusal is reported, not raised)."""
+    (a refusal is reported, not raised). ``progress``: called with each entry's offset."""
     with input_named(path), ima_log.open_list(path) as (fmt, view):
-        report = ima_log.analyse(view, fmt)
+        report = ima_log.analyse(view, fmt, progress=progress)
         restore_error = None
         if fmt.kind == "kexec-buffer":
             try:
@@ -46,21 +51,23 @@ def check_file(path: Pathish) -> CheckResult:
 
 def replay_file(path: Pathish, banks: Sequence[str], method: ima_replay.Method = "per-bank",
                 expected: Mapping[str, Mapping[int, bytes]] | None = None,
-                legacy: bool | None = True) -> ListReport:
+                legacy: bool | None = True, trace: bool = False,
+                progress: Callable[[int], None] | None = None) -> ListReport:
     """``ima replay`` of one file: every template digest rechecked, ``banks`` replayed (with the
     pre-5.8 ``sha1-padded`` replay beside), and where each ``expected`` value is reached.
 
     ``legacy=None``: the ``sha1-padded`` replay only when :func:`ima_replay.judge` would look at
     it (an expected value of another bank that the replay does not end on), by a second pass;
     otherwise ``padded`` stays empty and every verdict is the same. One hash less per entry
-    and bank in the usual case."""
+    and bank in the usual case. ``trace``: keep every entry's PCR values; ``progress``: called
+    with each entry's offset."""
     with input_named(path), ima_log.open_list(path) as (fmt, view):
         want = expected or {}
         report = ima_log.analyse(view, fmt, banks=banks, method=method, expected=want,
-                                 legacy=bool(legacy))
+                                 legacy=bool(legacy), trace=trace, progress=progress)
         if legacy is None and _padded_needed(want, report):
             report = ima_log.analyse(view, fmt, banks=banks, method=method, expected=want,
-                                     legacy=True)
+                                     legacy=True, trace=trace, progress=progress)
         return report
 
 

@@ -24,6 +24,8 @@ from kimagekit.ima_binary import (
 )
 from kimagekit.ima_fields import template_field_ids, walk_fields
 
+__all__ = ["FMT", "HDR_SIZE", "RestoredList", "append", "build_buffer", "restore", "segment_size"]
+
 FMT = "ima-kexec-buffer"
 HDR_SIZE = 24  # sizeof(struct ima_kexec_hdr)
 

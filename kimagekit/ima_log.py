@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,6 +24,7 @@ from kimagekit.ima_binary import (
     FMT,
     TEMPLATE_NAME_OK,
     DigestMismatch,
+    FileDigest,
     ImaEntry,
     ImaField,
     Kind,
@@ -44,10 +45,11 @@ from kimagekit.ima_kexec import restore
 from kimagekit.ima_replay import Method
 
 __all__ = [
-    "BANKS", "BANK_BY_SIZE", "DIGEST_SIZES", "DigestMismatch", "Endian", "ImaEntry", "ImaField",
-    "Kind", "ListFormat", "ListReport", "ListSummary", "ParseError", "analyse", "detect",
-    "detect_or_raise", "encode_entry", "encode_list", "extend", "iter_entries", "open_list",
-    "read_entries", "reencode_template_data", "replay", "scan", "summarize", "template_digest",
+    "BANKS", "BANK_BY_SIZE", "DIGEST_SIZES", "DigestMismatch", "Endian", "FileDigest", "ImaEntry",
+    "ImaField", "Kind", "ListFormat", "ListReport", "ListSummary", "ParseError", "analyse",
+    "detect", "detect_or_raise", "encode_entry", "encode_list", "extend", "iter_entries",
+    "open_list", "read_entries", "reencode_template_data", "replay", "scan", "summarize",
+    "template_digest",
 ]
 
 
@@ -200,12 +202,15 @@ def read_entries(path: str | os.PathLike[str]) -> list[ImaEntry]:
 def analyse(entries_or_buf: bytes | memoryview | Iterable[ImaEntry], fmt: ListFormat | None = None,
             *, banks: Sequence[str] = (), check: bool = True, method: Method = "recomputed",
             expected: Mapping[str, Mapping[int, bytes]] | None = None,
-            legacy: bool = False) -> ListReport:
+            legacy: bool = False, trace: bool = False,
+            progress: Callable[[int], None] | None = None) -> ListReport:
     """One pass: recheck every template digest against the stored one (``check``), count
     violations and templates, and replay ``banks`` (``method``: see :mod:`kimagekit.ima_replay`;
     ``ima replay`` and ``inspect`` use ``per-bank``, the library keeps ``recomputed`` as its
     default for its callers), noting where each ``expected`` value is reached; ``legacy`` adds
-    the ``sha1-padded`` replay of the non-SHA-1 banks (``ListReport.padded``)."""
+    the ``sha1-padded`` replay of the non-SHA-1 banks (``ListReport.padded``); ``trace`` keeps
+    every entry's PCR values (``ListReport.replayed.trace``); ``progress`` is called with each
+    entry's offset (the CLI draws a bar from it)."""
     if isinstance(entries_or_buf, bytes | memoryview):
         buf = entries_or_buf
         if fmt is None:
@@ -215,10 +220,19 @@ def analyse(entries_or_buf: bytes | memoryview | Iterable[ImaEntry], fmt: ListFo
     else:
         fmt = fmt or ListFormat("binary")
         records = _entry_records(entries_or_buf)
+    if progress is not None:
+        records = _reporting(records, progress)
     r = ima_replay.run(records, fmt, banks, check=check, method=method, expected=expected,
-                       legacy=legacy)
+                       legacy=legacy, trace=trace)
     return ListReport(fmt, r.entries, r.violations, r.templates, r.mismatches, r.pcrs, r.padded,
                       method, r)
+
+
+def _reporting(records: Iterable[ima_replay.Record],
+               progress: Callable[[int], None]) -> Iterator[ima_replay.Record]:
+    for rec in records:
+        progress(rec[1])
+        yield rec
 
 
 def _binary_records(buf: bytes | memoryview, fmt: ListFormat) -> Iterator[ima_replay.Record]:

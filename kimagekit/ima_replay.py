@@ -26,7 +26,13 @@ from typing import Literal
 
 from kimagekit.errors import UsageError
 from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES, TPM_DIGEST_SIZE
+from kimagekit.hexrepr import hex_repr
 from kimagekit.ima_binary import DigestMismatch, ImaEntry, ListFormat, entry_path, hash_factory
+
+__all__ = [
+    "METHODS", "PADDED", "Method", "PcrVerdict", "Record", "Replayed", "Status", "Tables",
+    "TraceStep", "check_banks", "judge", "run",
+]
 
 Method = Literal["per-bank", "recomputed"]
 METHODS: tuple[Method, ...] = ("per-bank", "recomputed")
@@ -54,6 +60,24 @@ class Replayed:
     last: dict[int, int] = field(default_factory=dict)
     #: The bank whose digests the list stores (None for an unusual digest size).
     own: str | None = None
+    #: With ``trace``: every entry's PCR value in each bank after it extended it.
+    trace: tuple[TraceStep, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TraceStep:
+    """The PCR an entry extended and its value in each bank right after (``ima replay
+    --trace``)."""
+
+    index: int
+    offset: int
+    pcr: int
+    template_name: str
+    path: str | None
+    values: dict[str, bytes]
+
+    def __repr__(self) -> str:
+        return hex_repr(self)
 
 
 def check_banks(banks: Iterable[str]) -> None:
@@ -64,10 +88,10 @@ def check_banks(banks: Iterable[str]) -> None:
 
 def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, check: bool = True,
         method: Method = "per-bank", expected: Mapping[str, Mapping[int, bytes]] | None = None,
-        legacy: bool = False) -> Replayed:
+        legacy: bool = False, trace: bool = False) -> Replayed:
     """Replay ``records`` into ``banks``; recheck each template digest against its stored one
     (``check``); note when each ``expected`` value is reached; with ``legacy``, also replay the
-    non-SHA-1 banks as ``sha1-padded``."""
+    non-SHA-1 banks as ``sha1-padded``; with ``trace``, keep each entry's PCR values."""
     if method not in METHODS:
         raise UsageError(f"replay method {method!r} is not one of {', '.join(METHODS)}")
     sha1 = hash_factory("sha1")
@@ -90,6 +114,7 @@ def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, che
     zero = b""
     own: str | None = None
     own_hash = None
+    steps: list[TraceStep] | None = [] if trace else None
     for index, offset, pcr, stored, name, blob, data in records:
         count = index + 1
         templates[name] += 1
@@ -134,8 +159,12 @@ def run(records: Iterable[Record], fmt: ListFormat, banks: Sequence[str], *, che
             pvalue = ptable[pcr] = h(ptable.get(pcr, z) + pd).digest()
             if wanted is not None and pvalue == wanted:
                 reached.setdefault((b, pcr, PADDED), index)
+        if steps is not None:
+            entry = ImaEntry(pcr, stored, name, bytes(data), fmt.endian, index, offset)
+            steps.append(TraceStep(index, offset, pcr, name, entry_path(entry),
+                                   {b: pcrs[b][pcr] for b in banks}))
     return Replayed(count, violations, dict(templates), mismatches, pcrs, padded, reached, last,
-                    BANK_BY_SIZE.get(fmt.digest_size))
+                    BANK_BY_SIZE.get(fmt.digest_size), None if steps is None else tuple(steps))
 
 
 Status = Literal["match", "prefix", "mismatch", "untouched"]
@@ -160,6 +189,9 @@ class PcrVerdict:
     method: str | None
     reached_at: int | None
     last_entry: int | None
+
+    def __repr__(self) -> str:
+        return hex_repr(self)
 
 
 def judge(expected: Mapping[str, Mapping[int, bytes]], r: Replayed,

@@ -11,13 +11,21 @@ the error is what it always was.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote  # the escaper json.dumps uses
 
+from kimagekit.errors import UsageError
 from kimagekit.formats.ima import BANK_BY_SIZE, FIELD_FORMATS, Endian
 from kimagekit.ima_ascii import parse_ascii
 from kimagekit.ima_binary import ImaEntry, ListFormat, scan, template_digest, u32_codec
 from kimagekit.ima_fields import digest_head, shown_parts, split_pairs, template_field_ids
+
+__all__ = [
+    "BLOCK", "Record", "Selection", "ascii_lines", "json_entries", "parse_index", "record_path",
+    "records", "select",
+]
 
 #: Entries per block handed out: large enough that writing costs one call per block.
 BLOCK = 2048
@@ -42,6 +50,73 @@ def _from_entries(entries: Iterable[ImaEntry]) -> Iterator[Record]:
     for e in entries:
         yield (e.index, e.offset, e.pcr, e.template_digest, e.template_name, e.template_data,
                e.data_offset)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which entries ``ima show`` prints: every condition set must hold (they combine with AND).
+    ``start``/``stop`` are entry indexes, 0-based, ``stop`` excluded (a Python slice)."""
+
+    path_prefix: str | None = None
+    template: str | None = None
+    pcr: int | None = None
+    start: int = 0
+    stop: int | None = None
+    violations: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self != Selection()
+
+
+_INDEX = re.compile(r"(\d*):(\d*)\Z")
+
+
+def parse_index(text: str) -> tuple[int, int | None]:
+    """``A:B`` -> (A, B): entries A to B-1, 0-based; either side may be left out (``:B`` from
+    the first, ``A:`` to the last)."""
+    m = _INDEX.match(text.strip())
+    if m is None:
+        raise UsageError(f"--index {text!r}: use A:B (0-based, B excluded), e.g. 0:10, 5:, :20")
+    start = int(m[1]) if m[1] else 0
+    stop = int(m[2]) if m[2] else None
+    if stop is not None and stop < start:
+        raise UsageError(f"--index {text!r}: the end {stop} is before the start {start}")
+    return start, stop
+
+
+def record_path(rec: Record, endian: Endian) -> str | None:
+    """The file name an entry measured (its first ``n``/``n-ng`` field), or None."""
+    index, _offset, _pcr, _digest, name, data, base = rec
+    for fid, chunk in _pairs(name, data, endian, index, base):
+        if fid in ("n", "n-ng"):
+            cut = chunk.find(b"\0")
+            return (chunk if cut < 0 else chunk[:cut]).decode("latin-1")
+    return None
+
+
+def select(recs: Iterable[Record], sel: Selection, endian: Endian) -> Iterator[Record]:
+    """The records ``sel`` picks; past ``sel.stop`` nothing more is read."""
+    if not sel.active:
+        yield from recs
+        return
+    for rec in recs:
+        index, _offset, pcr, digest, name, _data, _base = rec
+        if sel.stop is not None and index >= sel.stop:
+            return
+        if index < sel.start:
+            continue
+        if sel.template is not None and name != sel.template:
+            continue
+        if sel.pcr is not None and pcr != sel.pcr:
+            continue
+        if sel.violations and digest.count(0) != len(digest):
+            continue
+        if sel.path_prefix is not None:
+            path = record_path(rec, endian)
+            if path is None or not path.startswith(sel.path_prefix):
+                continue
+        yield rec
 
 
 def _pairs(name: str, data: bytes, endian: Endian, index: int,
@@ -117,6 +192,7 @@ def _json_entries(recs: Iterable[Record], endian: Endian) -> Iterator[str]:
         else:
             ok = "true" if template_digest(name, data, own, endian) == digest else "false"
         fields = []
+        path = "null"
         for fid, chunk in _pairs(name, data, endian, index, base):
             qid = quoted.get(fid) or _remember(quoted, fid, _quote(fid))
             hexed = chunk.hex()
@@ -125,6 +201,8 @@ def _json_entries(recs: Iterable[Record], endian: Endian) -> Iterator[str]:
             if kind == "string":
                 cut = chunk.find(b"\0")
                 shown = (chunk if cut < 0 else chunk[:cut]).decode("latin-1")
+                if path == "null" and fid in ("n", "n-ng"):
+                    path = _quote(shown)
                 fields.append(f'{{"id": {qid}, "length": {len(chunk)}, "data": "{hexed}", '
                               f'"shown": {_quote(shown)}}}')
                 continue
@@ -154,7 +232,7 @@ def _json_entries(recs: Iterable[Record], endian: Endian) -> Iterator[str]:
         yield (f'{sep}{{"index": {index}, "offset": {offset}, "pcr": {pcr}, '
                f'"template_digest": "{digest.hex()}", "template_name": {qname}, '
                f'"violation": {"true" if violation else "false"}, "digest_ok": {ok}, '
-               f'"fields": [{", ".join(fields)}]}}')
+               f'"path": {path}, "fields": [{", ".join(fields)}]}}')
         sep = ",\n"
 
 

@@ -49,6 +49,14 @@ from kimagekit.purgatory import (
 )
 from kimagekit.segments import Role, Segment, SegmentList, Target, align_up, sanity_check
 
+__all__ = [
+    "ARCHES", "FMT", "MAX_CMDLINE", "MAX_NOTE_SYMBOLS", "MAX_TOTAL_MEMSZ", "NOTE_NAME",
+    "HandoverStyle", "ImageInfo", "ImageSegment", "KexecImage", "NoteSymbol", "PatchResult",
+    "VerifyResult", "check_page_size", "content", "expected_regions", "extract", "image_chunks",
+    "image_head", "open_image", "patch_handover", "read_image", "seal", "segment_sha256",
+    "select_segment", "stored_digest", "verify", "verify_bytes", "write_image",
+]
+
 FMT = "image"
 EHDR_SIZE, PHDR_SIZE, NHDR_SIZE = 64, 56, 12
 NOTE_NAME = kx.NOTE_OWNER.encode() + b"\0"

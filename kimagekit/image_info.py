@@ -17,6 +17,8 @@ from kimagekit.memory_map import MemoryMap, image_map
 from kimagekit.ppc_fdt import chosen_items
 from kimagekit.segments import Role
 
+__all__ = ["HandoverSummary", "ImageSummary", "SegmentSummary", "describe", "is_image"]
+
 
 @dataclass(frozen=True)
 class SegmentSummary:

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 
 from kimagekit.errors import UsageError
 
+__all__ = ["BOUNDS", "DEFAULT_BOUND", "FIFO_WAIT", "INT_MAX", "bound_for", "open_input", "too_big"]
+
 INT_MAX = 2**31 - 1
 # Bytes read from a pipe, FIFO or stdin at most, by option. Files are mapped, never read whole.
 BOUNDS = {
@@ -25,6 +27,7 @@ BOUNDS = {
     "--purgatory": 16 << 20,  # the kernel's purgatories are tens of KiB
     "--data": 256 << 20,      # hand-over contents: far beyond any IMA list a kexec buffer holds
     "--handover": 256 << 20,
+    "--policy": 256 << 20,    # a keylime runtime policy of a whole distribution is tens of MiB
 }
 DEFAULT_BOUND = INT_MAX  # kexec_file_load (6.1) reads a kernel or initrd of at most INT_MAX bytes
 FIFO_WAIT = 3.0          # seconds; KIMAGEKIT_FIFO_WAIT overrides

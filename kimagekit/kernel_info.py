@@ -18,6 +18,13 @@ from kimagekit.fileio import atomic_write, map_file, mapped
 from kimagekit.pe_file import PeInfo
 from kimagekit.sig.authenticode import SignatureSummary, summaries
 
+__all__ = [
+    "Arm64Summary", "BzImageSummary", "ExtractResult", "LoadSummary", "Pathish", "PayloadSummary",
+    "PeSummary", "VmlinuxSummary", "ZbootSummary", "arm64_summary", "describe_arm64",
+    "describe_bzimage", "describe_vmlinux", "describe_zboot", "extract_purgatory", "is_vmlinux",
+    "pe_summary", "vmlinux_summary",
+]
+
 Pathish = str | os.PathLike[str]
 
 

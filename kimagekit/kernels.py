@@ -18,6 +18,14 @@ from kimagekit.formats import bzimage as bz
 from kimagekit.formats import elf
 from kimagekit.purgatory import DIGEST_SYMBOLS, PurgatoryObject, parse_purgatory, symbols
 
+__all__ = [
+    "BZ", "MAX_VERSION_STRING", "PURGATORY_MAX", "SIZE_TRAILER", "ZBOOT_COMP_TYPE_OFFSET",
+    "Arm64Image", "BzImage", "FoundPurgatory", "HeaderField", "Payload", "SetupHeader", "Zboot",
+    "bzimage_payload", "find_purgatory", "has_kimagekit_note", "kernel_kind", "probe_bzimage64",
+    "purgatory_object", "purgatory_while_decompressing", "read_arm64_image", "read_bzimage",
+    "read_setup_header", "read_zboot",
+]
+
 BZ = "bzImage"
 MAX_VERSION_STRING = 256
 SIZE_TRAILER = 4  # the build appends the decompressed size (le32) to every compressed payload

@@ -21,6 +21,11 @@ from contextlib import contextmanager
 
 from kimagekit.errors import OutputError
 
+__all__ = [
+    "STDOUT_NAMES", "Edit", "Tail", "check_output", "data_extents", "edit_in_place", "is_stdout",
+    "locked", "state", "sweep", "write_copy_with_edits", "write_output",
+]
+
 STDOUT_NAMES = ("-", "/dev/stdout")
 _TMP = re.compile(r"\..*\.kimagekit-tmp\.(\d+)\Z")
 _CHUNK = 1 << 20

@@ -11,6 +11,8 @@ from kimagekit.errors import UsageError
 from kimagekit.fileio import read_input
 from kimagekit.formats.ima import BANK_BY_SIZE, DIGEST_SIZES
 
+__all__ = ["Expected", "parse_expect", "parse_pcr_file"]
+
 Expected = dict[str, dict[int, bytes]]
 
 _EXPECT = re.compile(r"(\d+):([a-z0-9_]+)=([0-9a-fA-F]+)\Z")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from kimagekit.errors import ParseError, converted
 from kimagekit.formats import pe
 
+__all__ = ["FMT", "Certificate", "PeInfo", "has_pe", "parse_pe"]
+
 FMT = "pe"
 
 

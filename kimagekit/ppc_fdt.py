@@ -18,6 +18,17 @@ from kimagekit import dts
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import RuleError, UsageError
 
+__all__ = [
+    "BOOTED_FROM_KEXEC", "CHOSEN", "ELFCOREHDR", "IMA_BUFFER", "INITRD_END", "INITRD_START",
+    "SEED_END", "SEED_START", "STYLES", "USABLE_MEMORY", "Handover", "Range", "check_buffer",
+    "chosen_items", "ensure_chosen", "get_bootargs", "get_elfcorehdr", "get_handover",
+    "get_initrd", "get_kaslr_seed", "get_rng_seed", "get_usable_memory", "handovers", "ram_ranges",
+    "remove_bootargs", "remove_elfcorehdr", "remove_handover", "remove_initrd",
+    "remove_kaslr_seed", "remove_rng_seed", "remove_usable_memory", "reserved_ranges",
+    "root_cells", "set_bootargs", "set_elfcorehdr", "set_handover", "set_initrd", "set_kaslr_seed",
+    "set_rng_seed", "set_usable_memory",
+]
+
 CHOSEN = "/chosen"
 SEED_START = "linux,kexec-handover-buffer-start"
 SEED_END = "linux,kexec-handover-buffer-end"

@@ -26,6 +26,16 @@ from kimagekit.segments import (
     align_up,
 )
 
+__all__ = [
+    "DIGEST_SYMBOLS", "FMT", "MACHINE_NAMES", "MAX_ALIGN_PADDING", "REGIONS_SIZE", "RELA_SIZE",
+    "RELOCATIONS", "SHDR_SIZE", "SYM_SIZE", "Apply", "Digest", "DigestPolicy", "EntryRule",
+    "Layout", "LoadedPurgatory", "PurgatoryObject", "Symbol", "add_purgatory", "apply_policy",
+    "check_target", "compute_digest", "digest_symbol_names", "feed_segment", "find_symbol",
+    "get_symbol", "hashes_role", "layout", "load", "loaded_address", "parse_purgatory",
+    "regions_bytes", "replace_purgatory", "set_symbol", "store_digest", "symbol_address",
+    "symbols",
+]
+
 FMT = "purgatory"
 SHDR_SIZE = 64
 SYM_SIZE = 24

@@ -14,6 +14,12 @@ from enum import StrEnum
 from kimagekit.errors import RuleError, UsageError
 from kimagekit.formats.kexec import KEXEC_SEGMENT_MAX
 
+__all__ = [
+    "DEFAULT_RAM", "FMT", "U64_MAX", "Content", "HoleSearch", "KexecBuf", "MemRange", "Role",
+    "Segment", "SegmentList", "Target", "add_buffer", "align_down", "align_up", "locate_mem_hole",
+    "parse_mem_ranges", "sanity_check", "update_segment",
+]
+
 Content = bytes | memoryview
 U64_MAX = (1 << 64) - 1
 FMT = "kexec"

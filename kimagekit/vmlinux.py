@@ -14,6 +14,12 @@ from kimagekit.elf_model import Load, Section
 from kimagekit.errors import ParseError, converted
 from kimagekit.formats import elf
 
+__all__ = [
+    "BANNER", "EM_AARCH64", "FMT", "MACHINES", "MAX_BANNER", "MAX_SECTIONS", "NT_GNU_BUILD_ID",
+    "ElfKernel", "KernelSymbol", "Searchable", "find_banner", "find_symbol", "is_elf_kernel",
+    "read_elf_kernel", "vaddr_to_offset",
+]
+
 FMT = "vmlinux"
 EM_AARCH64 = 183
 NT_GNU_BUILD_ID = 3

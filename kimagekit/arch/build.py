@@ -30,6 +30,11 @@ from kimagekit.purgatory import DigestPolicy, PurgatoryObject, check_target, par
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
 from kimagekit.sig.kexec_sig import check_kernel_signature
 
+__all__ = [
+    "PPC_ARCHES", "X86_PAGE_SIZE", "BuildInputs", "Built", "Pathish", "Ppc64BuildResult",
+    "X86BuildResult", "build_ppc64", "build_x86_64",
+]
+
 Pathish = str | os.PathLike[str]
 PPC_ARCHES = ("ppc64le", "ppc64")
 X86_PAGE_SIZE = 4096

@@ -5,6 +5,8 @@ from __future__ import annotations
 from kimagekit.purgatory import DigestPolicy, hashes_role
 from kimagekit.segments import KexecBuf, Role, SegmentList, add_buffer
 
+__all__ = ["add_ima_buffer"]
+
 
 def add_ima_buffer(sl: SegmentList, handover: bytes | None, handover_size: int | None,
                    policy: DigestPolicy) -> tuple[SegmentList, tuple[int, int] | None]:

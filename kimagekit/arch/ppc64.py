@@ -19,6 +19,8 @@ from kimagekit.image import ARCHES, HandoverStyle, KexecImage, seal
 from kimagekit.purgatory import DigestPolicy, PurgatoryObject, add_purgatory
 from kimagekit.segments import U64_MAX, KexecBuf, Role, SegmentList, Target, add_buffer
 
+__all__ = ["FMT", "DtHook", "DtRequest", "build", "kernel_loads"]
+
 FMT = "vmlinux"
 
 

@@ -14,6 +14,8 @@ from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import RuleError
 from kimagekit.segments import MemRange, Target
 
+__all__ = ["PPC64_PAGE_SIZE", "chosen_hook", "setup_chosen", "target_from_tree"]
+
 # Debian's ppc64el kernels set CONFIG_PPC_64K_PAGES=y (see their /boot/config-*).
 PPC64_PAGE_SIZE = 0x10000
 

@@ -30,6 +30,13 @@ from kimagekit.purgatory import (
 )
 from kimagekit.segments import U64_MAX, KexecBuf, MemRange, Role, SegmentList, Target, add_buffer
 
+__all__ = [
+    "ENTRY64_REGS_SIZE", "FMT", "LOADER_TYPE_KEXEC", "MAX_ELFCOREHDR_STR_LEN",
+    "MIN_BOOTPARAM_ADDR", "MIN_INITRD_LOAD_ADDR", "MIN_KERNEL_LOAD_ADDR", "MIN_PURGATORY_ADDR",
+    "BootParamsLayout", "SetupDataEntry", "announced_ima", "boot_params_layout", "build",
+    "build_boot_params", "e820_entries", "setup_data_chain",
+]
+
 FMT = "bzImage"
 MIN_PURGATORY_ADDR = 0x3000
 MIN_BOOTPARAM_ADDR = 0x3000

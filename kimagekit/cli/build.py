@@ -21,6 +21,7 @@ from kimagekit.arch.build import (
 from kimagekit.cli.common import DtStyle, emit_json, out, warn
 from kimagekit.cli.image import ls_lines
 from kimagekit.cli.memory_map import map_lines, write_svg
+from kimagekit.cli.progress import Progress
 from kimagekit.errors import UsageError
 from kimagekit.image import HandoverStyle, check_page_size
 from kimagekit.memory_map import file_map
@@ -123,9 +124,10 @@ def register(app: typer.Typer) -> None:
             if (purgatory is None) == (purgatory_from is None):
                 raise UsageError("x86_64 needs exactly one of --purgatory P and "
                                  "--purgatory-from KERNEL")
-            built = build_x86_64(replace(inputs, handover_size=size),
-                                 purgatory_from=purgatory_from, ram=ram,
-                                 hole_search=hole_search, ima_kexec=ima_kexec)
+            with Progress(f"building {output}"):  # decompressing, hashing: seconds
+                built = build_x86_64(replace(inputs, handover_size=size),
+                                     purgatory_from=purgatory_from, ram=ram,
+                                     hole_search=hole_search, ima_kexec=ima_kexec)
         else:
             assert arch.value in PPC_ARCHES  # the choice's other values
             if dtb is None or purgatory_from is not None or mem is not None:
@@ -142,10 +144,11 @@ def register(app: typer.Typer) -> None:
             size = _number(handover_size, "--handover-size")
             if size is not None and ima is None and handover is None:
                 raise UsageError("--handover-size needs --ima or --handover")
-            built = build_ppc64(replace(inputs, handover_size=size),
-                                arch=arch.value, dtb=dtb,
-                                handover_style=HandoverStyle(handover_style.value),
-                                page_size=page)
+            with Progress(f"building {output}"):
+                built = build_ppc64(replace(inputs, handover_size=size),
+                                    arch=arch.value, dtb=dtb,
+                                    handover_style=HandoverStyle(handover_style.value),
+                                    page_size=page)
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:

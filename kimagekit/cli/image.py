@@ -8,6 +8,7 @@ import typer
 
 from kimagekit.cli.common import emit_json, input_named, jsonable, out
 from kimagekit.cli.memory_map import map_lines, write_svg
+from kimagekit.cli.progress import Progress
 from kimagekit.handover import verify_image
 from kimagekit.image import ImageInfo, extract, open_image
 from kimagekit.image_info import HandoverSummary, ImageSummary
@@ -24,7 +25,7 @@ def register(app: typer.Typer) -> None:
         next kernel will: exit 0 if both hold.
 
         Example: kimagekit verify kexec.img"""
-        with input_named(image):
+        with input_named(image), Progress(f"verifying {image}"):
             res = verify_image(image)
         if res.ok:
             out(f"ok {res.digest.digest.hex()}")

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from kimagekit.cli.common import emit_json, input_named, out
+from kimagekit.cli.progress import Progress
 from kimagekit.detect import inspect
 from kimagekit.errors import UsageError
 
@@ -52,7 +53,8 @@ def register(app: typer.Typer) -> None:
         free holes).
 
         Example: kimagekit inspect /boot/vmlinuz"""
-        with input_named(file):
+        # a kernel is decompressed, an image hashed: a spinner if that takes over a second
+        with input_named(file), Progress(f"inspecting {file}"):
             found = inspect(file)
         memory = getattr(found.summary, "memory_map", None)
         if svg is not None:

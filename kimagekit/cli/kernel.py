@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from kimagekit.cli.common import emit_json, out
+from kimagekit.cli.progress import Progress
 from kimagekit.kernel_info import (
     Arm64Summary,
     BzImageSummary,
@@ -32,7 +33,8 @@ def register(app: typer.Typer) -> None:
         """Write the purgatory object a kexec_file kernel embeds; refuse when it has none.
 
         Example: kimagekit extract-purgatory /boot/vmlinuz -o purgatory.ro"""
-        result = extract_purgatory(kernel, output)
+        with Progress(f"decompressing {kernel}"):
+            result = extract_purgatory(kernel, output)
         if as_json:
             emit_json(result)
             return

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from construct import Bytes, Int32ul, Int64ul, PaddedString, Struct
 
+__all__ = [
+    "ARM64_HEADER_SIZE", "ARM64_IMAGE_MAGIC", "ARM64_MAGIC_OFFSET", "FLAG_BE",
+    "FLAG_PHYS_ANYWHERE", "LINUX_PE_MAGIC", "PAGE_SIZES", "ZBOOT_HEADER_SIZE", "ZBOOT_MAGIC",
+    "ZBOOT_MAGIC_OFFSET", "image_header", "zboot_header",
+]
+
 ARM64_IMAGE_MAGIC = b"ARM\x64"
 ARM64_MAGIC_OFFSET = 0x38
 ARM64_HEADER_SIZE = 64

@@ -27,6 +27,8 @@ from construct import (
     Struct,
 )
 
+__all__ = ["ELFMAG", "EV_CURRENT", "ElfStructs", "elf_structs", "r_sym", "r_type", "st_bind"]
+
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB, ELFDATA2MSB = 1, 2

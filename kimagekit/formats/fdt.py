@@ -21,6 +21,14 @@ from construct import (
     this,
 )
 
+__all__ = [
+    "FDT_BEGIN_NODE", "FDT_END", "FDT_END_NODE", "FDT_MAGIC", "FDT_MAX_DEPTH", "FDT_NOP",
+    "FDT_PROP", "FDT_TAGSIZE", "FIRST_VERSION", "HEADER_FIELDS", "LAST_COMP_VERSION",
+    "OLD_VERSIONS", "PROP_HEADER_SIZE", "RESERVE_ENTRY_SIZE", "fdt_header", "fdt_header_for",
+    "fdt_header_v16", "fdt_node_header", "fdt_property", "fdt_reserve_entry", "fdt_rsvmap",
+    "fdt_struct_block", "fdt_token", "header_fields", "header_size",
+]
+
 FDT_MAGIC = 0xD00DFEED
 FDT_BEGIN_NODE = 0x1
 FDT_END_NODE = 0x2

@@ -31,6 +31,14 @@ from construct import (
     this,
 )
 
+__all__ = [
+    "BANK_BY_SIZE", "BUILTIN_TEMPLATES", "DEFAULT_BANKS", "DIGEST_SIZES", "FIELD_FORMATS",
+    "IMA_EVENT_NAME_LEN_MAX", "IMA_KEXEC_HDR_VERSION", "IMA_TEMPLATE",
+    "IMA_TEMPLATE_FIELD_ID_MAX_LEN", "IMA_TEMPLATE_NUM_FIELDS_MAX", "MAX_TEMPLATE_NAME_LEN",
+    "TPM_DIGEST_SIZE", "Endian", "entry", "entry_header", "fixed_prefix", "ima_template_data",
+    "ints", "kexec_hdr", "template_field", "template_fields",
+]
+
 Endian = Literal["<", ">"]
 
 #: The only template with a fixed layout and no ``template_data_len`` (``IMA_TEMPLATE_IMA_NAME``).

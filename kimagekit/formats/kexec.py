@@ -24,6 +24,13 @@ from construct import (
     this,
 )
 
+__all__ = [
+    "ENTRY64_REGS", "HANDOVER_STYLE_CODES", "KEXEC_SEGMENT_MAX", "NOTE_ARCH_LEN", "NOTE_OWNER",
+    "NOTE_SYMBOL_NAME_LEN", "NOTE_VERSION", "NT_KIMAGEKIT_KEXEC", "POLICY_CODES", "ROLE_CODES",
+    "SHA256_DIGEST_SIZE", "entry64_regs", "kexec_segment", "kexec_sha_region", "kimagekit_note",
+    "note_fixed", "note_segment_info", "note_symbol", "purgatory_sha_regions",
+]
+
 KEXEC_SEGMENT_MAX = 16
 SHA256_DIGEST_SIZE = 32
 

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
+__all__ = [
+    "COFF_FILE_HEADER_SIZE", "DATA_DIRECTORY_SIZE", "DOS_HEADER_SIZE", "E_LFANEW_OFFSET",
+    "IMAGE_DIRECTORY_ENTRY_SECURITY", "MAX_DATA_DIRECTORIES", "MZ_MAGIC", "PE_SIGNATURE",
+    "SECTION_HEADER_SIZE", "WIN_CERTIFICATE_SIZE", "WIN_CERT_REVISION_2_0",
+    "WIN_CERT_TYPE_PKCS_SIGNED_DATA", "coff_file_header", "data_directory", "dos_header",
+    "optional_header_pe32", "optional_header_pe32plus", "section_header", "win_certificate",
+]
+
 MZ_MAGIC = b"MZ"
 PE_SIGNATURE = b"PE\0\0"
 E_LFANEW_OFFSET = 0x3C

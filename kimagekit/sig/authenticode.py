@@ -20,6 +20,11 @@ from kimagekit.sig.keys import TrustedCert
 from kimagekit.sig.pe_digest import HashLayout, first_signature, hash_layout, image_digest
 from kimagekit.sig.pkcs7 import AuthenticodeData, SignerInfo, parse_authenticode
 
+__all__ = [
+    "ECDSA_ALGOS", "RSA_ALGOS", "SignatureSummary", "Trust", "Verification", "chain_in_message",
+    "signer_cert", "summaries", "trust", "verify_buffer",
+]
+
 RSA_ALGOS = ("rsassa_pkcs1v15",)  # rsaEncryption: the one RSA form 6.1's pkcs7 parser takes
 ECDSA_ALGOS = ("sha1_ecdsa", "sha224_ecdsa", "sha256_ecdsa", "sha384_ecdsa", "sha512_ecdsa")
 

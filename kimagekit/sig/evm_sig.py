@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from kimagekit.ima_fields import ImaField
 
+__all__ = ["H_MISC_64", "XATTR_NAME_IMA", "EvmInput", "evm_input", "portable_digest"]
+
 XATTR_NAME_IMA = "security.ima"
 #: ``struct h_misc`` on a 64-bit kernel: unsigned long ino, u32 generation, uid, gid, umode_t mode
 H_MISC_64 = "QIIIH2x"

@@ -31,6 +31,11 @@ from kimagekit.sig.keys import TrustedCert, load_certs
 from kimagekit.sig.keys import verify as verify_with
 from kimagekit.sig.pkcs7 import parse_detached
 
+__all__ = [
+    "EVM_NOT_CHECKED", "HASH_ALGO", "SIGNED_TEMPLATES", "SIG_HEADER", "EntrySignature", "Pathish",
+    "Status", "check_entry", "check_file", "check_signatures", "key_id", "keyring",
+]
+
 Pathish = str | os.PathLike[str]
 EVM_IMA_XATTR_DIGSIG, EVM_XATTR_PORTABLE_DIGSIG, IMA_VERITY_DIGSIG = 0x03, 0x05, 0x06
 SIG_HEADER = struct.Struct(">BBBIH")  # type, version, hash_algo, keyid, sig_size

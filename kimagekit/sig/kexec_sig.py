@@ -12,6 +12,8 @@ from kimagekit.fileio import mapped
 from kimagekit.sig.authenticode import verify_buffer
 from kimagekit.sig.keys import load_certs
 
+__all__ = ["FMT", "Pathish", "check_kernel_signature"]
+
 Pathish = str | os.PathLike[str]
 FMT = "kexec-sig"
 

@@ -18,6 +18,11 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from kimagekit.errors import UsageError
 
+__all__ = [
+    "HASHES", "Pathish", "TrustedCert", "akid", "cert_id", "load_certs", "signature_digest",
+    "skid", "verify", "verify_issued",
+]
+
 Pathish = str | os.PathLike[str]
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from kimagekit.errors import ParseError
 from kimagekit.formats import pe
 
+__all__ = [
+    "CHECKSUM_OFFSET", "FMT", "SECURITY_DIRENT", "FirstSignature", "HashLayout", "first_signature",
+    "hash_layout", "image_digest",
+]
+
 FMT = "pe"
 CHECKSUM_OFFSET = 64  # in both optional header forms
 SECURITY_DIRENT = pe.IMAGE_DIRECTORY_ENTRY_SECURITY * pe.DATA_DIRECTORY_SIZE

@@ -19,6 +19,11 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 from kimagekit.errors import ParseError, converted
 
+__all__ = [
+    "DATA", "DIGESTS", "FMT", "SIGNED_DATA", "SPC_INDIRECT_DATA", "SPC_PE_IMAGE_DATA",
+    "AuthenticodeData", "DetachedData", "SignerInfo", "parse_authenticode", "parse_detached",
+]
+
 FMT = "pkcs7"
 SIGNED_DATA = "1.2.840.113549.1.7.2"
 DATA = "1.2.840.113549.1.7.1"
