@@ -193,8 +193,9 @@ def test_convert_round_trips(capsys: pytest.CaptureFixture[str], tmp_path: Path)
         0, "", f"kimagekit: wrote {back}: 9 entries, 988 bytes (binary)\n")
     assert back.read_bytes() == (IMA_DIR / "small-le.bin").read_bytes()
     code, _, err = run(capsys, "ima", "convert", src, "--to", "json", "-o", back)
-    assert (code, err) == (2, "kimagekit: error: --to 'json': choose ascii, binary, canonical "
-                              "or kexec-buffer\n")
+    assert (code, err) == (2, "kimagekit: error: Invalid value for '--to': 'json' is not one "
+                              "of 'ascii', 'binary', 'canonical', 'kexec-buffer'. (see "
+                              "'kimagekit ima convert --help')\n")
 
 
 def test_append(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import stat
@@ -130,7 +131,7 @@ JsonlOpt = typer.Option(False, "--jsonl", help="One JSON result per line, per li
 def check(
     file: Path = ListArg,
     more: list[Path] | None = MoreArg,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     key: list[Path] = typer.Option([], "--key", help="X.509 certificate (PEM or DER) to check "
                                    "file signatures with, as evmctl's --key; repeatable."),
     policy: Path | None = typer.Option(
@@ -292,7 +293,7 @@ def replay(
     trace: bool = typer.Option(False, "--trace", help="Also the PCR value after each entry, in "
                                "every bank replayed (--bank), marking where a quoted value is "
                                "reached."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable result."),
     jobs: int = JobsOpt,
     jsonl: bool = JsonlOpt,
 ) -> None:
@@ -421,12 +422,31 @@ def _replay_summary(verdicts: list[ima_replay.PcrVerdict], differ: list[ima_repl
     return f"OK: chain matches the quote, {values} reproduced"
 
 
+class Form(enum.StrEnum):
+    """--to's choices (ima_files.FORMS)."""
+
+    ASCII = "ascii"
+    BINARY = "binary"
+    CANONICAL = "canonical"
+    KEXEC_BUFFER = "kexec-buffer"
+
+
+class Endian(enum.StrEnum):
+    """--endian's choices."""
+
+    LITTLE = "little"
+    BIG = "big"
+
+
 @app.command("convert")
 def convert(
     file: Path = ListArg,
-    to: str = typer.Option(..., "--to", help="ascii | binary | canonical | kexec-buffer"),
-    output: Path = typer.Option(..., "-o", "--output"),
-    endian: str = typer.Option("", "--endian", help="little | big (binary and kexec-buffer)."),
+    to: Form = typer.Option(..., "--to", help="The form to write: the kernel's ASCII list, a "
+                            "binary list, the canonical (little-endian) list, or a kexec buffer."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="OUT",
+                                help="Where to write it (atomically; '-' for stdout)."),
+    endian: Endian | None = typer.Option(None, "--endian", help="Byte order of a binary list or "
+                                         "kexec buffer (default: the input's)."),
     bank: str = typer.Option("", "--bank", help="Template digest bank of a binary output."),
     headerless: bool = typer.Option(False, "--headerless",
                                     help="kexec-buffer without ima_kexec_hdr (2016 form)."),
@@ -434,15 +454,13 @@ def convert(
                                "kernel would refuse it or a template digest is wrong."),
 ) -> None:
     """Write the list in another form; the output is re-read and compared before success. A
-    kexec buffer the next kernel would refuse is not written (exit 1) unless --force."""
-    if to not in ima_files.FORMS:
-        raise UsageError(f"--to {to!r}: choose ascii, binary, canonical or kexec-buffer")
-    if endian not in ("", "little", "big"):
-        raise UsageError(f"--endian {endian!r}: choose little or big")
+    kexec buffer the next kernel would refuse is not written (exit 1) unless --force.
+
+    Example: kimagekit ima convert binary_runtime_measurements --to ascii -o list.txt"""
     if bank and bank not in ima_log.BANKS:
         raise UsageError(f"--bank {bank!r}: choose one of {', '.join(ima_log.BANKS)}")
     order: ima_log.Endian | None = "<" if endian == "little" else ">" if endian == "big" else None
-    w = ima_files.convert_file(file, output, to, endian=order,
+    w = ima_files.convert_file(file, output, to.value, endian=order,
                                bank=bank or None, header=not headerless, force=force)
     warn(f"wrote {output}: {w.entries} entries, {w.size} bytes ({to})")
 
@@ -450,12 +468,16 @@ def convert(
 @app.command("append")
 def append(
     file: Path = ListArg,
-    new: Path = typer.Argument(..., help="A list whose entries are appended."),
-    output: Path = typer.Option(..., "-o", "--output"),
+    new: Path = typer.Argument(..., metavar="NEW", help="A list whose entries are appended."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="OUT",
+                                help="Where to write the longer list (atomically; '-' for "
+                                "stdout)."),
     force: bool = typer.Option(False, "--force", help="Write a kexec buffer even when the next "
                                "kernel would refuse it."),
 ) -> None:
     """Append the entries of NEW to FILE (binary list or kexec buffer), in FILE's encoding. A
-    kexec buffer the next kernel would refuse is not written (exit 1) unless --force."""
+    kexec buffer the next kernel would refuse is not written (exit 1) unless --force.
+
+    Example: kimagekit ima append handover.bin since-load.bin -o handover-new.bin"""
     w = ima_files.append_file(file, new, output, force=force)
     warn(f"wrote {output}: {w.entries} entries, {w.size} bytes")
