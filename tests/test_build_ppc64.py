@@ -206,7 +206,8 @@ def test_build_refusals(ppc64le_vmlinux: Path, corpus: Path, tmp_path: Path,
         (["--arch", "ppc64le", "--handover-size", "65536"],
          "--handover-size needs --ima or --handover"),
         (["--arch", "ppc64le", "--ima", ima, "--handover-style", "setup-data"],
-         "--handover-style setup-data: a device tree takes seed or ima"),
+         "Invalid value for '--handover-style': 'setup-data' is not one of 'ima', 'seed'. "
+         "(see 'kimagekit build --help')"),
         (["--arch", "ppc64le", "--page-size", "12288"],
          "--page-size 0x3000 is not a supported page size (a power of two from 0x1000 to "
          "0x10000)"),
