@@ -90,4 +90,6 @@ def show_usage_error(err: exceptions.ClickException) -> None:
         return
     ctx = getattr(err, "ctx", None)
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    sys.stderr.write(f"kimagekit: error: {escape(err.format_message())}{hint}\n")
+    # click lays some messages out on lines ("Choose from:\n\tA,\n\tB"): one line here
+    message = " ".join(err.format_message().split())
+    sys.stderr.write(f"kimagekit: error: {escape(message)}{hint}\n")
