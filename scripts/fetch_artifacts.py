@@ -8,10 +8,12 @@ Each package is fetched once with ``apt-get download`` (the ppc64el one through 
 state for that architecture) and unpacked with ``dpkg-deb -x``; later runs reuse the cache.
 Also dtc's source (``dtc-src``: its ``tests/*.dts`` are the DTS reader's acceptance corpus),
 from the Debian source package ``device-tree-compiler`` through a private deb-src list, unpacked
-into ``dtc-src-VERSION``. Also the amd64 kernels the real-kernel tests boot under QEMU (``kernel-bookworm``,
-``kernel-trixie``, ``kernel-sid``): each suite's current ``linux-image-amd64`` through a private
-sources.list and lists directory (the machine's APT state untouched), its version asked of
-``apt-cache depends`` at run time, unpacked into ``realkernel-VERSION`` (vmlinuz, config, the
+into ``dtc-src-VERSION``.
+
+Also the amd64 kernels the real-kernel tests boot under QEMU (``kernel-bookworm``,
+``kernel-trixie``, ``kernel-sid``): each suite's current ``linux-image-amd64`` through a
+private sources.list and lists directory (the machine's APT state untouched), its version asked
+of ``apt-cache depends`` at run time, unpacked into ``realkernel-VERSION`` (vmlinuz, config, the
 9p modules and what they need, decompressed) and named by ``realkernel-SUITE.version``.
 Prints one ``name=path`` line per artifact. Exit 1 when a download fails.
 """
@@ -148,7 +150,7 @@ TRANSPORT_MODULES = ("virtio_pci",)
 
 
 def kernel_dir(suite: str) -> Path | None:
-    """The unpacked kernel of SUITE fetched before (``vmlinuz``, ``config``, ``modules/``), if any."""
+    """SUITE's unpacked kernel fetched before (``vmlinuz``, ``config``, ``modules/``), if any."""
     pointer = cache_dir() / f"realkernel-{suite}.version"
     if not pointer.is_file():
         return None
