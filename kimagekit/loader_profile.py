@@ -211,9 +211,9 @@ def resolve(version: str | None = None, config: str | os.PathLike[str] | None = 
         ver, source = parse_version(version), "--loader-version"
     elif header is not None:
         ver, source = header, ("--loader-config header" if config is not None
-                               else "the config beside --kernel")
+                               else "the config beside the kernel")
     elif not explicit and kernel is not None and (found := kernel_version(kernel)) is not None:
-        ver, source = found, "--kernel's version string"
+        ver, source = found, "the kernel's version string"
     else:
         ver, source = NEWEST, "newest rules"
     if cfg_path is None:

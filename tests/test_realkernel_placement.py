@@ -2,9 +2,12 @@
 kernel's own ``kexec_file_load`` places it.
 
 For each Debian kernel (bookworm 6.1, trixie 6.12, sid) and each RAM size (1 GiB; 5 GiB, RAM
-above 4 GiB), one guest boot runs four loads of the same kernel file through the kernel's
+above 4 GiB), one guest boot runs five loads of the same kernel file through the kernel's
 syscall (``rk_guest/kexec_file.py``): no initrd; a small initrd; a 200 MiB one; a command line of
-the longest length the loader accepts. The kernel prints its segment table (KEXEC_FILE_DEBUG on
+the longest length the loader accepts, and one byte longer (refused by both). A third boot
+reserves RAM (``memmap=``) so that the only range with room for the kernel ends below 16 MiB +
+its size: 6.1 places the kernel under its ``pref_address``, 6.9+ refuse (EADDRNOTAVAIL), and so
+must kimagekit under each kernel's profile. The kernel prints its segment table (KEXEC_FILE_DEBUG on
 6.10+, dyndbg on 6.1); the guest reads the loaded image back through /proc/kcore (its entry,
 each segment's bytes as the kernel will copy them, the boot parameters' pages). On the host,
 ``kimagekit build`` with the guest's System RAM and the kernel's loader profile must give the
@@ -34,7 +37,12 @@ pytestmark = pytest.mark.realkernel
 
 GUEST_SCRIPT = Path(__file__).resolve().parent / "rk_guest" / "kexec_file.py"
 MEMS = ("1G", "5G")
-CASES = ("plain", "initrd-small", "initrd-200M", "cmdline-max")
+CASES = ("plain", "initrd-small", "initrd-200M", "cmdline-max", "cmdline-over")
+LOW = "low"  # the fragmented-RAM boot's one case
+# 1 GiB with 8 MiB reserved every 28 MiB from 68 MiB: RAM pieces of 20 MiB (48 MiB where the
+# running kernel drops a reservation) above [1 MiB, 68 MiB), where a kernel of 56-64 MiB only fits
+# below 16 MiB
+FRAGMENTED = " ".join(f"memmap=8M${at}M" for at in range(68, 1020, 28))
 KEXEC_FILE_DEBUG = 0x8
 MAX_ELFCOREHDR_STR_LEN = 30
 # Segments whose buffer is bigger are not hashed in the guest (TCG hashes slowly): the 200 MiB
@@ -86,13 +94,13 @@ def parse_loads(output: str) -> tuple[list[tuple[int, int]], dict[str, Load]]:
     return ram, loads
 
 
-def max_cmdline(k: Kernel) -> str:
-    """The longest command line the bzImage loader takes: with its NUL and the room it keeps
-    for ``elfcorehdr=``, exactly the kernel's cmdline_size."""
+def max_cmdline(k: Kernel, over: int = 0) -> str:
+    """The longest command line the bzImage loader takes (+ OVER bytes): with its NUL and the
+    room it keeps for ``elfcorehdr=``, exactly the kernel's cmdline_size."""
     with mapped(k.vmlinuz) as view:
         limit = read_bzimage(view).header.get("cmdline_size")
     head = "console=ttyS0 rk.pad="
-    return head + "x" * (limit - MAX_ELFCOREHDR_STR_LEN - 1 - len(head))
+    return head + "x" * (limit - MAX_ELFCOREHDR_STR_LEN - 1 - len(head) + over)
 
 
 def initrd_files(tmp: Path) -> dict[str, Path]:
@@ -108,10 +116,10 @@ def initrd_files(tmp: Path) -> dict[str, Path]:
 
 
 def case_args(k: Kernel, case: str, files: dict[str, Path]) -> tuple[Path | None, str]:
-    if case == "plain":
+    if case in ("plain", LOW):
         return None, "console=ttyS0"
-    if case == "cmdline-max":
-        return files["initrd-small"], max_cmdline(k)
+    if case in ("cmdline-max", "cmdline-over"):
+        return files["initrd-small"], max_cmdline(k, case == "cmdline-over")
     return files[case], "console=ttyS0 root=/dev/ram0"
 
 
@@ -135,19 +143,20 @@ def guest_loads(suite: str, mem: str, guest_files: tuple[Path, dict[str, Path]]
     new = k.major_minor >= (6, 10)
     flags = KEXEC_FILE_DEBUG if new else 0
     spec = []
-    for case in CASES:
+    for case in (LOW,) if mem == LOW else CASES:
         rd, cmdline = case_args(k, case, files)
         cl = tmp / f"{k.suite}-{case}.cmdline"
         cl.write_text(cmdline)
         spec.append(f"{case}\t{k.vmlinuz}\t{rd or ''}\t{cl}\t{flags:#x}\n")
-    spec_file = tmp / f"{k.suite}.spec"
+    spec_file = tmp / f"{k.suite}-{mem}.spec"
     spec_file.write_text("".join(spec))
     lines = ["grep 'System RAM' /proc/iomem",
              guest_python(str(GUEST_SCRIPT), str(spec_file), str(HASH_LIMIT))]
     # 6.1 prints its table with pr_debug: switched on for the two loader files
     extra = "" if new else 'dyndbg="file kexec_file.c +p; file kexec-bzimage64.c +p"'
-    r = run_in_guest(k, "\n".join(lines) + "\n", mem=mem, cmdline=f"quiet {extra}",
-                     timeout=600)
+    ram_args = (FRAGMENTED, "1G") if mem == LOW else ("", mem)
+    r = run_in_guest(k, "\n".join(lines) + "\n", mem=ram_args[1],
+                     cmdline=f"quiet {ram_args[0]} {extra}", timeout=600)
     assert not r.timed_out and r.blocks, r.console[-3000:]
     ram, loads = parse_loads(r.output)
     _RUNS[(suite, mem)] = (k, ram, loads, r.seconds)
@@ -156,11 +165,11 @@ def guest_loads(suite: str, mem: str, guest_files: tuple[Path, dict[str, Path]]
 
 def build_like(k: Kernel, ram: list[tuple[int, int]], initrd: Path | None, cmdline: str,
                out: Path) -> int:
+    """kimagekit build on the guest's RAM under the kernel's own profile (its config)."""
     mem = ",".join(f"{a:#x}-{b:#x}" for a, b in ram)
     argv = ["build", "--arch", "x86_64", "--kernel", str(k.vmlinuz), "--purgatory-from",
             str(k.vmlinuz), "--mem", mem, "--cmdline", cmdline,
-            "-o", str(out), "--no-ima-kexec", "--hole-search",
-            "pre-6.8" if k.major_minor < (6, 8) else "upstream-6.8"]
+            "--loader-config", str(k.config), "-o", str(out)]
     if initrd is not None:
         argv += ["--initrd", str(initrd)]
     return cli_main(argv)
@@ -188,12 +197,22 @@ def running_state_mask(params_len: int, setup_data_at: int | None) -> set[int]:
 @pytest.mark.parametrize("mem", MEMS)
 @pytest.mark.parametrize("suite", SUITES)
 def test_placement_equals_kernel(suite: str, mem: str, case: str, tmp_path: Path,
-                                 guest_files: tuple[Path, dict[str, Path]]) -> None:
+                                 guest_files: tuple[Path, dict[str, Path]],
+                                 capsys: pytest.CaptureFixture[str]) -> None:
     k, ram, loads, _ = guest_loads(suite, mem, guest_files)
     load = loads[case]
-    assert load.rc == "load rc=0 errno=0", "\n".join(load.log)
     rd, cmdline = case_args(k, case, guest_files[1])
     out = tmp_path / "image"
+    if case == "cmdline-over":
+        # both refuse: the kernel with EINVAL, kimagekit naming the rule
+        assert load.rc == "load rc=-1 errno=EINVAL"
+        assert build_like(k, ram, rd, cmdline, out) == 2
+        assert capsys.readouterr().err == (
+            f"kimagekit: error: {k.vmlinuz}: bzImage: setup_header.cmdline_size at offset "
+            f"0x238: command line is {len(cmdline) + 1} bytes with its NUL: with the 30 kept "
+            f"for elfcorehdr= it exceeds cmdline_size {len(cmdline) + 30}\n")
+        return
+    assert load.rc == "load rc=0 errno=0", "\n".join(load.log)
     assert build_like(k, ram, rd, cmdline, out) == 0
     with mapped(out) as view:
         info = read_image(view)
@@ -213,3 +232,31 @@ def test_placement_equals_kernel(suite: str, mem: str, case: str, tmp_path: Path
     mask = running_state_mask(len(params), sd - bp.mem if sd else None)
     differ = [hex(i) for i in range(len(params)) if i not in mask and params[i] != theirs[i]]
     assert differ == []
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_kernel_below_pref_address(suite: str, tmp_path: Path,
+                                   guest_files: tuple[Path, dict[str, Path]],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """RAM where the kernel fits only below 16 MiB (its pref_address): 6.1 places it there,
+    6.9+ refuse; kimagekit does the same under each kernel's profile."""
+    k, ram, loads, _ = guest_loads(suite, LOW, guest_files)
+    load = loads[LOW]
+    out = tmp_path / "image"
+    rc = build_like(k, ram, None, "console=ttyS0", out)
+    if k.major_minor < (6, 9):
+        assert load.rc == "load rc=0 errno=0", "\n".join(load.log)
+        assert rc == 0
+        with mapped(out) as view:
+            info = read_image(view)
+            assert [(s.mem, s.memsz, s.bufsz) for s in info.segments] == load.segments
+            assert info.entry == load.start
+            kseg = info.segment(Role.KERNEL)
+            assert kseg is not None and kseg.mem < 0x1000000
+        return
+    assert load.rc == "load rc=-1 errno=EADDRNOTAVAIL", "\n".join(load.log)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"kimagekit: error: kexec: segment\[2\]\(kernel\): no free memory for "
+                        r"0x[0-9a-f]+ bytes aligned to 0x200000 in \[0x1000000, "
+                        r"0xffffffffffffffff\] \(top-down\)\n", err), err
