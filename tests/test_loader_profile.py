@@ -264,3 +264,23 @@ def test_inspect_names_the_profile_a_kernel_implies(tmp_path: Path,
                   "entry_rule": "purgatory-start", "digest_policy": "upstream-6.15",
                   "ima_kexec": True, "ima_extra_memory": None, "kexec_handover_room": False,
                   "ppc_page_size": None}}
+
+
+def test_ppc64_page_size_and_policy_from_the_loader_config(
+        tmp_path: Path, ppc64le_vmlinux: Path, corpus: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    dtb = corpus / "dtb" / "qemu-7.2-ppc64-pseries.dtb"
+    cfg = tmp_path / "config"
+    cfg.write_text(config_text("6.12.117", "CONFIG_PPC_4K_PAGES=y"))
+    out = tmp_path / "x.img"
+    assert main(["build", "--arch", "ppc64le", "--kernel", str(ppc64le_vmlinux), "--dtb",
+                 str(dtb), "--loader-config", str(cfg), "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["result"]
+    assert (result["page_size"], result["policy"]) == (4096, "upstream-4.10")
+    # the config Debian installs beside its vmlinux: 64 KiB pages, kimagekit's seed policy
+    assert main(["build", "--arch", "ppc64le", "--kernel", str(ppc64le_vmlinux), "--dtb",
+                 str(dtb), "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["result"]
+    assert (result["page_size"], result["policy"]) == (65536, "seed")

@@ -122,8 +122,9 @@ def register(app: typer.Typer) -> None:
                                  f"{', '.join((*PPC_ARCHES, 'x86_64'))}")
             if dtb is None or purgatory_from is not None or mem is not None:
                 raise UsageError("ppc64 needs --dtb and takes no --purgatory-from or --mem")
-            if hole_search is not None or ima_kexec is not None:
-                # powerpc has its own exclude-list search, the same in 6.1 and upstream.
+            if hole_search is not None or ima_kexec is False:
+                # powerpc has its own exclude-list search, the same in 6.1 and upstream; and
+                # no setup_data room to size (--ima-kexec only overrides a profile's refusal)
                 raise UsageError("--hole-search and --no-ima-kexec are x86_64 options")
             if ima is not None and handover is not None:
                 raise UsageError("--ima and --handover exclude each other")
