@@ -39,10 +39,19 @@ GUEST_SCRIPT = Path(__file__).resolve().parent / "rk_guest" / "kexec_file.py"
 MEMS = ("1G", "5G")
 CASES = ("plain", "initrd-small", "initrd-200M", "cmdline-max", "cmdline-over")
 LOW = "low"  # the fragmented-RAM boot's one case
-# 1 GiB with 8 MiB reserved every 28 MiB from 68 MiB: RAM pieces of 20 MiB (48 MiB where the
-# running kernel drops a reservation) above [1 MiB, 68 MiB), where a kernel of 56-64 MiB only fits
-# below 16 MiB
-FRAGMENTED = " ".join(f"memmap=8M${at}M" for at in range(68, 1020, 28))
+MiB = 1 << 20
+
+
+def fragmented(k: Kernel) -> str:
+    """Guest command line reserving RAM (1 GiB guest) so that the kernel (memsz M = its
+    init_size) fits only in [1 MiB, E) with E = 16 MiB + M rounded down to 2 MiB, where top-down
+    it lands below 16 MiB; above E, 8 MiB reserved every 28 MiB (20 MiB pieces). nokaslr keeps
+    the running kernel at 16 MiB, inside [1 MiB, E): a randomized one lying across reservations
+    is re-marked RAM and joins pieces."""
+    with mapped(k.vmlinuz) as view:
+        memsz = -(-read_bzimage(view).header.get("init_size") // 4096) * 4096
+    end = (16 * MiB + memsz) // (2 * MiB) * 2 * MiB // MiB
+    return "nokaslr " + " ".join(f"memmap=8M${at}M" for at in range(end, 1000, 28))
 KEXEC_FILE_DEBUG = 0x8
 MAX_ELFCOREHDR_STR_LEN = 30
 # Segments whose buffer is bigger are not hashed in the guest (TCG hashes slowly): the 200 MiB
@@ -154,7 +163,7 @@ def guest_loads(suite: str, mem: str, guest_files: tuple[Path, dict[str, Path]]
              guest_python(str(GUEST_SCRIPT), str(spec_file), str(HASH_LIMIT))]
     # 6.1 prints its table with pr_debug: switched on for the two loader files
     extra = "" if new else 'dyndbg="file kexec_file.c +p; file kexec-bzimage64.c +p"'
-    ram_args = (FRAGMENTED, "1G") if mem == LOW else ("", mem)
+    ram_args = (fragmented(k), "1G") if mem == LOW else ("", mem)
     r = run_in_guest(k, "\n".join(lines) + "\n", mem=ram_args[1],
                      cmdline=f"quiet {ram_args[0]} {extra}", timeout=600)
     assert not r.timed_out and r.blocks, r.console[-3000:]
