@@ -29,6 +29,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["CONFIG_OPTIONS", "NEWEST", "LoaderProfile", "Version", "config_beside",
+           "from_config", "kernel_version", "parse_version", "read_config", "resolve",
+           "version_from_string"]
+
 from kimagekit.errors import UsageError
 from kimagekit.purgatory import DigestPolicy, EntryRule
 from kimagekit.segments import HoleSearch
