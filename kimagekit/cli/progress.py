@@ -55,7 +55,9 @@ class Progress:
         self._next = 0.0  # monotonic time of the next redraw
 
     def __enter__(self) -> Progress:
-        if self._on:
+        if self._on and _delay() <= 0:
+            self._show()  # at once: drawn before the work starts, however short it is
+        elif self._on:
             # a timer, so that a spinner appears even while one long call (a decompression)
             # holds the main thread
             self._timer = threading.Timer(_delay(), self._show)
