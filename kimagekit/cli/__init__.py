@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                          "(KEXEC_SIG): exit 0 verified, 1 not."),
     "inspect": ("inspect", "Detect FILE's format from its content and describe it; exit 1 "
                 "when the description\nreports damage."),
+    "load": ("load", "Load a kimagekit image into the running kernel through kexec_load(2), "
+             "segments and\nentry as the image holds them; --exec reboots into it."),
+    "unload": ("load", "Unload the image loaded for kexec (kexec_load with no segments); needs "
+               "root unless\n--dry-run."),
     "ima": ("ima", "IMA measurement lists and kexec buffers."),
     "dtb": ("dtb", "Flattened device trees: show, get, set."),
 }
