@@ -21,8 +21,8 @@ from typing import Protocol
 
 from kimagekit.errors import Refused, UsageError
 from kimagekit.formats.kexec import KEXEC_SEGMENT_MAX
-from kimagekit.handover import ImageVerdict, verify_image
-from kimagekit.image import ImageInfo, open_image
+from kimagekit.handover import ImageVerdict, handover_problems
+from kimagekit.image import ImageInfo, read_image, verify_bytes
 
 FMT = "load"
 KEXEC_ARCH_DEFAULT = 0
@@ -187,50 +187,70 @@ def plan_info(info: ImageInfo, verdict: ImageVerdict, file: str, *, machine: str
                     KEXEC_ARCH_DEFAULT, segs, tuple(problems))
 
 
-def plan(path: str | os.PathLike[str], *, force: bool = False,
-         system: System | None = None) -> LoadPlan:
-    """:func:`plan_info` of the image at ``path`` (what ``--dry-run`` shows)."""
-    system = system or LinuxSystem()
-    machine = system.machine()
-    with open_image(path) as (info, _):
-        check_target(info, machine)  # before hashing anything
-    return plan_info(info, verify_image(path), os.fspath(path), machine=machine, force=force)
-
-
 @contextmanager
-def _private_mapping(path: str | os.PathLike[str]) -> Iterator[int]:
-    """The image file mapped copy-on-write (never written back); yields its address, the base
-    of every segment's ``buf``. The kernel copies the segments during the call."""
+def _snapshot(path: str | os.PathLike[str]) -> Iterator[mmap.mmap]:
+    """The image file copied into anonymous memory: what is judged is what is loaded, even if
+    the file changes meanwhile (a private file mapping would still show later writes to pages
+    not yet copied)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise UsageError("the image is empty", fmt=FMT)
-        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
-    anchor = ctypes.c_char.from_buffer(mm)
+        mm = mmap.mmap(-1, size)
+        try:
+            view, at = memoryview(mm), 0
+            while at < size:
+                n = f.readinto(view[at:])
+                if not n:
+                    raise UsageError(f"the image shrank while it was read ({at} of {size} "
+                                     "bytes)", fmt=FMT)
+                at += n
+            view.release()
+            yield mm
+        finally:
+            mm.close()
+
+
+def _judge(data: mmap.mmap, file: str, machine: str, force: bool) -> LoadPlan:
+    view = memoryview(data)
     try:
-        yield ctypes.addressof(anchor)
+        info = read_image(view)
+        check_target(info, machine)  # before hashing anything
+        digest = verify_bytes(view)
+        ima, problems = handover_problems(info, view)
+        verdict = ImageVerdict(digest.ok and not problems, digest, ima,
+                               (() if digest.ok else (digest.reason,)) + problems)
+        return plan_info(info, verdict, file, machine=machine, force=force)
     finally:
-        del anchor
-        mm.close()
+        view.release()
+
+
+def plan(path: str | os.PathLike[str], *, force: bool = False,
+         system: System | None = None) -> LoadPlan:
+    """:func:`plan_info` of the image at ``path`` (what ``--dry-run`` shows)."""
+    system = system or LinuxSystem()
+    with _snapshot(path) as data:
+        return _judge(data, os.fspath(path), system.machine(), force)
 
 
 def load(path: str | os.PathLike[str], *, force: bool = False, dry_run: bool = False,
          system: System | None = None) -> LoadReport:
-    """Judge the image, then (unless ``dry_run``) ``kexec_load`` it. :func:`reboot` boots it."""
+    """Judge the image, then (unless ``dry_run``) ``kexec_load`` it from the very bytes judged.
+    :func:`reboot` boots it."""
     system = system or LinuxSystem()
-    p = plan(path, force=force, system=system)
-    if dry_run:
-        return LoadReport(p, False)
-    if not system.can_boot():
-        raise _refused("kexec_load needs CAP_SYS_BOOT (run it as root)")
-    with _private_mapping(path) as base:
-        # the file may have changed since it was judged: the call uses the judged layout, and
-        # every segment must still lie inside the mapping
-        segs = [(base + s.buf_offset, s.bufsz, s.mem, s.memsz) for s in p.segments]
-        size = os.stat(path).st_size
-        if any(s.buf_offset + s.bufsz > size for s in p.segments):
-            raise _refused("the image file shrank after it was checked")
-        err = system.kexec_load(p.number, p.entry, segs, p.flags)
+    with _snapshot(path) as data:
+        p = _judge(data, os.fspath(path), system.machine(), force)
+        if dry_run:
+            return LoadReport(p, False)
+        if not system.can_boot():
+            raise _refused("kexec_load needs CAP_SYS_BOOT (run it as root)")
+        anchor = ctypes.c_char.from_buffer(data)
+        try:
+            base = ctypes.addressof(anchor)
+            segs = [(base + s.buf_offset, s.bufsz, s.mem, s.memsz) for s in p.segments]
+            err = system.kexec_load(p.number, p.entry, segs, p.flags)
+        finally:
+            del anchor  # the buffer export ends before the snapshot is unmapped
     if err:
         raise Refused(f"kexec_load failed: {explain(err, system, 'load')}", fmt=FMT)
     return LoadReport(p, True)

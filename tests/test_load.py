@@ -140,6 +140,20 @@ def test_load_passes_the_image_segments(image: Path, fake: FakeSystem,
     assert fake.buffers == [data[o:o + b] for _, _, o, b, _, _ in SEGMENTS]
 
 
+def test_loads_the_bytes_it_judged(image: Path, fake: FakeSystem) -> None:
+    """The file rewritten after the checks (here: during the call) changes nothing loaded."""
+    original = image.read_bytes()
+    judged = fake.kexec_load
+
+    def rewrite_then_load(*args: object) -> int:
+        image.write_bytes(bytes(len(original)))
+        return judged(*args)  # type: ignore[arg-type]
+
+    fake.kexec_load = rewrite_then_load  # type: ignore[method-assign]
+    assert kexec_load.load(image, system=fake).loaded
+    assert fake.buffers == [original[o:o + b] for _, _, o, b, _, _ in SEGMENTS]
+
+
 def test_exec_syncs_then_reboots(image: Path, fake: FakeSystem,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     fake.reboot_errno = errno.EPERM
