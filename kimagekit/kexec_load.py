@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kimagekit.errors import Refused, UsageError
+from kimagekit.errors import Refused
 from kimagekit.formats.kexec import KEXEC_SEGMENT_MAX
 from kimagekit.handover import ImageVerdict, handover_problems
 from kimagekit.image import ImageInfo, read_image, verify_bytes
+from kimagekit.input_files import open_input
 
 FMT = "load"
 KEXEC_ARCH_DEFAULT = 0
@@ -188,49 +189,38 @@ def plan_info(info: ImageInfo, verdict: ImageVerdict, file: str, *, machine: str
 
 
 @contextmanager
-def _snapshot(path: str | os.PathLike[str]) -> Iterator[mmap.mmap]:
-    """The image file copied into anonymous memory: what is judged is what is loaded, even if
-    the file changes meanwhile (a private file mapping would still show later writes to pages
-    not yet copied)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise UsageError("the image is empty", fmt=FMT)
-        mm = mmap.mmap(-1, size)
-        try:
-            view, at = memoryview(mm), 0
-            while at < size:
-                n = f.readinto(view[at:])
-                if not n:
-                    raise UsageError(f"the image shrank while it was read ({at} of {size} "
-                                     "bytes)", fmt=FMT)
-                at += n
-            view.release()
-            yield mm
-        finally:
-            mm.close()
-
-
-def _judge(data: mmap.mmap, file: str, machine: str, force: bool) -> LoadPlan:
-    view = memoryview(data)
+def _snapshot(path: str | os.PathLike[str]) -> Iterator[tuple[mmap.mmap, memoryview]]:
+    """The image (a file, or ``-``: stdin) copied into anonymous memory: what is judged is
+    what is loaded, even if the file changes meanwhile (a private file mapping would still
+    show later writes to pages not yet copied)."""
+    with open_input(path) as (_, src):
+        size = len(src)
+        mm = mmap.mmap(-1, max(size, 1))
+        mm[:size] = src
+    view = memoryview(mm)[:size]
     try:
-        info = read_image(view)
-        check_target(info, machine)  # before hashing anything
-        digest = verify_bytes(view)
-        ima, problems = handover_problems(info, view)
-        verdict = ImageVerdict(digest.ok and not problems, digest, ima,
-                               (() if digest.ok else (digest.reason,)) + problems)
-        return plan_info(info, verdict, file, machine=machine, force=force)
+        yield mm, view
     finally:
         view.release()
+        mm.close()
+
+
+def _judge(view: memoryview, file: str, machine: str, force: bool) -> LoadPlan:
+    info = read_image(view)
+    check_target(info, machine)  # before hashing anything
+    digest = verify_bytes(view)
+    ima, problems = handover_problems(info, view)
+    verdict = ImageVerdict(digest.ok and not problems, digest, ima,
+                           (() if digest.ok else (digest.reason,)) + problems)
+    return plan_info(info, verdict, file, machine=machine, force=force)
 
 
 def plan(path: str | os.PathLike[str], *, force: bool = False,
          system: System | None = None) -> LoadPlan:
     """:func:`plan_info` of the image at ``path`` (what ``--dry-run`` shows)."""
     system = system or LinuxSystem()
-    with _snapshot(path) as data:
-        return _judge(data, os.fspath(path), system.machine(), force)
+    with _snapshot(path) as (_, view):
+        return _judge(view, os.fspath(path), system.machine(), force)
 
 
 def load(path: str | os.PathLike[str], *, force: bool = False, dry_run: bool = False,
@@ -238,8 +228,8 @@ def load(path: str | os.PathLike[str], *, force: bool = False, dry_run: bool = F
     """Judge the image, then (unless ``dry_run``) ``kexec_load`` it from the very bytes judged.
     :func:`reboot` boots it."""
     system = system or LinuxSystem()
-    with _snapshot(path) as data:
-        p = _judge(data, os.fspath(path), system.machine(), force)
+    with _snapshot(path) as (data, view):
+        p = _judge(view, os.fspath(path), system.machine(), force)
         if dry_run:
             return LoadReport(p, False)
         if not system.can_boot():

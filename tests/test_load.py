@@ -7,6 +7,9 @@ import ctypes
 import dataclasses
 import errno
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from kimagekit.errors import Refused
 from kimagekit.handover import verify_image
 from kimagekit.image import open_image, read_image, write_image
 from kimagekit.segments import Role
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeSystem:
@@ -117,6 +122,20 @@ def test_dry_run_json(image: Path, fake: FakeSystem, capsys: pytest.CaptureFixtu
                  "warnings": []},
         "loaded": False}
     assert fake.calls == []
+
+
+def test_dry_run_of_an_image_on_stdin(image: Path) -> None:
+    def run(arg: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "kimagekit", "load", "--dry-run", arg],
+                              input=stdin, capture_output=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    by_name, piped = run(str(image), b""), run("-", image.read_bytes())
+    assert (by_name.returncode, by_name.stderr) == (0, b"")
+    assert (piped.returncode, piped.stderr) == (0, b"")
+    assert piped.stdout == by_name.stdout.replace(f"offset in {image},".encode(),
+                                                  b"offset in -,")
+    assert b"dry run: nothing loaded" in piped.stdout
 
 
 def test_dry_run_needs_no_root(image: Path, fake: FakeSystem,

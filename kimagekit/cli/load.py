@@ -27,7 +27,8 @@ def call_lines(p: kexec_load.LoadPlan) -> list[str]:
 def register(app: typer.Typer) -> None:
     @app.command("load")
     def load_cmd(
-        image: Path = typer.Argument(..., help="A kexec image written by kimagekit."),
+        image: Path = typer.Argument(..., metavar="IMAGE", help="A kexec image written by "
+                                     "kimagekit ('-': stdin)."),
         exec_: bool = typer.Option(False, "--exec", help="Sync and reboot into it once loaded."),
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Check it and print the syscall's arguments; load nothing."),
@@ -42,7 +43,9 @@ def register(app: typer.Typer) -> None:
         Refused before the syscall (exit 1): an image for another architecture, more than 16
         segments, an image that does not verify or a hand-over the next kernel would refuse
         (both loaded anyway with --force), no CAP_SYS_BOOT. The kernel's errors are explained
-        (exit 1). Needs root unless --dry-run."""
+        (exit 1). Needs root unless --dry-run.
+
+        Example: kimagekit load kexec.img --exec"""
         with input_named(image):
             report = kexec_load.load(image, force=force, dry_run=dry_run)
         p = report.plan
@@ -70,7 +73,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Unload the image loaded for kexec (kexec_load with no segments); needs root unless
-        --dry-run."""
+        --dry-run.
+
+        Example: kimagekit unload"""
         r = kexec_load.unload(dry_run=dry_run)
         if as_json:
             emit_json(r)
