@@ -82,6 +82,9 @@ class BzImageSummary:
     payload: PayloadSummary | None
     kexec_file_loadable: bool
     not_loadable_because: str | None
+    # the loader profile this kernel implies when it performs a load (its version, a config
+    # beside it): name, source, config, rules
+    loader_profile: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,16 @@ def describe_bzimage(path: Pathish) -> BzImageSummary:
     payload = None if p is None else PayloadSummary(
         p.offset, p.length, p.compression, p.claimed_size, p.decompressed_size,
         None if p.vmlinux is None else vmlinux_summary(p.vmlinux))
+    from kimagekit.loader_profile import resolve
+
+    prof = resolve(kernel=path)
+    profile: dict[str, object] = {"name": prof.name, "source": prof.source,
+                                  "config": prof.config, "rules": prof.rules()}
     return BzImageSummary(img.size, img.header.protocol, img.header.version, img.version_string,
                           img.setup_sects, img.kernel_offset,
                           {f.name: f.value for f in img.header.fields}, pe,
-                          img.pe is not None and img.pe.signed, payload, reason is None, reason)
+                          img.pe is not None and img.pe.signed, payload, reason is None, reason,
+                          profile)
 
 
 def describe_vmlinux(path: Pathish) -> VmlinuxSummary:

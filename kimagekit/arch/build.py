@@ -25,6 +25,7 @@ from kimagekit.image import (
     read_image,
     write_image,
 )
+from kimagekit.loader_profile import LoaderProfile, resolve
 from kimagekit.purgatory import FMT as PURGATORY_FMT
 from kimagekit.purgatory import DigestPolicy, PurgatoryObject, check_target, parse_purgatory
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
@@ -77,6 +78,7 @@ class X86BuildResult:
     digest: str
     handover_entries: int | None
     signature_warning: str | None = None  # unsigned or digest mismatch, without --require
+    loader_profile: str | None = None  # the loading kernel's rules followed (LoaderProfile.name)
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,11 @@ class Built:
 
 def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                 handover_style: HandoverStyle = HandoverStyle.SEED,
-                page_size: int = ppc64_dt.PPC64_PAGE_SIZE) -> Built:
-    """The powerpc ELF loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS)."""
+                page_size: int = ppc64_dt.PPC64_PAGE_SIZE,
+                profile: LoaderProfile | None = None) -> Built:
+    """The powerpc ELF loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS).
+    ``profile``: the loading kernel (its IMA spare room; the page size is ``page_size``)."""
+    prof = profile if profile is not None else resolve()
     if arch not in PPC_ARCHES:
         raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
                          field="arch")
@@ -100,7 +105,8 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     if inputs.require_signature is not None:
         raise UsageError("--require-signature checks PE kernels (x86_64): a ppc64 vmlinux "
                          "carries no Authenticode signature")
-    ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size)
+    ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size,
+                                     prof.ima_extra_memory)
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, arch, page_size)
@@ -121,11 +127,18 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
 
 def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
                  ram: tuple[MemRange, ...] = DEFAULT_RAM,
-                 hole_search: HoleSearch = HoleSearch.UPSTREAM_6_8,
-                 ima_kexec: bool = True) -> Built:
+                 hole_search: HoleSearch | None = None,
+                 ima_kexec: bool | None = None,
+                 profile: LoaderProfile | None = None) -> Built:
     """The bzImage64 loader; the purgatory is ``inputs.purgatory`` or the one ``purgatory_from``
-    (a kernel) embeds; the IMA hand-over is announced by SETUP_IMA setup_data. ``hole_search``
-    and ``ima_kexec`` (CONFIG_IMA_KEXEC) describe the loading kernel."""
+    (a kernel) embeds; the IMA hand-over is announced by SETUP_IMA setup_data. ``profile`` is
+    the loading kernel (default: the newest rules); ``hole_search`` and ``ima_kexec``
+    (CONFIG_IMA_KEXEC) override its rules."""
+    prof = profile if profile is not None else resolve()
+    if hole_search is None:
+        hole_search = prof.hole_search
+    if ima_kexec is None:
+        ima_kexec = prof.ima_kexec
     if inputs.handover is not None:
         raise UsageError("x86-64 hands over an IMA list only", fmt=x86_64.FMT, field="handover")
     check_output(inputs.output, (*_inputs(inputs), purgatory_from), stdout=False)
@@ -145,13 +158,13 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
         purg = given
     if inputs.handover_size is not None and inputs.ima is None:
         raise UsageError("--handover-size needs --ima")
-    ho, entries, ho_size = _handover(inputs, "<", target.page_size)
+    ho, entries, ho_size = _handover(inputs, "<", target.page_size, prof.ima_extra_memory)
     rd = _initrd(inputs.initrd)
 
     def compose(kernel: memoryview) -> KexecImage:
         return x86_64.build(target, kernel, purg, initrd=rd, cmdline=inputs.cmdline,
                             handover=ho, handover_size=ho_size, policy=inputs.policy,
-                            ima_kexec=ima_kexec)
+                            ima_kexec=ima_kexec, profile=prof)
 
     digest, info, warnings = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"),
                                              inputs.purgatory or purgatory_from)
@@ -159,7 +172,7 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     assert k is not None and bp is not None
     return Built(X86BuildResult(str(inputs.output), "x86_64", inputs.policy.value, info.entry,
                                 k.mem + bz.KERNEL_ENTRY64_OFFSET, bp.mem, digest, entries,
-                                sig_warning), info, warnings)
+                                sig_warning, prof.name), info, warnings)
 
 
 def _inputs(i: BuildInputs) -> tuple[Pathish | None, ...]:
@@ -170,9 +183,10 @@ def _endian(little: bool) -> Endian:
     return "<" if little else ">"
 
 
-def _handover(inputs: BuildInputs, endian: Endian,
-              page_size: int) -> tuple[bytes | None, int | None, int | None]:
-    """The hand-over's bytes, the IMA entries in it (None for raw bytes), and its memsz."""
+def _handover(inputs: BuildInputs, endian: Endian, page_size: int,
+              extra: int | None = None) -> tuple[bytes | None, int | None, int | None]:
+    """The hand-over's bytes, the IMA entries in it (None for raw bytes), and its memsz (spare
+    room: ``extra`` bytes, None for IMA's half page)."""
     if inputs.ima is not None:
         with input_named(inputs.ima):
             listed = ima_log.read_entries(inputs.ima)
@@ -185,7 +199,8 @@ def _handover(inputs: BuildInputs, endian: Endian,
     if size is not None and size < len(data):
         raise UsageError(f"--handover-size {size} is smaller than the hand-over buffer "
                          f"({len(data)} bytes)")
-    return data, entries, size or ima_kexec.segment_size(len(data), page_size=page_size)
+    return data, entries, size or ima_kexec.segment_size(len(data), page_size=page_size,
+                                                          extra=extra)
 
 
 def _purgatory(path: Pathish | None, arch: str) -> PurgatoryObject | None:

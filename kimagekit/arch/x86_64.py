@@ -5,8 +5,9 @@ before the image loader), then the purgatory, the boot parameters (boot_params +
 room for the setup_data entries), the protected-mode kernel, the initrd. Every buffer is placed
 top-down. What the running kernel would copy from its own state (screen_info, EDD, EFI memory
 map, ACPI RSDP) is absent offline: those fields stay zero, as when the running kernel has none.
-The boot-parameters layout is 6.1's: no SETUP_DTB or SETUP_KEXEC_KHO room (newer kernels).
-Where the hole search differs between kernels, the target says which (``HoleSearch``).
+Where the rules differ between loading kernels (hole search, the kernel's ``buf_min``, room for
+SETUP_IMA and SETUP_KEXEC_KHO, the purgatory's entry) the :class:`LoaderProfile` says which; no
+SETUP_DTB room (only with the KEXEC_FILE_FORCE_DTB flag, which kimagekit does not model).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kimagekit.formats import bzimage as bz
 from kimagekit.formats.kexec import entry64_regs
 from kimagekit.image import HandoverStyle, KexecImage, seal
 from kimagekit.kernels import BzImage, probe_bzimage64, read_bzimage
+from kimagekit.loader_profile import LoaderProfile, resolve
 from kimagekit.purgatory import (
     DigestPolicy,
     PurgatoryObject,
@@ -51,16 +53,22 @@ class BootParamsLayout:
     ima_setup_data_offset: int | None
     rng_setup_data_offset: int
     bufsz: int
+    kho_setup_data_offset: int | None = None
 
 
-def boot_params_layout(cmdline_len: int, *, ima_kexec: bool) -> BootParamsLayout:
+def boot_params_layout(cmdline_len: int, *, ima_kexec: bool,
+                       kho: bool = False) -> BootParamsLayout:
+    """Setup_data room in the kernel's order: EFI, IMA (CONFIG_IMA_KEXEC), KHO
+    (CONFIG_KEXEC_HANDOVER, 6.16+), the RNG seed."""
     pc = _align(bz.BOOT_PARAMS_SIZE + cmdline_len + MAX_ELFCOREHDR_STR_LEN, 16)
     efi_sd = pc  # + ALIGN(efi_map_sz, 16) with efi_map_sz = 0
-    after_efi = efi_sd + bz.SETUP_DATA_SIZE + bz.EFI_SETUP_DATA_SIZE
-    ima_sd = after_efi if ima_kexec else None
-    rng_sd = after_efi + (bz.SETUP_DATA_SIZE + bz.IMA_SETUP_DATA_SIZE if ima_kexec else 0)
-    return BootParamsLayout(cmdline_len, pc, efi_sd, ima_sd, rng_sd,
-                            rng_sd + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH)
+    at = efi_sd + bz.SETUP_DATA_SIZE + bz.EFI_SETUP_DATA_SIZE
+    ima_sd = at if ima_kexec else None
+    at += bz.SETUP_DATA_SIZE + bz.IMA_SETUP_DATA_SIZE if ima_kexec else 0
+    kho_sd = at if kho else None
+    at += bz.SETUP_DATA_SIZE + bz.KHO_DATA_SIZE if kho else 0
+    return BootParamsLayout(cmdline_len, pc, efi_sd, ima_sd, at,
+                            at + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH, kho_sd)
 
 
 def _align(v: int, a: int) -> int:
@@ -124,6 +132,11 @@ def build_boot_params(kernel: bytes | memoryview, img: BzImage, lay: BootParamsL
     if ima is not None and lay.ima_setup_data_offset is not None:  # setup_ima_state
         _chain(buf, load_addr, lay.ima_setup_data_offset, bz.SETUP_IMA,
                struct.pack("<QQ", *ima))
+    if lay.kho_setup_data_offset is not None:
+        # setup_kho: type and length always; chained only with KHO images in place, which an
+        # offline build never has
+        struct.pack_into("<QII", buf, lay.kho_setup_data_offset, 0, bz.SETUP_KEXEC_KHO,
+                         bz.KHO_DATA_SIZE)
     if rng_seed is not None:  # setup_rng_seed: random bytes are an input, never invented
         _chain(buf, load_addr, lay.rng_setup_data_offset, bz.SETUP_RNG_SEED, rng_seed)
     return bytes(buf)
@@ -141,12 +154,16 @@ def _chain(buf: bytearray, load_addr: int, off: int, kind: int, data: bytes) -> 
 def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject, *,
           initrd: bytes | memoryview | None = None, cmdline: str = "",
           handover: bytes | None = None, handover_size: int | None = None,
-          policy: DigestPolicy = DigestPolicy.SEED, ima_kexec: bool = True,
-          rng_seed: bytes | None = None) -> KexecImage:
+          policy: DigestPolicy = DigestPolicy.SEED, ima_kexec: bool | None = None,
+          rng_seed: bytes | None = None, profile: LoaderProfile | None = None) -> KexecImage:
     """Compose and seal an x86-64 image from a bzImage, as ``bzImage64_load`` does.
 
-    ``ima_kexec``: the loading kernel has CONFIG_IMA_KEXEC (it keeps room for the SETUP_IMA
-    entry). ``handover`` is the IMA kexec buffer, ``handover_size`` its segment's memsz."""
+    ``profile``: the loading kernel (default: the newest rules); the hole search is the
+    target's. ``ima_kexec`` overrides its CONFIG_IMA_KEXEC (room for the SETUP_IMA entry).
+    ``handover`` is the IMA kexec buffer, ``handover_size`` its segment's memsz."""
+    prof = profile if profile is not None else resolve()
+    if ima_kexec is None:
+        ima_kexec = prof.ima_kexec
     if target.arch != "x86_64":
         raise UsageError(f"target arch {target.arch!r} is not x86_64", fmt=FMT, field="arch")
     img = read_bzimage(kernel)
@@ -170,17 +187,19 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
     sl = SegmentList(target)
     sl, ima = add_ima_buffer(sl, handover, handover_size, policy)
     sl, lp = add_purgatory(sl, purgatory, buf_min=MIN_PURGATORY_ADDR, buf_max=U64_MAX,
-                           top_down=True)
-    lay = boot_params_layout(len(cmd), ima_kexec=ima_kexec)
+                           top_down=True, entry_rule=prof.entry_rule)
+    lay = boot_params_layout(len(cmd), ima_kexec=ima_kexec, kho=prof.kho_room)
     sl, bp_seg = add_buffer(sl, KexecBuf(bytes(lay.bufsz), lay.bufsz, Role.BOOT_PARAMS,
                                          buf_align=16, buf_min=MIN_BOOTPARAM_ADDR,
                                          top_down=True))
     body = memoryview(kernel)[img.kernel_offset:]
     init_size = img.header.get("init_size")
     align = img.header.get("kernel_alignment")
+    # since 6.9 the kernel stays at or above its pref_address (it would move there anyway)
+    pref = img.header.get("pref_address") if prof.kernel_above_pref_address else 0
     sl, kseg = add_buffer(sl, KexecBuf(body, _align(max(init_size, 1), target.page_size),
                                        Role.KERNEL, buf_align=align,
-                                       buf_min=MIN_KERNEL_LOAD_ADDR, top_down=True))
+                                       buf_min=max(MIN_KERNEL_LOAD_ADDR, pref), top_down=True))
     rd = None
     if initrd is not None:
         sl, rseg = add_buffer(sl, KexecBuf(initrd, len(initrd), Role.INITRD,

@@ -21,6 +21,7 @@ from kimagekit.cli.common import emit_json, out, warn
 from kimagekit.cli.image import ls_lines
 from kimagekit.errors import UsageError
 from kimagekit.image import HandoverStyle, check_page_size
+from kimagekit.loader_profile import resolve
 from kimagekit.purgatory import DigestPolicy
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, parse_mem_ranges
 
@@ -58,16 +59,24 @@ def register(app: typer.Typer) -> None:
             None, "--handover-size", help="memsz of the hand-over (default: as IMA sizes it)."),
         handover_style: HandoverStyle = typer.Option(
             HandoverStyle.SEED, "--handover-style", help="seed or ima."),
-        policy: DigestPolicy = typer.Option(DigestPolicy.SEED, "--digest-policy",
-                                            help="Which segments the digest leaves out."),
+        policy: DigestPolicy | None = typer.Option(
+            None, "--digest-policy", help="Which segments the digest leaves out (default: "
+            "the named loader's, else seed)."),
         page_size: str | None = typer.Option(
             None, "--page-size", help=f"Target page size (default {ppc64_dt.PPC64_PAGE_SIZE})."),
-        hole_search: HoleSearch = typer.Option(
-            HoleSearch.UPSTREAM_6_8, "--hole-search",
-            help="x86_64: the loading kernel's hole search (pre-6.8 for 6.1)."),
-        ima_kexec: bool = typer.Option(
-            True, "--ima-kexec/--no-ima-kexec",
+        hole_search: HoleSearch | None = typer.Option(
+            None, "--hole-search",
+            help="x86_64: the loading kernel's hole search (default: its profile's)."),
+        ima_kexec: bool | None = typer.Option(
+            None, "--ima-kexec/--no-ima-kexec",
             help="x86_64: the loading kernel has CONFIG_IMA_KEXEC (room for SETUP_IMA)."),
+        loader_version: str | None = typer.Option(
+            None, "--loader-version", help="The kernel that performs the load (6.1, 6.12.117, "
+            "7.2, newest): its placement rules (default: --kernel's version)."),
+        loader_config: Path | None = typer.Option(
+            None, "--loader-config", help="That kernel's config (/boot/config-*): IMA_KEXEC, "
+            "IMA_KEXEC_EXTRA_MEMORY_KB, KEXEC_HANDOVER, page size (default: a config beside "
+            "--kernel)."),
         force: bool = typer.Option(False, "--force", help="Write a hand-over the next kernel "
                                    "would refuse."),
         require_signature: Path | None = typer.Option(
@@ -77,6 +86,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Place kernel, initrd, hand-over, device tree (and purgatory) as kexec_file_load does;
         seal, write atomically, re-read and verify."""
+        named = loader_version is not None or loader_config is not None
+        profile = resolve(loader_version, loader_config, kernel=kernel)
+        if policy is None:
+            # a named loader seals as it would; otherwise kimagekit's own (seed) policy
+            policy = profile.digest_policy if named else DigestPolicy.SEED
+        x86_ima_kexec = ima_kexec
+        if (ima is not None or handover is not None) and not profile.ima_kexec and \
+                ima_kexec is None:
+            if named:
+                raise UsageError(f"the loader profile {profile.name} ({profile.config}) has no "
+                                 "CONFIG_IMA_KEXEC: it hands over no IMA list (--ima-kexec "
+                                 "overrides)")
+            # a config found beside --kernel only guesses the loader's: the hand-over asked
+            # for is built as a loader with CONFIG_IMA_KEXEC builds it
+            x86_ima_kexec = True
         inputs = BuildInputs(kernel, output, initrd=initrd, cmdline=cmdline, purgatory=purgatory,
                              ima=ima, handover=handover, policy=policy, force=force,
                              require_signature=require_signature)
@@ -90,22 +114,25 @@ def register(app: typer.Typer) -> None:
                                  "--purgatory-from KERNEL")
             built = build_x86_64(replace(inputs, handover_size=size),
                                  purgatory_from=purgatory_from, ram=ram,
-                                 hole_search=hole_search, ima_kexec=ima_kexec)
+                                 hole_search=hole_search, ima_kexec=x86_ima_kexec,
+                                 profile=profile)
         else:
             if arch not in PPC_ARCHES:
                 raise UsageError(f"--arch {arch}: this build supports "
                                  f"{', '.join((*PPC_ARCHES, 'x86_64'))}")
             if dtb is None or purgatory_from is not None or mem is not None:
                 raise UsageError("ppc64 needs --dtb and takes no --purgatory-from or --mem")
-            if hole_search != HoleSearch.UPSTREAM_6_8 or not ima_kexec:
-                # powerpc has its own exclude-list search, the same in 6.1 and upstream.
+            if hole_search is not None or ima_kexec is False:
+                # powerpc has its own exclude-list search, the same in 6.1 and upstream; and
+                # no setup_data room to size (--ima-kexec only overrides a profile's refusal)
                 raise UsageError("--hole-search and --no-ima-kexec are x86_64 options")
             if ima is not None and handover is not None:
                 raise UsageError("--ima and --handover exclude each other")
             if handover_style not in (HandoverStyle.SEED, HandoverStyle.IMA):
                 raise UsageError(f"--handover-style {handover_style}: a device tree takes seed "
                                  "or ima")
-            page = _number(page_size, "--page-size") or ppc64_dt.PPC64_PAGE_SIZE
+            page = (_number(page_size, "--page-size") or profile.ppc_page_size
+                    or ppc64_dt.PPC64_PAGE_SIZE)
             why = check_page_size(page)
             if why is not None:
                 raise UsageError(f"--page-size {why}")
@@ -114,7 +141,7 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--handover-size needs --ima or --handover")
             built = build_ppc64(replace(inputs, handover_size=size),
                                 arch=arch, dtb=dtb, handover_style=handover_style,
-                                page_size=page)
+                                page_size=page, profile=profile)
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:

@@ -87,6 +87,13 @@ def render_bzimage(b: BzImageSummary) -> list[str]:
             lines += ["  " + line for line in render_vmlinux(p.vmlinux)]
     lines.append("kexec_file (bzImage64): " + ("loadable" if b.kexec_file_loadable
                                                 else f"refused: {b.not_loadable_because}"))
+    if b.loader_profile is not None:
+        lp = b.loader_profile
+        rules = lp["rules"]
+        assert isinstance(rules, dict)
+        lines.append(f"loader profile (when it performs a load): {lp['name']}, from "
+                     f"{lp['source']}; config {lp['config'] or 'none (newest defaults)'}")
+        lines.append("  " + ", ".join(f"{k} {v}" for k, v in rules.items() if v is not None))
     lines.append("setup header:")
     for name, value in b.header.items():
         lines.append(f"  {name:<22} {value if isinstance(value, str) else hex(value)}")

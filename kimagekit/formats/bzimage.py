@@ -39,6 +39,7 @@ XLF_5LEVEL_ENABLED = 1 << 6
 # setup_data types
 SETUP_NONE, SETUP_E820_EXT, SETUP_DTB, SETUP_PCI, SETUP_EFI = 0, 1, 2, 3, 4
 SETUP_APPLE_PROPERTIES, SETUP_JAILHOUSE, SETUP_CC_BLOB, SETUP_IMA, SETUP_RNG_SEED = 5, 6, 7, 8, 9
+SETUP_KEXEC_KHO = 10
 
 E820_TYPE_RAM, E820_TYPE_RESERVED = 1, 2
 E820_MAX_ENTRIES_ZEROPAGE = 128
@@ -102,6 +103,7 @@ setup_data = Struct("next" / Int64ul, "type" / Int32ul, "len" / Int32ul)
 SETUP_DATA_SIZE = 16
 ima_setup_data = Struct("addr" / Int64ul, "size" / Int64ul)
 IMA_SETUP_DATA_SIZE = 16
+KHO_DATA_SIZE = 32  # struct kho_data: fdt_addr, fdt_size, scratch_addr, scratch_size (6.16+)
 # struct efi_setup_data: fw_vendor, __unused, tables, smbios, reserved[8]
 EFI_SETUP_DATA_SIZE = 96
 RNG_SEED_LENGTH = 32
