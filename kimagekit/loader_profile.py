@@ -151,6 +151,8 @@ def config_beside(kernel: str | os.PathLike[str]) -> Path | None:
     """The config a package installs beside a kernel: ``/boot/config-V`` for ``/boot/vmlinuz-V``
     (or ``vmlinux-V``), ``config`` in the same folder (``/usr/lib/modules/V/``)."""
     p = Path(kernel)
+    if os.fspath(kernel) == "-" or not p.is_file():  # stdin, a pipe: no package layout
+        return None
     for prefix in ("vmlinuz-", "vmlinux-"):
         if p.name.startswith(prefix):
             cand = p.with_name("config-" + p.name[len(prefix):])
@@ -161,21 +163,26 @@ def config_beside(kernel: str | os.PathLike[str]) -> Path | None:
 
 
 def kernel_version(kernel: str | os.PathLike[str]) -> Version | None:
-    """The version a kernel file names (bzImage version string, else the banner of a vmlinux or
-    of a bzImage's payload)."""
+    """The version a kernel file names (bzImage version string, else the banner of a vmlinux),
+    None when it names none or cannot be read (the build reports that file where it reads it)."""
     from kimagekit import kernels
     from kimagekit.errors import KimageError
     from kimagekit.fileio import map_file
     from kimagekit.vmlinux import find_banner
 
-    with map_file(kernel) as (mm, view):
-        try:
-            img = kernels.read_bzimage(view)
-            if img.version_string:
-                return version_from_string(img.version_string)
-        except KimageError:
-            pass
-        banner = find_banner(mm if mm is not None else bytes(view))
+    if os.fspath(kernel) == "-" or not Path(kernel).is_file():
+        return None  # stdin or a pipe is read once, by the build
+    try:
+        with map_file(kernel) as (mm, view):
+            try:
+                img = kernels.read_bzimage(view)
+                if img.version_string:
+                    return version_from_string(img.version_string)
+            except KimageError:
+                pass
+            banner = find_banner(mm if mm is not None else bytes(view))
+    except (KimageError, OSError):
+        return None
     return version_from_string(banner) if banner else None
 
 

@@ -14,7 +14,7 @@ with the same initramfs (:func:`initramfs`) and ``rkscript=`` shows a second blo
 kernel's console=ttyS0 output) whole.
 
 TCG, not KVM: on these machines KVM with ``-cpu host`` dies on an MSR assertion, and TCG boots
-6.1 to userspace in seconds.
+6.1 to userspace in seconds (``KIMAGEKIT_QEMU_ACCEL=kvm`` tries KVM elsewhere).
 """
 
 from __future__ import annotations
@@ -242,7 +242,8 @@ def run_in_guest(k: Kernel, script: str, *, mem: str = "1G", cmdline: str = "",
         t.chmod(0o755)
         (t / "script.sh").write_text(script)
         console, output = t / "console.log", t / "output.log"
-        args = [binary, "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "1",
+        accel = os.environ.get("KIMAGEKIT_QEMU_ACCEL", "tcg")
+        args = [binary, "-machine", "pc", "-accel", accel, "-cpu", "max", "-smp", "1",
                 "-m", mem, "-nographic", "-monitor", "none", "-no-reboot",
                 "-kernel", str(k.vmlinuz), "-initrd", str(rd),
                 "-append", f"console=ttyS0 panic=-1 rkscript={t / 'script.sh'} {cmdline}".strip(),

@@ -284,3 +284,9 @@ def test_ppc64_page_size_and_policy_from_the_loader_config(
                  str(dtb), "-o", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["result"]
     assert (result["page_size"], result["policy"]) == (65536, "seed")
+
+
+def test_a_kernel_on_stdin_or_missing_implies_the_newest_rules(tmp_path: Path) -> None:
+    # stdin is read once, by the build; a missing file is reported where the build reads it
+    assert resolve(kernel="-") == LoaderProfile(NEWEST, "newest rules")
+    assert resolve(kernel=tmp_path / "missing") == LoaderProfile(NEWEST, "newest rules")

@@ -3,8 +3,17 @@ sees the host's root, and runs the host's Python (what every realkernel test rel
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from realkernel_harness import SUITES, guest_python, kernel, parse_blocks, run_in_guest
+from realkernel_harness import (
+    SUITES,
+    guest_python,
+    initramfs,
+    kernel,
+    parse_blocks,
+    run_in_guest,
+)
 
 pytestmark = pytest.mark.realkernel
 
@@ -30,3 +39,36 @@ def test_parse_blocks_keeps_order_and_unfinished_runs() -> None:
     blocks = parse_blocks(text)
     assert [(b.release, b.output, b.rc) for b in blocks] == [
         ("6.1.0-50-amd64", "a\nb\n", 0), ("7.2.13+deb14-amd64", "half", None)]
+
+
+KEXEC_INTO_NEXT = '''
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+kernel, initrd, cmdline = sys.argv[1:4]
+c = cmdline.encode() + b"\\0"
+kfd, ifd = os.open(kernel, os.O_RDONLY), os.open(initrd, os.O_RDONLY)
+rc = libc.syscall(320, kfd, ifd, ctypes.c_ulong(len(c)), ctypes.c_char_p(c), ctypes.c_ulong(0))
+print("loaded", rc, flush=True)
+libc.sync()
+libc.reboot(0x45584543)  # LINUX_REBOOT_CMD_KEXEC: returns only on failure
+print("kexec failed", ctypes.get_errno(), flush=True)
+'''
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_a_script_follows_a_kexec_into_the_next_kernel(suite: str, tmp_path: Path) -> None:
+    """What checks 2-5 build on: the script kexecs (here through kexec_file_load) into a next
+    kernel booted with the same initramfs, whose own rkscript= runs: a second block."""
+    k = kernel(suite)
+    tmp_path.chmod(0o755)
+    (tmp_path / "kx.py").write_text(KEXEC_INTO_NEXT)
+    (tmp_path / "next.sh").write_text("echo next kernel\ncat /proc/cmdline\n")
+    next_cmdline = f"console=ttyS0 panic=-1 quiet rkscript={tmp_path / 'next.sh'}"
+    r = run_in_guest(k, "echo first\n" + guest_python(str(tmp_path / "kx.py"), str(k.vmlinuz),
+                                                      str(initramfs(k)), next_cmdline) + "\n",
+                     mem="1G", cmdline="quiet", timeout=120)
+    assert not r.timed_out
+    assert [(b.release, b.output, b.rc) for b in r.blocks] == [
+        (k.version, "first\nloaded 0", None),
+        (k.version, f"next kernel\n{next_cmdline}\n", 0)], r.console[-3000:]
