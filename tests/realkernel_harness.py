@@ -228,11 +228,13 @@ def parse_blocks(text: str) -> list[Block]:
 
 def run_in_guest(k: Kernel, script: str, *, mem: str = "1G", cmdline: str = "",
                  timeout: float = 180.0, initrd: Path | None = None,
-                 extra_qemu: tuple[str, ...] = ()) -> GuestResult:
+                 extra_qemu: tuple[str, ...] = (),
+                 quiet_timeout: float | None = None) -> GuestResult:
     """Boot K with MEM of RAM under TCG, run SCRIPT (shell text) as root in its initramfs, and
     return what it printed. CMDLINE is added to the guest kernel's command line. The guest is
-    killed after TIMEOUT seconds (``timed_out``); a kernel that panics reboots, which ends QEMU
-    (``-no-reboot``)."""
+    killed after TIMEOUT seconds, or once neither serial port has printed anything for
+    QUIET_TIMEOUT seconds (a kexec whose next kernel never comes up): ``timed_out``. A kernel
+    that panics reboots, which ends QEMU (``-no-reboot``)."""
     binary = qemu()
     rd = initrd if initrd is not None else initramfs(k)
     with tempfile.TemporaryDirectory(prefix="rk-") as tmp:
@@ -252,12 +254,22 @@ def run_in_guest(k: Kernel, script: str, *, mem: str = "1G", cmdline: str = "",
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         timed_out = False
-        try:
-            qemu_out = proc.communicate(timeout=timeout)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            qemu_out = proc.communicate()[0]
-            timed_out = True
+        seen, quiet_since = -1, start
+        while True:
+            try:
+                qemu_out = proc.communicate(timeout=1.0)[0]
+                break
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                size = sum(p.stat().st_size for p in (console, output) if p.exists())
+                if size != seen:
+                    seen, quiet_since = size, now
+                if now - start > timeout or (quiet_timeout is not None
+                                             and now - quiet_since > quiet_timeout):
+                    proc.kill()
+                    qemu_out = proc.communicate()[0]
+                    timed_out = True
+                    break
         seconds = time.monotonic() - start
         con = console.read_text(errors="replace") if console.exists() else ""
         out = output.read_text(errors="replace") if output.exists() else ""

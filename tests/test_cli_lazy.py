@@ -30,9 +30,10 @@ def test_help_table_is_each_commands_first_paragraph(name: str) -> None:
 
 
 def test_help_table_lists_every_command_once_in_help_order() -> None:
-    # inspect (any file) first, then kexec images, kernels, and the two groups
+    # inspect (any file) first, then kexec images (build to load), kernels, and the two groups
     assert list(COMMANDS) == ["inspect", "build", "verify", "ls", "extract", "patch-handover",
-                              "extract-purgatory", "verify-signature", "ima", "dtb"]
+                              "load", "unload", "extract-purgatory", "verify-signature", "ima",
+                              "dtb"]
     assert isinstance(load_command("ima"), typer.core.TyperGroup)
     assert sorted(load_command("ima").commands) == ["append", "check", "convert", "replay",
                                                     "show"]

@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("image", "Write one segment's content (bufsz bytes) to a file."),
     "patch-handover": ("handover", "Replace a kexec image's hand-over contents as "
                        "kexec_update_segment does, and verify\nthe result."),
+    "load": ("load", "Load a kimagekit image into the running kernel through kexec_load(2), "
+             "segments and\nentry as the image holds them; --exec reboots into it."),
+    "unload": ("load", "Unload the image loaded for kexec (kexec_load with no segments); needs "
+               "root unless\n--dry-run."),
     "extract-purgatory": ("kernel", "Write the purgatory object a kexec_file kernel embeds; "
                           "refuse when it has none."),
     "verify-signature": ("signature", "Verify the signature as kexec_file_load does "
