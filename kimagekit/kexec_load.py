@@ -25,6 +25,10 @@ from kimagekit.handover import ImageVerdict, handover_problems
 from kimagekit.image import ImageInfo, read_image, verify_bytes
 from kimagekit.input_files import open_input
 
+__all__ = ["CAP_SYS_BOOT", "KEXEC_ARCH_DEFAULT", "LINUX_REBOOT_CMD_KEXEC", "SYSCALL_KEXEC_LOAD",
+           "LinuxSystem", "LoadPlan", "LoadReport", "SyscallSegment", "System", "UnloadReport",
+           "check_target", "explain", "load", "plan", "plan_info", "reboot", "unload"]
+
 FMT = "load"
 KEXEC_ARCH_DEFAULT = 0
 LINUX_REBOOT_CMD_KEXEC = 0x45584543

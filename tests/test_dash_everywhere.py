@@ -72,6 +72,12 @@ READS = {
     "dtb show": (["dtb", "show", "FILE"], DTB),
     "dtb get": (["dtb", "get", "FILE", "/", "model"], DTB),
     "dtb set": (["dtb", "set", "FILE", "/chosen", "x", "1", "-o", "/dev/stdout"], DTB),
+    "dtb ls": (["dtb", "ls", "FILE", "/", "-p"], DTB),
+    "dtb rm": (["dtb", "rm", "FILE", "/", "model", "-o", "/dev/stdout"], DTB),
+    "dtb handover": (["dtb", "handover", "FILE", "--start", "0x1000000", "--size", "0x1000",
+                      "-o", "/dev/stdout"], DTB),
+    # load reads stdin too: tests/test_load.py::test_dry_run_of_an_image_on_stdin (its dry run
+    # needs an image for the running architecture)
 }
 
 

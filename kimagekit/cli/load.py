@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         """Unload the image loaded for kexec (kexec_load with no segments); needs root unless
         --dry-run.
 
-        Example: kimagekit unload"""
+        Example: kimagekit unload --dry-run"""
         r = kexec_load.unload(dry_run=dry_run)
         if as_json:
             emit_json(r)
