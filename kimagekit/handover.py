@@ -52,7 +52,9 @@ class ImaContent:
 
     form: str  # ima-kexec-buffer, ima-binary-list (2016, no header), empty, or unknown
     entries: int
-    restored: int | None  # entries the next kernel would take (kexec buffer only)
+    # entries the next kernel would take (kexec buffer only): None when it refuses the list
+    # whole; with restore_error, the entries before the one it stops at
+    restored: int | None
     restore_error: str | None
     digest_mismatches: int
     first_mismatch: int | None  # entry index
@@ -93,6 +95,10 @@ def decode_ima(buf: bytes | memoryview, little: bool,
             if len(buf) < ima_kexec.HDR_SIZE else buf
         try:
             restored = len(ima_kexec.restore(padded, endian).entries)
+        except ima_kexec.RestoreStopped as err:
+            # the kernel stops at the refused entry and keeps those before it
+            restored, restore_error = err.kept, ima_kexec.refusal(err)
+            damage.append(f"the next kernel would refuse it: {restore_error}")
         except KimageError as err:
             restore_error = str(err)
             damage.append(f"the next kernel would refuse it: {err}")

@@ -45,7 +45,7 @@ def check_file(path: Pathish, progress: Callable[[int], None] | None = None) -> 
             try:
                 ima_kexec.restore(view, fmt.endian)
             except RuleError as err:
-                restore_error = str(err)
+                restore_error = ima_kexec.refusal(err)
     return CheckResult(fmt, report, restore_error)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from kimagekit.errors import RuleError
+from kimagekit.errors import KimageError, RuleError
 from kimagekit.formats import ima as schema
 from kimagekit.formats.ima import Endian
 from kimagekit.ima_binary import (
@@ -24,7 +24,8 @@ from kimagekit.ima_binary import (
 )
 from kimagekit.ima_fields import template_field_ids, walk_fields
 
-__all__ = ["FMT", "HDR_SIZE", "RestoredList", "append", "build_buffer", "restore", "segment_size"]
+__all__ = ["FMT", "HDR_SIZE", "RestoreStopped", "RestoredList", "append", "build_buffer",
+           "refusal", "restore", "segment_size"]
 
 FMT = "ima-kexec-buffer"
 HDR_SIZE = 24  # sizeof(struct ima_kexec_hdr)
@@ -59,6 +60,16 @@ def segment_size(buffer_size: int, *, page_size: int = 4096, extra: int | None =
     return (total + page_size - 1) // page_size * page_size
 
 
+class RestoreStopped(RuleError):
+    """An entry the restore rules refuse. ``ima_restore_measurement_list`` stops there without
+    undoing: the next kernel keeps the ``kept`` entries before it (seen on Debian 6.1, 6.12 and
+    7.2: tests/test_realkernel_load.py), and logs that the restore failed."""
+
+    def __init__(self, message: str, *, kept: int, field: str, offset: int) -> None:
+        super().__init__(message, fmt=FMT, field=field, offset=offset)
+        self.kept = kept
+
+
 @dataclass(frozen=True)
 class RestoredList:
     """What the next kernel would take from the buffer."""
@@ -67,6 +78,18 @@ class RestoredList:
     buffer_size: int
     count: int
     entries: list[ImaEntry]
+
+
+def refusal(err: KimageError) -> str:
+    """What a restore refusal means for the next kernel, in one line: the rule, and for an
+    entry refused mid-list, the entries it keeps before it."""
+    if isinstance(err, RestoreStopped) and err.kept:
+        return f"{err} (it keeps the {err.kept} entries before it)"
+    return str(err)
+
+
+def _stop(message: str, entries: list[ImaEntry], field: str, offset: int) -> RestoreStopped:
+    return RestoreStopped(message, kept=len(entries), field=field, offset=offset)
 
 
 def restore(buf: bytes | memoryview, endian: Endian = "<") -> RestoredList:
@@ -118,38 +141,37 @@ def restore(buf: bytes | memoryview, endian: Endian = "<") -> RestoredList:
             pos += size
             found += 1
         if found != 4:
-            raise RuleError(f"entry header: nr of fields mismatch: expected 4, found {found}",
-                            fmt=FMT, field=where, offset=start)
+            raise _stop(f"entry header: nr of fields mismatch: expected 4, found {found}",
+                        entries, where, start)
         if last and pos != end:
-            raise RuleError(f"last entry (count {count}) ends at {pos:#x}, buffer_size is {end:#x}",
-                            fmt=FMT, field=where, offset=start)
+            raise _stop(f"last entry (count {count}) ends at {pos:#x}, buffer_size is {end:#x}",
+                        entries, where, start)
         name_len, data_len = lens
         name_at = start + 4 + schema.TPM_DIGEST_SIZE + 4
         name_b = bytes(buf[name_at:name_at + name_len])
         if name_len >= schema.MAX_TEMPLATE_NAME_LEN:
-            raise RuleError(f"template name of {name_len} bytes is too long "
-                            f"(at most {schema.MAX_TEMPLATE_NAME_LEN - 1})",
-                            fmt=FMT, field=f"{where}.template_name", offset=name_at)
+            raise _stop(f"template name of {name_len} bytes is too long "
+                        f"(at most {schema.MAX_TEMPLATE_NAME_LEN - 1})", entries,
+                        f"{where}.template_name", name_at)
         name = name_b.split(b"\0", 1)[0].decode("latin-1")
         if name == "ima":
-            raise RuleError('template "ima" cannot be restored', fmt=FMT,
-                            field=f"{where}.template_name", offset=name_at)
+            raise _stop('template "ima" cannot be restored', entries, f"{where}.template_name",
+                        name_at)
         ids = template_field_ids(name)
         if ids is None:
-            raise RuleError(f"template {name!r} is neither built in nor a list of known fields "
-                            f"(at most {schema.IMA_TEMPLATE_NUM_FIELDS_MAX})",
-                            fmt=FMT, field=f"{where}.template_name", offset=name_at)
+            raise _stop(f"template {name!r} is neither built in nor a list of known fields "
+                        f"(at most {schema.IMA_TEMPLATE_NUM_FIELDS_MAX})", entries,
+                        f"{where}.template_name", name_at)
         data_at = name_at + name_len + 4
         data = bytes(buf[data_at:data_at + data_len])
         try:
             chunks = walk_fields(data, endian, base=data_at, field=f"{where}.template_data")
         except Exception as exc:
-            raise RuleError(f"template data does not split into {len(ids)} fields",
-                            fmt=FMT, field=f"{where}.template_data", offset=data_at) from exc
+            raise _stop(f"template data does not split into {len(ids)} fields", entries,
+                        f"{where}.template_data", data_at) from exc
         if len(chunks) != len(ids):
-            raise RuleError(f"template data holds {len(chunks)} fields, template {name!r} "
-                            f"has {len(ids)}", fmt=FMT, field=f"{where}.template_data",
-                            offset=data_at)
+            raise _stop(f"template data holds {len(chunks)} fields, template {name!r} "
+                        f"has {len(ids)}", entries, f"{where}.template_data", data_at)
         digest = bytes(buf[start + 4:start + 4 + schema.TPM_DIGEST_SIZE])
         (pcr,) = u32.unpack_from(buf, start)
         entries.append(ImaEntry(pcr, digest, name, data, endian, n - 1, start))

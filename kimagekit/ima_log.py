@@ -41,7 +41,7 @@ from kimagekit.ima_binary import (
     template_digest,
     u32_codec,
 )
-from kimagekit.ima_kexec import restore
+from kimagekit.ima_kexec import refusal, restore
 from kimagekit.ima_replay import Method
 
 __all__ = [
@@ -288,7 +288,7 @@ def summarize(path: str | os.PathLike[str]) -> ListSummary:
             try:
                 restore(view, fmt.endian)
             except RuleError as err:
-                restore_error = str(err)
+                restore_error = refusal(err)
         size = len(view)
     damage: list[str] = []
     if report.mismatches:

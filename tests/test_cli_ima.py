@@ -126,7 +126,7 @@ def test_check_kexec_buffer_applies_restore_rules(capsys: pytest.CaptureFixture[
     # third ends at 24 + 314 = 0x152 (make_ima's layout)
     assert (code, out) == (1, "the next kernel would refuse this buffer: ima-kexec-buffer: "
                               "entry[2] at offset 0xef: last entry (count 3) ends at 0x152, "
-                              "buffer_size is 0x3b4\n"
+                              "buffer_size is 0x3b4 (it keeps the 2 entries before it)\n"
                               "FAILED: 8 entries, 1 violations, 0 template digest mismatches "
                               "(sha1)\n")
 
@@ -240,7 +240,8 @@ def test_append(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert code == 1
     assert text.splitlines()[0] == ("the next kernel would refuse this buffer: ima-kexec-buffer: "
                                     "entry[16] at offset 0x750: entry header: nr of fields "
-                                    "mismatch: expected 4, found 3")
+                                    "mismatch: expected 4, found 3 (it keeps the 16 entries "
+                                    "before it)")
 
 
 def test_inspect_labels_an_ascii_list_with_its_bank(capsys: pytest.CaptureFixture[str],
@@ -319,7 +320,8 @@ def test_inspect_exits_1_on_a_damaged_list(capsys: pytest.CaptureFixture[str],
     code, out, _ = run(capsys, "inspect", "--json", str(refused))
     assert (code, json.loads(out)["summary"]["damage"]) == (1, [
         "the next kernel would refuse this buffer: ima-kexec-buffer: entry[8] at offset 0x3b4: "
-        "entry header: nr of fields mismatch: expected 4, found 3"])
+        "entry header: nr of fields mismatch: expected 4, found 3 (it keeps the 8 entries before "
+        "it)"])
     assert run(capsys, "inspect", str(IMA_DIR / "small-le.kexec"))[0] == 0
 
 

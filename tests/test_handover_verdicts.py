@@ -23,7 +23,8 @@ SMALL_2016 = ROOT / "testdata" / "ima" / "small-2016.kexec"  # header-less, rest
 PSERIES = "dtb/qemu-7.2-ppc64-pseries.dtb"
 # The `ima` template's data has no length prefix in a dumped list, so restore finds 3 fields.
 IMA_ENTRY = ("the next kernel would refuse it: ima-kexec-buffer: entry[8] at offset 0x3b4: "
-             "entry header: nr of fields mismatch: expected 4, found 3")
+             "entry header: nr of fields mismatch: expected 4, found 3 (it keeps the 8 entries "
+             "before it)")
 FORCE = "nothing written (--force writes it anyway)"
 
 

@@ -102,6 +102,27 @@ def test_restore_refuses_what_the_kernel_refuses(buf: bytes, message: str) -> No
     assert str(err.value) == message
 
 
+def test_a_refusal_mid_list_keeps_the_entries_before_it() -> None:
+    # the kernel's restore loop breaks at the refused entry without undoing the ones before it
+    # (held against Debian 6.1, 6.12 and 7.2 in tests/test_realkernel_load.py)
+    bad = _one("ima-ng")[:24] + b"\x03\0\0\0ima" + _one("ima-ng")[34:]
+    with pytest.raises(ima_kexec.RestoreStopped) as err:
+        ima_kexec.restore(_buf(_one() + _one() + bad + _one(), 4))
+    assert err.value.kept == 2
+    assert len(_one()) == 0x4B  # the name of entry[2]: 0x34 + 2 * 0x4b = 0xca
+    assert ima_kexec.refusal(err.value) == (
+        "ima-kexec-buffer: entry[2].template_name at offset 0xca: template \"ima\" cannot be "
+        "restored (it keeps the 2 entries before it)")
+    # refused at the header or at the first entry: nothing kept, the rule alone
+    with pytest.raises(ima_kexec.RestoreStopped) as first:
+        ima_kexec.restore(_buf(bad, 1))
+    assert first.value.kept == 0
+    assert ima_kexec.refusal(first.value) == str(first.value)
+    with pytest.raises(RuleError) as header:
+        ima_kexec.restore(_buf(_one(), 1, version=2))
+    assert not isinstance(header.value, ima_kexec.RestoreStopped)
+
+
 def test_restore_accepts_count_larger_than_entries_like_the_kernel() -> None:
     restored = ima_kexec.restore(_buf(_one(), 5))
     assert (restored.count, len(restored.entries)) == (5, 1)

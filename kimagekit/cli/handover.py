@@ -96,4 +96,4 @@ def patch_image(image: Path, *, ima: Path | None, data: Path | None, output: Pat
     if result.ima is not None:
         m = result.ima
         out(f"{target}: IMA {m.form}: {m.entries} entries, "
-            f"{'restore ok' if m.restored is not None else 'restore FAILED'}")
+            f"{'restore FAILED' if m.restore_error else 'restore ok'}")

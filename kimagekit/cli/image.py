@@ -120,8 +120,8 @@ def _handover_lines(h: HandoverSummary) -> list[str]:
                      f"{'reserved' if a.reserved else 'NOT reserved'}, "
                      f"{'matches the segment' if a.matches else 'DOES NOT match the segment'}")
     m = h.ima
-    verdict = ("restore ok" if m.restored is not None
-               else "restore FAILED" if m.restore_error else "no restore rules")
+    verdict = ("restore FAILED" if m.restore_error else "restore ok" if m.restored is not None
+               else "no restore rules")
     lines.append(f"  IMA {m.form}: {m.entries} entries, {verdict}")
     lines += [f"  PCR 10 {bank} {value}" for bank, value in m.pcr10.items()]
     lines += [f"  DAMAGE: {d}" for d in m.damage]
