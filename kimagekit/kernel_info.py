@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kimagekit import kernels
 from kimagekit import vmlinux as vm
@@ -63,6 +63,8 @@ class VmlinuxSummary:
     loads: tuple[LoadSummary, ...]
     symbols: int
     size: int
+    # as BzImageSummary's (a vmlinux read on its own; None inside a bzImage's payload)
+    loader_profile: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,21 +159,27 @@ def describe_bzimage(path: Pathish) -> BzImageSummary:
     payload = None if p is None else PayloadSummary(
         p.offset, p.length, p.compression, p.claimed_size, p.decompressed_size,
         None if p.vmlinux is None else vmlinux_summary(p.vmlinux))
-    from kimagekit.loader_profile import resolve
-
-    prof = resolve(kernel=path)
-    profile: dict[str, object] = {"name": prof.name, "source": prof.source,
-                                  "config": prof.config, "rules": prof.rules()}
     return BzImageSummary(img.size, img.header.protocol, img.header.version, img.version_string,
                           img.setup_sects, img.kernel_offset,
                           {f.name: f.value for f in img.header.fields}, pe,
                           img.pe is not None and img.pe.signed, payload, reason is None, reason,
-                          profile)
+                          _profile(path))
+
+
+def _profile(kernel: Pathish) -> dict[str, object]:
+    """The loader profile ``kernel`` implies when it performs a load (its version, a config
+    beside it), as inspect reports it."""
+    from kimagekit.loader_profile import resolve
+
+    prof = resolve(kernel=kernel)
+    return {"name": prof.name, "source": prof.source, "config": prof.config,
+            "rules": prof.rules()}
 
 
 def describe_vmlinux(path: Pathish) -> VmlinuxSummary:
     with map_file(path) as (mm, view):
-        return vmlinux_summary(vm.read_elf_kernel(mm if mm is not None else bytes(view)))
+        summary = vmlinux_summary(vm.read_elf_kernel(mm if mm is not None else bytes(view)))
+    return replace(summary, loader_profile=_profile(path))
 
 
 def describe_arm64(path: Pathish) -> Arm64Summary:

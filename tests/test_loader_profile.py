@@ -290,3 +290,26 @@ def test_a_kernel_on_stdin_or_missing_implies_the_newest_rules(tmp_path: Path) -
     # stdin is read once, by the build; a missing file is reported where the build reads it
     assert resolve(kernel="-") == LoaderProfile(NEWEST, "newest rules")
     assert resolve(kernel=tmp_path / "missing") == LoaderProfile(NEWEST, "newest rules")
+
+
+def test_inspect_names_the_profile_of_a_vmlinux(capsys: pytest.CaptureFixture[str]) -> None:
+    # Debian's ppc64el vmlinux, its config beside it as the package installs it: the banner's
+    # "Debian 6.1.x" version and the config's 64 KiB pages
+    from conftest import debian_artifact
+
+    vmlinux = debian_artifact("ppc64le-vmlinux")
+    cfg = vmlinux.parent / "config-6.1.0-50-powerpc64le"
+    assert main(["inspect", str(vmlinux), "--json"]) == 0
+    import json
+
+    profile = json.loads(capsys.readouterr().out)["summary"]["loader_profile"]
+    assert profile["source"] == "the config beside the kernel"
+    assert profile["config"] == str(cfg)
+    assert profile["name"].startswith("6.1.")
+    assert profile["rules"]["ppc_page_size"] == 0x10000
+    assert profile["rules"]["ima_kexec"] is False
+    assert profile["rules"]["digest_policy"] == "upstream-4.10"
+    assert main(["inspect", str(vmlinux)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == (f"  loader profile (when it performs a load): {profile['name']}, from "
+                         f"the config beside the kernel; config {cfg}")

@@ -75,7 +75,17 @@ def render_vmlinux(k: VmlinuxSummary) -> list[str]:
     for x in k.loads:
         lines.append(f"PT_LOAD offset {x.offset:#x} vaddr {x.vaddr:#x} paddr {x.paddr:#x} "
                      f"filesz {x.filesz:#x} memsz {x.memsz:#x} align {x.align:#x}")
-    return lines
+    return lines + _profile_lines(k.loader_profile)
+
+
+def _profile_lines(lp: dict[str, object] | None) -> list[str]:
+    if lp is None:
+        return []
+    rules = lp["rules"]
+    assert isinstance(rules, dict)
+    return [f"loader profile (when it performs a load): {lp['name']}, from {lp['source']}; "
+            f"config {lp['config'] or 'none (newest defaults)'}",
+            "  " + ", ".join(f"{k} {v}" for k, v in rules.items() if v is not None)]
 
 
 def render_bzimage(b: BzImageSummary) -> list[str]:
@@ -93,13 +103,7 @@ def render_bzimage(b: BzImageSummary) -> list[str]:
             lines += ["  " + line for line in render_vmlinux(p.vmlinux)]
     lines.append("kexec_file (bzImage64): " + ("loadable" if b.kexec_file_loadable
                                                 else f"refused: {b.not_loadable_because}"))
-    if b.loader_profile is not None:
-        lp = b.loader_profile
-        rules = lp["rules"]
-        assert isinstance(rules, dict)
-        lines.append(f"loader profile (when it performs a load): {lp['name']}, from "
-                     f"{lp['source']}; config {lp['config'] or 'none (newest defaults)'}")
-        lines.append("  " + ", ".join(f"{k} {v}" for k, v in rules.items() if v is not None))
+    lines += _profile_lines(b.loader_profile)
     lines.append("setup header:")
     for name, value in b.header.items():
         lines.append(f"  {name:<22} {value if isinstance(value, str) else hex(value)}")
