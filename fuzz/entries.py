@@ -120,7 +120,8 @@ def _images() -> list[bytes]:
             arch_build.build_ppc64(
                 arch_build.BuildInputs(t / "vmlinux", o, initrd=t / "initrd", ima=ima,
                                        cmdline="console=hvc0", policy=policy),
-                arch="ppc64le", dtb=t / "dtb", handover_style=style, page_size=0x1000)
+                arch="ppc64le", dtb=t / "dtb", handover_style=style, page_size=0x1000,
+                no_purgatory=True)
             out.append(o.read_bytes())
         o = t / "x86.img"
         arch_build.build_x86_64(arch_build.BuildInputs(t / "bz", o, initrd=t / "initrd",
@@ -200,7 +201,8 @@ def _ppc_run(p: dict[str, Path | None], o: Opts, out: Path) -> tuple[Path, int, 
                                     handover=p["handover"], handover_size=size,
                                     policy=o["policy"], force=o["force"])
     built = arch_build.build_ppc64(inputs, arch=o["arch"], dtb=p["dtb"],
-                                   handover_style=HandoverStyle(o["style"]), page_size=page)
+                                   handover_style=HandoverStyle(o["style"]), page_size=page,
+                                   no_purgatory=p["purgatory"] is None)
     return _image_bound(p, o, out, len(built.image.segments), page)
 
 

@@ -96,7 +96,7 @@ def _build_ppc(tmp: Path, name: str, argv: list[str]) -> Path:
     from kimagekit.cli import main
 
     out = tmp / name
-    rc = main(["build", "--arch", "ppc64le", *argv, "-o", str(out)])
+    rc = main(["build", "--arch", "ppc64le", "--no-purgatory", *argv, "-o", str(out)])
     assert rc == 0, f"build {name} failed: {rc}"
     return out
 

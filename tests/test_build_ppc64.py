@@ -195,8 +195,8 @@ def test_inspect_shows_handover_and_chosen(ppc_seed_image: Path, corpus: Path,
 
 def test_build_refusals(ppc64le_vmlinux: Path, corpus: Path, tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["build", "--kernel", str(ppc64le_vmlinux), "--dtb", str(corpus / DTB_512M),
-            "-o", str(tmp_path / "x.img")]
+    base = ["build", "--kernel", str(ppc64le_vmlinux), "--no-purgatory", "--dtb",
+            str(corpus / DTB_512M), "-o", str(tmp_path / "x.img")]
     ima = str(corpus / PPC_IMA_LIST)
     cases = [
         (["--arch", "arm64"], "Invalid value for '--arch': 'arm64' is not one of 'ppc64le', "
@@ -246,7 +246,8 @@ def test_json_keys(ppc_seed_image: Path, ppc64le_vmlinux: Path, corpus: Path, tm
     assert s["chosen"]["bootargs"] == '"console=hvc0 root=/dev/vda"'
     # A .dts input is compiled in memory, as every dtb command does.
     out = tmp_path / "dts.img"
-    assert main(["build", "--arch", "ppc64le", "--kernel", str(ppc64le_vmlinux), "--dtb",
+    assert main(["build", "--arch", "ppc64le", "--no-purgatory",
+                 "--kernel", str(ppc64le_vmlinux), "--dtb",
                  str(corpus / "dtb/qemu-7.2-ppc64-pseries.dts"), "--json", "-o", str(out)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert list(doc["result"]) == ["output", "arch", "page_size", "policy", "entry", "digest",

@@ -35,7 +35,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     gen.restorable_list(f["ima"])
     f["initrd"].write_bytes(gen.filler(0x1166, 7))
     f["bzimage"].write_bytes(kgen.make_bzimage(kgen.make_vmlinux(purgatory=gen.make_purgatory())))
-    done = run(["build", "--arch", "ppc64le", "--kernel", str(f["vmlinux"]), "--dtb", str(DTB),
+    done = run(["build", "--arch", "ppc64le", "--no-purgatory",
+                "--kernel", str(f["vmlinux"]), "--dtb", str(DTB),
                 "--ima", str(f["ima"]), "-o", str(f["image"])])
     assert done.returncode == 0, done.stderr
     pki = make_pki(d)
@@ -52,13 +53,17 @@ READS = {
     "extract": (["extract", "FILE", "kernel", "-o", "/dev/stdout"], "image"),
     "extract-purgatory": (["extract-purgatory", "FILE", "-o", "/dev/stdout"], "bzimage"),
     "verify-signature": (["verify-signature", "FILE", "--cert", "{cert}"], "bzimage"),
-    "build --kernel": (["build", "--arch", "ppc64le", "--kernel", "FILE", "--dtb", str(DTB),
+    "build --kernel": (["build", "--arch", "ppc64le", "--no-purgatory",
+                        "--kernel", "FILE", "--dtb", str(DTB),
                         "-o", "{out}"], "vmlinux"),
-    "build --dtb": (["build", "--arch", "ppc64le", "--kernel", "{vmlinux}", "--dtb", "FILE",
+    "build --dtb": (["build", "--arch", "ppc64le", "--no-purgatory",
+                     "--kernel", "{vmlinux}", "--dtb", "FILE",
                      "-o", "{out}"], DTB),
-    "build --ima": (["build", "--arch", "ppc64le", "--kernel", "{vmlinux}", "--dtb", str(DTB),
+    "build --ima": (["build", "--arch", "ppc64le", "--no-purgatory",
+                     "--kernel", "{vmlinux}", "--dtb", str(DTB),
                      "--ima", "FILE", "-o", "{out}"], "ima"),
-    "build --initrd": (["build", "--arch", "ppc64le", "--kernel", "{vmlinux}", "--dtb",
+    "build --initrd": (["build", "--arch", "ppc64le", "--no-purgatory",
+                        "--kernel", "{vmlinux}", "--dtb",
                         str(DTB), "--initrd", "FILE", "-o", "{out}"], "initrd"),
     "patch-handover IMAGE": (["patch-handover", "FILE", "--ima", "{ima}", "-o", "{out}"],
                              "image"),
@@ -131,7 +136,8 @@ def test_dash_writes_stdout(case: str, files: dict[str, Path], tmp_path: Path) -
 
 
 @pytest.mark.parametrize("argv", [
-    ["build", "--arch", "ppc64le", "--kernel", "{vmlinux}", "--dtb", str(DTB), "-o", "-"],
+    ["build", "--arch", "ppc64le", "--no-purgatory",
+     "--kernel", "{vmlinux}", "--dtb", str(DTB), "-o", "-"],
     ["patch-handover", "{image}", "--ima", "{ima}", "-o", "-"],
 ])
 def test_outputs_that_are_reread_refuse_stdout(argv: list[str], files: dict[str, Path]) -> None:

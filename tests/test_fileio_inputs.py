@@ -52,7 +52,8 @@ def command(files: Path, what: str, given: object) -> list[object]:
                      files / "purgatory.ro", "--initrd", given, "-o", out],
         "--purgatory": ["build", "--arch", "x86_64", "--kernel", files / "bzImage",
                         "--purgatory", given, "-o", out],
-        "--handover": ["build", "--arch", "ppc64le", "--kernel", files / "vmlinux", "--dtb",
+        "--handover": ["build", "--arch", "ppc64le", "--no-purgatory",
+                       "--kernel", files / "vmlinux", "--dtb",
                        ROOT / "testdata" / "dtb" / "small.dtb", "--handover", given, "-o", out],
         "file": ["ima", "show", given],
     }[what]

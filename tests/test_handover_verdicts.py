@@ -94,7 +94,7 @@ def test_ppc64_handover_forms_by_style(corpus: Path, tmp_path: Path,
     # The 2016 series (seed) took the header-less list; upstream (ima) reads a header first.
     vmlinux = tmp_path / "vmlinux"
     vmlinux.write_bytes(gen.make_vmlinux())
-    base = ["build", "--arch", "ppc64le", "--kernel", str(vmlinux), "--dtb",
+    base = ["build", "--arch", "ppc64le", "--no-purgatory", "--kernel", str(vmlinux), "--dtb",
             str(corpus / PSERIES), "--handover-style", "seed", "--handover", str(SMALL_2016)]
     out = tmp_path / "s.img"
     assert main([*base, "-o", str(out)]) == 0

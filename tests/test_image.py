@@ -180,7 +180,8 @@ def test_ppc64le_build_without_purgatory(tmp_path: Path) -> None:
     t = Target("ppc64le", page_size=0x10000, ram=(MemRange(0, 1 << 30),),
                reserved=(MemRange(0x3000000, 0x10000),))
     img = build(t, gen.make_vmlinux(), b"DTBDTB", hook, initrd=gen.filler(0x18000, 9),
-                handover=b"ima" * 10, handover_size=0x20000, cmdline="root=/dev/sda")
+                handover=b"ima" * 10, handover_size=0x20000, cmdline="root=/dev/sda",
+                no_purgatory=True)
     p = tmp_path / "ppc.img"
     write_image(p, img)
     text = readelf(p)

@@ -275,12 +275,14 @@ def test_ppc64_page_size_and_policy_from_the_loader_config(
     cfg = tmp_path / "config"
     cfg.write_text(config_text("6.12.117", "CONFIG_PPC_4K_PAGES=y"))
     out = tmp_path / "x.img"
-    assert main(["build", "--arch", "ppc64le", "--kernel", str(ppc64le_vmlinux), "--dtb",
+    assert main(["build", "--arch", "ppc64le", "--no-purgatory",
+                 "--kernel", str(ppc64le_vmlinux), "--dtb",
                  str(dtb), "--loader-config", str(cfg), "-o", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["result"]
     assert (result["page_size"], result["policy"]) == (4096, "upstream-4.10")
     # the config Debian installs beside its vmlinux: 64 KiB pages, kimagekit's seed policy
-    assert main(["build", "--arch", "ppc64le", "--kernel", str(ppc64le_vmlinux), "--dtb",
+    assert main(["build", "--arch", "ppc64le", "--no-purgatory",
+                 "--kernel", str(ppc64le_vmlinux), "--dtb",
                  str(dtb), "-o", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["result"]
     assert (result["page_size"], result["policy"]) == (65536, "seed")

@@ -140,7 +140,7 @@ def test_ppc64_initrd_and_dtb_search_from_the_last_paddr() -> None:
     # elf64_load reuses the kexec_buf kexec_elf_load filled: buf_min stays the PT_LOAD's p_paddr
     t = Target("ppc64le", page_size=PAGE, ram=(MemRange(0, GiB),))
     img = build(t, gen.make_vmlinux(paddr=0x100000), b"DTB", lambda req: req.dtb + bytes(5),
-                initrd=b"R" * 0x18000)
+                initrd=b"R" * 0x18000, no_purgatory=True)
     kern, rd, dtb = img.segments.segments
     assert (kern.role, kern.mem, kern.memsz) == (Role.KERNEL, 0x100000, 0x10000)
     assert (rd.role, rd.mem, rd.memsz) == (Role.INITRD, 0x110000, 0x20000)  # was 0x0

@@ -31,7 +31,8 @@ def ppc_image(tmp_path: Path) -> Path:
     ima = gen.restorable_list(tmp_path / "ima.bin")
     out = tmp_path / "ppc.img"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["build", "--arch", "ppc64le", "--kernel", str(tmp_path / "vmlinux"),
+        assert main(["build", "--arch", "ppc64le", "--no-purgatory",
+                     "--kernel", str(tmp_path / "vmlinux"),
                      "--dtb", str(SMALL_DTB), "--initrd", str(tmp_path / "initrd"), "--ima",
                      str(ima), "-o", str(out)]) == 0
     return out
@@ -89,7 +90,8 @@ def test_build_prints_the_map_and_writes_svg(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "vmlinux").write_bytes(gen.make_vmlinux())
     out, svg = tmp_path / "ppc.img", tmp_path / "map.svg"
-    assert main(["build", "--arch", "ppc64le", "--kernel", str(tmp_path / "vmlinux"), "--dtb",
+    assert main(["build", "--arch", "ppc64le", "--no-purgatory",
+                 "--kernel", str(tmp_path / "vmlinux"), "--dtb",
                  str(SMALL_DTB), "-o", str(out), "--svg", str(svg)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3:] == [

@@ -246,7 +246,7 @@ def test_patch_refuses_a_tree_announcing_something_else(corpus: Path, tmp_path: 
 
     img = build(target_from_tree(tree, "ppc64le"), gen.make_vmlinux(), tree.build(), hook,
                 handover=b"h" * 0x100, handover_size=0x10000,
-                handover_style=HandoverStyle.IMA)
+                handover_style=HandoverStyle.IMA, no_purgatory=True)
     p = tmp_path / "odd.img"
     write_image(p, img)
     before = p.read_bytes()

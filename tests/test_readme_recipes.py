@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from image_helpers import gen
+from image_helpers import gen, ppc_gen
 
 from kimagekit import dtb_file
 from kimagekit.image import verify
@@ -52,6 +52,7 @@ def scratch(tmp_path: Path) -> Path:
         f"PCR-{int(pcr):02d}: {value}\n" for bank in quoted.values()
         for pcr, value in bank.items()))
     (tmp_path / "vmlinux").write_bytes(gen.make_vmlinux())
+    (tmp_path / "purgatory.ro").write_bytes(ppc_gen.make_ppc64_purgatory())
     (tmp_path / "system.dtb").write_bytes((ROOT / "testdata/dtb/small.dtb").read_bytes())
     gen.restorable_list(tmp_path / "measurements.bin")
     return tmp_path

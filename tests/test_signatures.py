@@ -394,7 +394,8 @@ def test_build_without_require_warns_like_kexec_sig(
 
 def test_build_require_signature_is_x86_only(pki: Pki, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(["build", "--arch", "ppc64le", "--kernel", str(tmp_path / "v"),
+    code, _, err = _run(["build", "--arch", "ppc64le", "--no-purgatory",
+                         "--kernel", str(tmp_path / "v"),
                          "--dtb", str(tmp_path / "d"), "-o", str(tmp_path / "o"),
                          "--require-signature", str(pki.ca)], capsys)
     assert (code, err) == (2, "kimagekit: error: --require-signature checks PE kernels "

@@ -123,7 +123,7 @@ def test_build_page_size_bounds(corpus: Path, tmp_path: Path,
     vmlinux = tmp_path / "vmlinux"
     vmlinux.write_bytes(gen.make_vmlinux())
     out = tmp_path / "x.img"
-    assert main(["build", "--arch", "ppc64le", "--kernel", str(vmlinux), "--dtb",
+    assert main(["build", "--arch", "ppc64le", "--no-purgatory", "--kernel", str(vmlinux), "--dtb",
                  str(corpus / PSERIES), "--page-size", str(1 << 31), "-o", str(out)]) == 2
     assert capsys.readouterr().err == (
         "kimagekit: error: --page-size 0x80000000 is not a supported page size (a power of two "

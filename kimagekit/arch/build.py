@@ -96,9 +96,10 @@ class Built:
 def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                 handover_style: HandoverStyle = HandoverStyle.SEED,
                 page_size: int = ppc64_dt.PPC64_PAGE_SIZE,
-                profile: LoaderProfile | None = None) -> Built:
+                profile: LoaderProfile | None = None, no_purgatory: bool = False) -> Built:
     """The powerpc ELF loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS).
-    ``profile``: the loading kernel (its IMA spare room; the page size is ``page_size``)."""
+    ``profile``: the loading kernel (its IMA spare room; the page size is ``page_size``).
+    ``no_purgatory``: an image for inspection only (the kernel always loads a purgatory)."""
     prof = profile if profile is not None else resolve()
     if arch not in PPC_ARCHES:
         raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
@@ -110,11 +111,15 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     if inputs.require_signature is not None:
         raise UsageError("--require-signature checks PE kernels (x86_64): a ppc64 vmlinux "
                          "carries no Authenticode signature")
+    if (inputs.purgatory is None) != no_purgatory:
+        raise UsageError(ppc64.NO_PURGATORY if inputs.purgatory is None else
+                         "--no-purgatory and --purgatory exclude each other")
     ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size,
                                      prof.ima_extra_memory)
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, arch, page_size)
+        opal = ppc64_dt.opal_from_tree(tree) if inputs.purgatory is not None else None
     purg = _purgatory(inputs.purgatory, arch)
     rd = _initrd(inputs.initrd)
 
@@ -122,7 +127,8 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
         return ppc64.build(target, kernel, tree.build(), ppc64_dt.chosen_hook(page_size),
                            initrd=rd, handover=ho, handover_size=ho_size,
                            handover_style=handover_style, cmdline=inputs.cmdline,
-                           purgatory=purg, policy=inputs.policy)
+                           purgatory=purg, policy=inputs.policy, no_purgatory=no_purgatory,
+                           opal=opal)
 
     # Only the vmlinux's own faults name it; placement refusals are about the layout.
     digest, info, warnings = _write_verified(inputs, compose, (ppc64.FMT,), inputs.purgatory)

@@ -12,16 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kimagekit.arch.common import add_ima_buffer
+from kimagekit.arch.ppc64_purgatory import SLAVE_CODE_SIZE, PurgatoryArgs, setup_purgatory
 from kimagekit.elf_model import Load
-from kimagekit.errors import ParseError, converted
+from kimagekit.errors import ParseError, UsageError, converted
 from kimagekit.formats import elf
 from kimagekit.image import ARCHES, HandoverStyle, KexecImage, seal
-from kimagekit.purgatory import DigestPolicy, PurgatoryObject, add_purgatory
+from kimagekit.purgatory import DigestPolicy, PurgatoryObject, add_purgatory, replace_purgatory
 from kimagekit.segments import U64_MAX, KexecBuf, Role, SegmentList, Target, add_buffer
 
-__all__ = ["FMT", "DtHook", "DtRequest", "build", "kernel_loads"]
+__all__ = [
+    "FMT", "NO_PURGATORY", "DtHook", "DtRequest", "build", "kernel_loads", "slave_code",
+]
 
 FMT = "vmlinux"
+NO_PURGATORY = ("ppc64 needs --purgatory: the kernel always loads one (the ELF loader enters the "
+                "purgatory, never the kernel); --no-purgatory builds an image for inspection only")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,18 @@ class DtRequest:
 
 
 DtHook = Callable[[DtRequest], bytes]
+
+
+def slave_code(data: bytes | memoryview, arch: str) -> memoryview:
+    """The bytes ``elf64_load`` hands ``setup_purgatory`` as the slave code: the file from the
+    first program header's ``p_offset`` (whatever its type), SLAVE_CODE_SIZE of them."""
+    kernel_loads(data, arch)  # the header checks
+    little = ARCHES[arch][1]
+    at = 32
+    phoff = int.from_bytes(bytes(data[at:at + 8]), "little" if little else "big")
+    off = int.from_bytes(bytes(data[phoff + 8:phoff + 16]), "little" if little else "big")
+    code = memoryview(data)[off:off + SLAVE_CODE_SIZE]
+    return code
 
 
 def kernel_loads(data: bytes | memoryview, arch: str) -> list[Load]:
@@ -77,10 +94,17 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
           handover_size: int | None = None,
           handover_style: HandoverStyle = HandoverStyle.SEED, cmdline: str = "",
           purgatory: PurgatoryObject | None = None,
-          policy: DigestPolicy = DigestPolicy.SEED, rma_size: int | None = None) -> KexecImage:
+          policy: DigestPolicy = DigestPolicy.SEED, rma_size: int | None = None,
+          no_purgatory: bool = False, opal: tuple[int, int] | None = None) -> KexecImage:
     """Compose and seal a ppc64 image from prepared bytes. ``handover_size`` is the segment's
     memsz (room for later measurements); ``rma_size`` bounds everything but the hand-over
-    (``ppc64_rma_size``; default: the first RAM range)."""
+    (``ppc64_rma_size``; default: the first RAM range). A purgatory is required unless
+    ``no_purgatory`` (an image for inspection only, entered at the kernel); it is filled as
+    ``setup_purgatory_ppc64`` fills it, ``opal`` being the running tree's /ibm,opal values."""
+    if purgatory is None and not no_purgatory:
+        raise UsageError(NO_PURGATORY)
+    if purgatory is not None and no_purgatory:
+        raise UsageError("--no-purgatory and --purgatory exclude each other")
     rma = rma_size if rma_size is not None else min(r.end for r in target.ram[:1])
     sl = SegmentList(target)
     sl, ho = add_ima_buffer(sl, handover, handover_size, policy)
@@ -104,8 +128,13 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
                                           buf_max=rma))
         rd = (seg.mem, len(initrd))
     new_dtb = dt_hook(DtRequest(dtb, rd, ho, handover_style, cmdline))
-    sl, _ = add_buffer(sl, KexecBuf(new_dtb, len(new_dtb), Role.DTB, buf_min=buf_min,
-                                    buf_max=rma, top_down=True))
-    # Without a purgatory the next kernel is entered at its load address.
+    sl, dt_seg = add_buffer(sl, KexecBuf(new_dtb, len(new_dtb), Role.DTB, buf_min=buf_min,
+                                         buf_max=rma, top_down=True))
+    if loaded is not None:
+        # elf64_load's last step, after the tree is placed (normal loads: no backup region).
+        loaded = setup_purgatory(loaded, slave_code(kernel, target.arch),
+                                 PurgatoryArgs(kernel_addr, dt_seg.mem, opal=opal))
+        sl = replace_purgatory(sl, loaded)
+    # Without a purgatory (inspection only) the entry is the kernel's load address.
     return seal(sl, policy, purgatory=loaded, entry=kernel_addr, cmdline=cmdline.encode(),
                 handover_style=handover_style)

@@ -14,10 +14,14 @@ from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import RuleError
 from kimagekit.segments import MemRange, Target
 
-__all__ = ["PPC64_PAGE_SIZE", "chosen_hook", "setup_chosen", "target_from_tree"]
+__all__ = [
+    "OPAL_NODE", "PPC64_PAGE_SIZE", "chosen_hook", "opal_from_tree", "setup_chosen",
+    "target_from_tree",
+]
 
 # Debian's ppc64el kernels set CONFIG_PPC_64K_PAGES=y (see their /boot/config-*).
 PPC64_PAGE_SIZE = 0x10000
+OPAL_NODE = "/ibm,opal"
 
 
 def target_from_tree(tree: DeviceTree, arch: str, page_size: int = PPC64_PAGE_SIZE) -> Target:
@@ -91,3 +95,22 @@ def chosen_hook(page_size: int = PPC64_PAGE_SIZE) -> DtHook:
         return tree.build(pack=True)
 
     return hook
+
+
+def opal_from_tree(tree: DeviceTree) -> tuple[int, int] | None:
+    """``opal-base-address`` and ``opal-entry-address`` of ``/ibm,opal`` as
+    ``of_property_read_u64`` reads them (big-endian, the first 8 bytes); None without the node.
+    A node without either property is refused, as the kernel fails the load since 6.12 (the
+    83b5a407 fix; earlier kernels wrote an uninitialised value)."""
+    if tree.find(OPAL_NODE) is None:
+        return None
+    out = []
+    for name in ("opal-base-address", "opal-entry-address"):
+        raw = tree.get(OPAL_NODE, name)
+        if raw is None or len(raw) < 8:
+            why = "is missing" if raw is None else f"is {len(raw)} bytes, not 8"
+            raise RuleError(f"{OPAL_NODE}/{name} {why}: the kernel cannot set the purgatory's "
+                            f"opal_{name.split('-')[1]} and refuses the load", fmt="dtb",
+                            field=f"{OPAL_NODE}/{name}")
+        out.append(int.from_bytes(raw[:8], "big"))
+    return out[0], out[1]

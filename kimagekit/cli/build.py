@@ -68,6 +68,9 @@ def register(app: typer.Typer) -> None:
         purgatory: Path | None = typer.Option(
             None, "--purgatory", metavar="FILE",
             help="Purgatory object (extract-purgatory writes one)."),
+        no_purgatory: bool = typer.Option(
+            False, "--no-purgatory", help="ppc64: build without the purgatory the kernel always "
+            "loads: an image for inspection only."),
         purgatory_from: Path | None = typer.Option(
             None, "--purgatory-from", metavar="BZIMAGE",
             help="x86_64: take the purgatory from this kernel."),
@@ -143,6 +146,8 @@ def register(app: typer.Typer) -> None:
                              ima=ima, handover=handover, policy=policy, force=force,
                              require_signature=require_signature)
         if arch == "x86_64":
+            if no_purgatory:
+                raise UsageError("--no-purgatory is a ppc64 option")
             if dtb is not None or handover is not None:
                 raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
             size = _number(handover_size, "--handover-size")
@@ -177,7 +182,8 @@ def register(app: typer.Typer) -> None:
                 built = build_ppc64(replace(inputs, handover_size=size),
                                     arch=arch.value, dtb=dtb,
                                     handover_style=HandoverStyle(handover_style.value),
-                                    page_size=page, profile=profile)
+                                    page_size=page, profile=profile,
+                                    no_purgatory=no_purgatory)
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:
