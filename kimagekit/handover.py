@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kimagekit import ima_kexec, ima_log, ppc_fdt
+from kimagekit.arch.ppc64_purgatory import image_notes
 from kimagekit.arch.x86_64 import announced_ima
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import KimageError, Refused, RuleError, UsageError, input_named
@@ -230,6 +231,7 @@ class ImageVerdict:
     digest: VerifyResult
     handover: ImaContent | None
     problems: tuple[str, ...]  # one line each, the digest's first
+    notes: tuple[str, ...] = ()  # what the machine does not check (ppc64: the digest)
 
 
 def verify_image(path: str | os.PathLike[str]) -> ImageVerdict:
@@ -237,7 +239,8 @@ def verify_image(path: str | os.PathLike[str]) -> ImageVerdict:
     with open_image(path) as (info, view):
         ima, problems = handover_problems(info, view)
     all_problems = (() if res.ok else (res.reason,)) + problems
-    return ImageVerdict(not all_problems, res, ima, all_problems)
+    return ImageVerdict(not all_problems, res, ima, all_problems,
+                        image_notes(info.arch, info.has_purgatory))
 
 
 def _judged(data: bytes, little: bool, style: HandoverStyle, index: int,

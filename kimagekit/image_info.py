@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from kimagekit.arch.ppc64_purgatory import image_notes
 from kimagekit.errors import KimageError
 from kimagekit.formats import elf
 from kimagekit.formats.kexec import NOTE_OWNER
@@ -63,6 +64,7 @@ class ImageSummary:
     # every reason the image would not boot as built: digest, hand-over, announcement, tree
     damage: tuple[str, ...]
     memory_map: MemoryMap | None = None  # RAM, reservations, segments, free holes
+    notes: tuple[str, ...] = ()  # what the machine does not do (ppc64: no digest check)
 
 
 def is_image(head: bytes) -> bool:
@@ -98,4 +100,5 @@ def describe(path: str | os.PathLike[str]) -> ImageSummary:
               + (() if dtb_error is None else (f"device tree: {dtb_error}",)))
     return ImageSummary(info.arch, info.entry, info.policy.value, info.cmdline,
                         info.has_purgatory, tuple(segs), res.regions, res.digest.hex(), res.ok,
-                        res.reason, handover, chosen, dtb_error, damage, memory)
+                        res.reason, handover, chosen, dtb_error, damage, memory,
+                        image_notes(info.arch, info.has_purgatory))

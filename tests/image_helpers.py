@@ -18,3 +18,11 @@ _pspec = importlib.util.spec_from_file_location("make_ppc_purgatory", _PPC)
 assert _pspec is not None and _pspec.loader is not None
 ppc_gen = importlib.util.module_from_spec(_pspec)
 _pspec.loader.exec_module(ppc_gen)
+
+# What verify says after its verdict about a ppc64 image built with --no-purgatory (ls and build
+# say the first line after the segment table).
+PPC_INSPECTION = ("note: no purgatory (built with --no-purgatory): for inspection only; the "
+                  "ppc64 kernel always loads a purgatory and enters it, never the kernel")
+PPC_NO_CHECK = ("note: the ppc64 purgatory does not check the digest at reboot: the digest is "
+                "kimagekit's check, not the machine's")
+PPC_NOTES = f"{PPC_INSPECTION}\n{PPC_NO_CHECK}\n"

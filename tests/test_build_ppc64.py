@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PPC_CMDLINE, PPC_IMA_LIST, need_tool, ppc_initrd_bytes
+from image_helpers import PPC_NOTES
 
 from kimagekit import ima_kexec, ima_log
 from kimagekit.cli import main
@@ -76,7 +77,7 @@ def test_verify_passes_and_digest_is_the_purgatorys(ppc_seed_image: Path,
     for s in info.segments:
         if s.checksummed:
             h.update(data[s.offset:s.offset + s.bufsz] + bytes(s.memsz - s.bufsz))
-    assert capsys.readouterr().out == f"ok {h.hexdigest()}\n"
+    assert capsys.readouterr().out == f"ok {h.hexdigest()}\n" + PPC_NOTES
     assert [s.role for s in info.segments if not s.checksummed] == [Role.HANDOVER]
 
 
@@ -236,7 +237,7 @@ def test_json_keys(ppc_seed_image: Path, ppc64le_vmlinux: Path, corpus: Path, tm
     s = json.loads(capsys.readouterr().out)["summary"]
     assert list(s) == ["arch", "entry", "policy", "cmdline", "purgatory", "segments", "regions",
                        "digest", "digest_ok", "digest_status", "handover", "chosen", "dtb_error",
-                       "damage", "memory_map"]
+                       "damage", "memory_map", "notes"]
     assert s["damage"] == []
     assert s["handover"]["announced"] == {"style": "seed", "start": 0xFFFE0000,
                                           "size": 0x20000, "reserved": True, "matches": True}

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from image_helpers import PURGATORY_CORPUS, gen
+from image_helpers import PPC_INSPECTION, PURGATORY_CORPUS, gen
 from kernel_helpers import kgen
 
 from kimagekit.cli import main
@@ -80,7 +80,7 @@ def test_ls_and_inspect_draw_the_map(ppc_image: Path, capsys: pytest.CaptureFixt
         " 1 kernel                     0x0    0x10000     0x3000 yes    0x20000\n"
         " 2 initrd                 0x10000    0x10000     0x1166 yes    0x30000\n"
         " 3 dtb                 0x3ffe0000    0x10000      0x21d yes    0x40000\n"
-        "\n" + "".join(f"{line}\n" for line in PPC_MAP))
+        f"{PPC_INSPECTION}\n\n" + "".join(f"{line}\n" for line in PPC_MAP))
     assert main(["inspect", str(ppc_image)]) == 0
     text = capsys.readouterr().out
     assert text.endswith("".join(f"  {line}\n" for line in PPC_MAP))
@@ -95,7 +95,7 @@ def test_build_prints_the_map_and_writes_svg(tmp_path: Path,
                  str(SMALL_DTB), "-o", str(out), "--svg", str(svg)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3:] == [
-        "", "memory map (RAM and reservations: the device-tree segment):",
+        PPC_INSPECTION, "", "memory map (RAM and reservations: the device-tree segment):",
         "  0x0 |K" + "." * 62 + "D| 0x40000000",
         "  D device tree, K kernel, # reserved, . free, blank: not RAM; one column 16 MiB",
         "  range                                             size  kind     label",

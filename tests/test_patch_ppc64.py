@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PPC_IMA_LIST
-from image_helpers import gen
+from image_helpers import PPC_NOTES, gen
 
 from kimagekit import ima_kexec, ima_log
 from kimagekit.arch.ppc64 import DtRequest, build
@@ -53,7 +53,7 @@ def test_longer_list_that_fits(ppc_seed_image: Path, corpus: Path, tmp_path: Pat
         f"{out}: IMA ima-kexec-buffer: 616 entries, restore ok\n")
     assert sha(ppc_seed_image) == before
     assert main(["verify", str(out)]) == 0
-    assert capsys.readouterr().out == f"ok {digest}\n"
+    assert capsys.readouterr().out == f"ok {digest}\n" + PPC_NOTES
     a, b = ppc_seed_image.read_bytes(), out.read_bytes()
     ia, ib = read_image(a), read_image(b)
     assert len(a) == len(b)
@@ -103,7 +103,7 @@ def test_in_place_and_usage(ppc_seed_image: Path, corpus: Path, tmp_path: Path,
     info = read_image(img.read_bytes())
     assert segment_bytes(img.read_bytes(), info, 0) == raw.read_bytes()
     assert main(["verify", str(img)]) == 1
-    assert capsys.readouterr().out == f"FAILED: hand-over segment 0: {refusal}\n"
+    assert capsys.readouterr().out == f"FAILED: hand-over segment 0: {refusal}\n" + PPC_NOTES
     cases = [
         (["--data", str(raw)], "give exactly one of -o OUT and --in-place (the input is never "
                                "changed otherwise)"),
@@ -145,7 +145,7 @@ def test_hashed_handover_needs_reseal(ppc_ima_image: Path, corpus: Path, tmp_pat
                     f"resealed; verified, digest {want}\n"
                     f"{out}: IMA ima-kexec-buffer: 616 entries, restore ok\n")
     assert main(["verify", str(out)]) == 0
-    assert capsys.readouterr().out == f"ok {want}\n"
+    assert capsys.readouterr().out == f"ok {want}\n" + PPC_NOTES
 
 
 def _flipped(src: Path, tmp_path: Path, index: int, at: int) -> tuple[Path, ImageInfo]:
@@ -179,7 +179,8 @@ def test_flip_in_each_checksummed_segment(which: str, request: pytest.FixtureReq
         # A flipped hand-over also fails the next kernel's own reading of it.
         also = HANDOVER_0X6064 if info.segments[index].role == Role.HANDOVER else []
         assert capsys.readouterr().out == "".join(
-            f"FAILED: {line}\n" for line in [f"{name} differs from what was sealed", *also])
+            f"FAILED: {line}\n" for line in [f"{name} differs from what was sealed", *also]
+        ) + PPC_NOTES
         p.unlink()
 
 
@@ -222,7 +223,7 @@ def test_flip_in_handover_verify_and_inspect_fail(ppc_seed_image: Path, corpus: 
         assert main(["verify", str(p)]) == 1
         assert capsys.readouterr().out == "".join(
             f"FAILED: hand-over segment 0: {line.split('DAMAGE: ', 1)[1]}\n"
-            for line in lines if "DAMAGE: " in line)
+            for line in lines if "DAMAGE: " in line) + PPC_NOTES
         assert main(["inspect", str(p)]) == 1
         text = capsys.readouterr().out.splitlines()
         k = text.index("  hand-over: 0xfffe0000 size 0x20000 used 0xc0c8 style seed (content "

@@ -3,6 +3,7 @@ loaded section refused), filled by ``setup_purgatory_ppc64``, and always require
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -216,3 +217,78 @@ def ppc_vmlinux(tmp_path: Path) -> Path:
     p = tmp_path / "vmlinux"
     p.write_bytes(gen.make_vmlinux())
     return p
+
+
+# --- 3 and 4: what verify, inspect and ls say -------------------------------------------------
+
+NO_CHECK = ("note: the ppc64 purgatory does not check the digest at reboot: the digest is "
+            "kimagekit's check, not the machine's")
+INSPECTION = ("note: no purgatory (built with --no-purgatory): for inspection only; the ppc64 "
+              "kernel always loads a purgatory and enters it, never the kernel")
+
+
+def _built(tmp_path: Path, vmlinux: Path, purgatory: bool,
+           capsys: pytest.CaptureFixture[str]) -> Path:
+    out = tmp_path / ("p.img" if purgatory else "n.img")
+    if purgatory:
+        (tmp_path / "p.o").write_bytes(ppc_gen.make_ppc64_purgatory())
+    extra = ["--purgatory", str(tmp_path / "p.o")] if purgatory else ["--no-purgatory"]
+    assert main(["build", "--arch", "ppc64le", "--kernel", str(vmlinux), "--dtb", str(SMALL_DTB),
+                 *extra, "-o", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+@pytest.mark.parametrize("purgatory", [True, False])
+def test_verify_says_the_machine_does_not_check(ppc_vmlinux: Path, tmp_path: Path,
+                                                purgatory: bool,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    img = _built(tmp_path, ppc_vmlinux, purgatory, capsys)
+    digest = verify(img).digest.hex()
+    assert main(["verify", str(img)]) == 0
+    notes = [NO_CHECK] if purgatory else [INSPECTION, NO_CHECK]
+    assert capsys.readouterr().out == "".join(f"{x}\n" for x in [f"ok {digest}", *notes])
+    # a failing image says it too, after the FAILED lines
+    data = bytearray(img.read_bytes())
+    kern = read_image(bytes(data)).segment(Role.KERNEL)
+    assert kern is not None
+    data[kern.offset] ^= 1
+    img.write_bytes(bytes(data))
+    assert main(["verify", str(img)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("FAILED: ") and lines[1:] == notes
+
+
+@pytest.mark.parametrize("purgatory", [True, False])
+def test_inspect_says_it(ppc_vmlinux: Path, tmp_path: Path, purgatory: bool,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    img = _built(tmp_path, ppc_vmlinux, purgatory, capsys)
+    assert main(["inspect", str(img)]) == 0
+    lines = [ln.strip() for ln in capsys.readouterr().out.splitlines()]
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("digest "))
+    assert lines[at] == f"digest {verify(img).digest.hex()}: ok"
+    notes = [NO_CHECK] if purgatory else [INSPECTION, NO_CHECK]
+    assert lines[at + 1:at + 1 + len(notes)] == notes
+    assert sum(ln.startswith("note: ") for ln in lines) == len(notes)
+    assert main(["inspect", "--json", str(img)]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["notes"] == notes
+
+
+@pytest.mark.parametrize("purgatory", [True, False])
+def test_ls_says_inspection_only(ppc_vmlinux: Path, tmp_path: Path, purgatory: bool,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    img = _built(tmp_path, ppc_vmlinux, purgatory, capsys)
+    assert main(["ls", str(img)]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    info = read_image(img.read_bytes())
+    rows = [f"{s.index:>2} {s.role.value:<11} {s.mem:#18x} {s.memsz:#10x} {s.bufsz:#10x} "
+            f"{'yes' if s.checksummed else 'no':<3} {s.offset:#10x}" for s in info.segments]
+    head = f"{'#':>2} {'role':<11} {'mem':>18} {'memsz':>10} {'bufsz':>10} sum {'offset':>10}"
+    assert table == [head, *rows, *([] if purgatory else [INSPECTION])]
+
+
+def test_x86_images_carry_no_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "x.img"
+    write_image(p, gen.x86_like_image())
+    assert main(["verify", str(p)]) == 0
+    assert capsys.readouterr().out == f"ok {verify(p).digest.hex()}\n"

@@ -16,10 +16,19 @@ from typing import Literal
 from kimagekit.errors import RuleError
 from kimagekit.purgatory import LoadedPurgatory, get_symbol, set_symbol
 
-__all__ = ["SLAVE_CODE_SIZE", "PurgatoryArgs", "setup_purgatory"]
+__all__ = [
+    "INSPECTION_ONLY", "NO_DIGEST_CHECK", "PPC64_ARCHES", "SLAVE_CODE_SIZE", "PurgatoryArgs",
+    "image_notes", "setup_purgatory",
+]
 
 #: ``SLAVE_CODE_SIZE``: the bytes of the kernel copied over ``purgatory_start``.
 SLAVE_CODE_SIZE = 0x100
+PPC64_ARCHES = ("ppc64le", "ppc64")
+# trampoline_64.S only reserves room for the digest and regions symbols the generic code fills.
+NO_DIGEST_CHECK = ("note: the ppc64 purgatory does not check the digest at reboot: the digest is "
+                   "kimagekit's check, not the machine's")
+INSPECTION_ONLY = ("note: no purgatory (built with --no-purgatory): for inspection only; the "
+                   "ppc64 kernel always loads a purgatory and enters it, never the kernel")
 
 
 @dataclass(frozen=True)
@@ -60,3 +69,11 @@ def setup_purgatory(lp: LoadedPurgatory, slave_code: bytes | memoryview,
         lp = set_symbol(lp, "opal_base", args.opal[0].to_bytes(8, order))
         lp = set_symbol(lp, "opal_entry", args.opal[1].to_bytes(8, order))
     return lp
+
+
+def image_notes(arch: str, has_purgatory: bool) -> tuple[str, ...]:
+    """What ``verify``, ``inspect`` and ``ls`` say plainly about a ppc64 image (nothing for
+    other arches)."""
+    if arch not in PPC64_ARCHES:
+        return ()
+    return ((() if has_purgatory else (INSPECTION_ONLY,)) + (NO_DIGEST_CHECK,))

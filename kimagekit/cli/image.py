@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from kimagekit.arch.ppc64_purgatory import INSPECTION_ONLY, image_notes
 from kimagekit.cli.common import emit_json, input_named, jsonable, out
 from kimagekit.cli.memory_map import map_lines, write_svg
 from kimagekit.cli.progress import Progress
@@ -29,10 +30,12 @@ def register(app: typer.Typer) -> None:
             res = verify_image(image)
         if res.ok:
             out(f"ok {res.digest.digest.hex()}")
-            return
         for problem in res.problems:
             out(f"FAILED: {problem}")
-        raise typer.Exit(1)
+        for note in res.notes:
+            out(note)
+        if not res.ok:
+            raise typer.Exit(1)
 
     @app.command("ls")
     def ls_cmd(
@@ -83,6 +86,8 @@ def ls_lines(info: ImageInfo) -> list[str]:
     for s in info.segments:
         lines.append(f"{s.index:>2} {s.role.value:<11} {s.mem:#18x} {s.memsz:#10x} "
                      f"{s.bufsz:#10x} {'yes' if s.checksummed else 'no':<3} {s.offset:#10x}")
+    # ls and build: an image without the purgatory the ppc64 kernel always loads is said so
+    lines += [n for n in image_notes(info.arch, info.has_purgatory) if n == INSPECTION_ONLY]
     return lines
 
 
@@ -98,6 +103,7 @@ def render_summary(s: ImageSummary) -> list[str]:
                      f"sha256 {g.sha256}{'' if g.unchanged else ' (changed since written)'}")
     lines.append("regions: " + ", ".join(f"{a:#x}+{n:#x}" for a, n in s.regions))
     lines.append(f"digest {s.digest}: {'ok' if s.digest_ok else 'FAILED: ' + s.digest_status}")
+    lines += s.notes
     if s.handover is not None:
         h = s.handover
         lines.append(f"hand-over: {h.address:#x} size {h.size:#x} used {h.used:#x} style "
