@@ -292,3 +292,65 @@ def test_x86_images_carry_no_note(tmp_path: Path, capsys: pytest.CaptureFixture[
     write_image(p, gen.x86_like_image())
     assert main(["verify", str(p)]) == 0
     assert capsys.readouterr().out == f"ok {verify(p).digest.hex()}\n"
+
+
+# --- the real Debian ppc64el vmlinux and QEMU trees ---------------------------------------------
+
+def test_debian_vmlinux_slave_code_and_addresses(ppc64le_vmlinux: Path, corpus: Path,
+                                                 tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """elf64_load: slave_code = elf_info.buffer + elf_info.proghdrs[0].p_offset (Debian's first
+    program header is its PT_LOAD at file offset 0x10000); setup_purgatory keeps
+    slave_code_buf[0] (master_entry), sets kernel and dt_offset; pseries has no /ibm,opal."""
+    purg = tmp_path / "p.o"
+    purg.write_bytes(ppc_gen.make_ppc64_purgatory())
+    out = tmp_path / "deb.img"
+    assert main(["build", "--arch", "ppc64le", "--kernel", str(ppc64le_vmlinux), "--dtb",
+                 str(corpus / "dtb" / "qemu-7.2-ppc64-pseries.dtb"), "--purgatory", str(purg),
+                 "--cmdline", "console=hvc0", "-o", str(out)]) == 0
+    capsys.readouterr()
+    data = out.read_bytes()
+    info = read_image(data)
+    kern, purg_seg, dtb = (info.segment(r) for r in (Role.KERNEL, Role.PURGATORY, Role.DTB))
+    assert kern is not None and purg_seg is not None and dtb is not None
+    body = data[purg_seg.offset:purg_seg.offset + purg_seg.bufsz]
+    with ppc64le_vmlinux.open("rb") as f:
+        f.seek(0x10000)
+        head = f.read(0x100)
+    assert body[:0x100] == struct.pack("<I", ppc_gen.FIRST_WORD) + head[4:]
+    assert struct.unpack("<5Q", body[DATA:DATA + 0x28]) == (kern.mem, dtb.mem, 0, *[
+        int.from_bytes(b"\xee" * 8, "little")] * 2)
+    # the note records the symbols where they landed
+    for name, off in (("kernel", 0), ("dt_offset", 8)):
+        sym = info.symbol(name)
+        assert sym is not None and (sym.value, sym.size) == (purg_seg.mem + DATA + off, 8)
+    assert info.entry == purg_seg.mem and verify(out).ok
+
+
+def test_powernv_tree_opal(corpus: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    """setup_purgatory_ppc64 on PowerNV: QEMU's dump lacks the OPAL addresses (refused, exit 2);
+    with them the purgatory's opal_base/opal_entry hold them."""
+    vmlinux, purg = tmp_path / "vmlinux", tmp_path / "p.o"
+    vmlinux.write_bytes(gen.make_vmlinux())
+    purg.write_bytes(ppc_gen.make_ppc64_purgatory())
+    dtb = corpus / "dtb" / "qemu-7.2-ppc64-powernv.dtb"
+    base = ["build", "--arch", "ppc64le", "--kernel", str(vmlinux), "--purgatory", str(purg),
+            "-o", str(tmp_path / "o.img"), "--dtb"]
+    assert main([*base, str(dtb)]) == 2
+    assert capsys.readouterr().err == (
+        f"kimagekit: error: {dtb}: dtb: /ibm,opal/opal-base-address: "
+        "/ibm,opal/opal-base-address is missing: the kernel cannot set the purgatory's "
+        "opal_base and refuses the load\n")
+    tree = load_tree(dtb)
+    tree.set("/ibm,opal", "opal-base-address", (0x30000000).to_bytes(8, "big"))
+    tree.set("/ibm,opal", "opal-entry-address", (0x300038C0).to_bytes(8, "big"))
+    fixed = tmp_path / "pnv.dtb"
+    fixed.write_bytes(tree.build())
+    assert main([*base, str(fixed)]) == 0
+    capsys.readouterr()
+    data = (tmp_path / "o.img").read_bytes()
+    seg = read_image(data).segment(Role.PURGATORY)
+    assert seg is not None
+    at = seg.offset + DATA + 0x18
+    assert struct.unpack("<2Q", data[at:at + 16]) == (0x30000000, 0x300038C0)
