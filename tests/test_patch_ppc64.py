@@ -187,7 +187,8 @@ def test_flip_in_each_checksummed_segment(which: str, request: pytest.FixtureReq
 # length), as the next kernel (restore) and the entry walk see it.
 HANDOVER_0X6064 = [
     "hand-over segment 0: the next kernel would refuse it: ima-kexec-buffer: "
-    "entry[188].template_data at offset 0x6067: template data does not split into 3 fields",
+    "entry[188].template_data at offset 0x6067: template data does not split into 3 fields "
+    "(it keeps the 188 entries before it)",
     "hand-over segment 0: entries cannot be read: ima-list: entry[189].template_name_len at "
     "offset 0x61d2: template_name_len 761359721 exceeds the 24306 bytes left"]
 
