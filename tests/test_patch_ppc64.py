@@ -206,7 +206,7 @@ def test_flip_in_handover_verify_and_inspect_fail(ppc_seed_image: Path, corpus: 
             "    IMA ima-kexec-buffer: 0 entries, restore FAILED",
             "    DAMAGE: the next kernel would refuse it: ima-kexec-buffer: "
             "entry[188].template_data at offset 0x6067: template data does not split into 3 "
-            "fields",
+            "fields (it keeps the 188 entries before it)",
             "    DAMAGE: entries cannot be read: ima-list: entry[189].template_name_len at "
             "offset 0x61d2: template_name_len 761359721 exceeds the 24306 bytes left"],
         24 + 4: [
