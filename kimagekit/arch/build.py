@@ -201,6 +201,12 @@ def _handover(inputs: BuildInputs, endian: Endian, page_size: int,
     else:
         return None, None, inputs.handover_size
     size = inputs.handover_size
+    late = inputs.ima is not None and inputs.policy == DigestPolicy.UPSTREAM_6_15
+    if size is not None and late and len(data) > -(-size // page_size) * page_size:
+        # filled at execute into the page-rounded segment: the kernel copies what fits (the
+        # restore rules then judge the cut entry)
+        cut = -(-size // page_size) * page_size
+        return ima_kexec.fill_at_execute(listed, cut, endian), entries, size
     if size is not None and size < len(data):
         raise UsageError(f"--handover-size {size} is smaller than the hand-over buffer "
                          f"({len(data)} bytes)")
