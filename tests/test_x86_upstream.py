@@ -61,8 +61,9 @@ def test_cli_five_level_paging(tmp_path: Path, corpus: Path,
             str(corpus / PURGATORY_CORPUS), "-o", str(tmp_path / "x.img")]
     assert main([*argv, "--five-level-paging"]) == 2  # as every probe refusal of --kernel
     assert capsys.readouterr().err == (
-        f"kimagekit: error: {k}: bzImage: setup_header.xloadflags at offset 0x236: xloadflags lacks "
-        "XLF_5LEVEL: the kernel cannot handle the 5-level paging the loading kernel runs with\n")
+        f"kimagekit: error: {k}: bzImage: setup_header.xloadflags at offset 0x236: xloadflags "
+        "lacks XLF_5LEVEL: the kernel cannot handle the 5-level paging the loading kernel runs "
+        "with\n")
     assert main(argv) == 0
 
 
