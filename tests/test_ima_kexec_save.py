@@ -172,6 +172,19 @@ def test_6_15_overflowing_list_is_cut_and_judged(tmp_path: Path, corpus: Path) -
         "handover: segment[0]: the next kernel would refuse it: ima-kexec-buffer: entry[35] "
         "at offset 0xfc2: entry header: nr of fields mismatch: expected 4, found 3 (it keeps "
         "the 35 entries before it); nothing written (--force writes it anyway)")
+    # written with --force: the header counts the 36 entries started, the last one cut
+    kernel = tmp_path / "bzImage"
+    built = build_x86_64(BuildInputs(kernel, tmp_path / "f.img", ima=tmp_path / "ima.bin",
+                                     purgatory=corpus / PURGATORY_CORPUS, force=True,
+                                     policy=DigestPolicy.UPSTREAM_6_15, handover_size=3000),
+                         profile=LoaderProfile((6, 15, 0), "test", "cfg"))
+    assert built.result.handover_entries == 36
+    assert built.warnings == (
+        "written with --force: the next kernel would refuse it: ima-kexec-buffer: entry[35] at "
+        "offset 0xfc2: entry header: nr of fields mismatch: expected 4, found 3 (it keeps the "
+        "35 entries before it)",
+        "written with --force: entries cannot be read: ima-list: entry[35].template_data_len "
+        "at offset 0xfe5: template_data_len 93 exceeds the 23 bytes left")
     # the same list fits the 8192-byte segment IMA sizes for it
     _, data = _build(tmp_path, corpus, (6, 15, 0), DigestPolicy.UPSTREAM_6_15, copies=5)
     ho = read_image(data).segments[0]

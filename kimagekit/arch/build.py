@@ -228,7 +228,9 @@ def _handover(inputs: BuildInputs, endian: Endian, page_size: int,
         # filled at execute into the page-rounded segment: the kernel copies what fits (the
         # restore rules then judge the cut entry)
         cut = -(-size // page_size) * page_size
-        return ima_kexec.fill_at_execute(listed, cut, endian), entries, size
+        filled = ima_kexec.fill_at_execute(listed, cut, endian)
+        (count,) = struct.unpack_from(endian + "Q", filled, 16)  # the entries started
+        return filled, count, size
     if size is not None and size < len(data):
         raise UsageError(f"--handover-size {size} is smaller than the hand-over buffer "
                          f"({len(data)} bytes)")
