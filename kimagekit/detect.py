@@ -86,6 +86,9 @@ KINDS: tuple[Kind, ...] = (
          _lib("kernel_info", "describe_arm64")),
     Kind("vmlinux", _elf("kernel_info", "is_vmlinux"), _lib("kernel_info", "describe_vmlinux")),
     Kind("kexec image", _elf("image_info", "is_image"), _lib("image_info", "describe")),
+    Kind("kho-tree", lambda head, _size: (head[:4] == MAGIC_DTB
+                                          and bool(_lib("kho", "looks_like_kho")(head))),
+         _lib("kho", "describe")),
     Kind("device-tree", _tree, _lib("dtb_file", "describe")),
     Kind("ima-kexec-buffer", _ima("kexec-buffer"), _summarize),
     Kind("ima-binary-list", _ima("binary"), _summarize),

@@ -25,7 +25,7 @@ from kimagekit.ima_binary import (
 from kimagekit.ima_fields import template_field_ids, walk_fields
 
 __all__ = ["FMT", "HDR_SIZE", "RestoreStopped", "RestoredList", "append", "build_buffer",
-           "refusal", "restore", "segment_size"]
+           "check_segment_size", "fill_at_execute", "refusal", "restore", "segment_size"]
 
 FMT = "ima-kexec-buffer"
 HDR_SIZE = 24  # sizeof(struct ima_kexec_hdr)
@@ -53,11 +53,45 @@ def _header(endian: Endian, buffer_size: int, count: int) -> bytes:
 
 
 def segment_size(buffer_size: int, *, page_size: int = 4096, extra: int | None = None) -> int:
-    """memsz of the hand-over segment: the list plus spare room for measurements taken after the
-    load (half a page upstream; ``CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB`` in 6.15+), page-rounded."""
-    room = page_size // 2 if extra is None else extra
+    """memsz of the hand-over segment (``ima_add_kexec_buffer``): ``ALIGN(list + extra,
+    PAGE_SIZE)``, ``buffer_size`` being the list with its header (``ima_get_binary_runtime_size``)
+    and ``extra`` the spare room for measurements taken after the load: half a page before 6.15,
+    ``CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB`` * 1024 since, where a value <= 0 (or None: no option)
+    still means half a page."""
+    room = page_size // 2 if extra is None or extra <= 0 else extra
     total = buffer_size + room
     return (total + page_size - 1) // page_size * page_size
+
+
+def check_segment_size(memsz: int, ram_bytes: int, page_size: int) -> None:
+    """Refuse what ``ima_add_kexec_buffer`` refuses ("Binary measurement list too large", and
+    then adds no segment): a segment of more pages than half of RAM's. Offline, RAM is the
+    ranges given; the kernel counts its managed pages (``totalram_pages``), a little fewer."""
+    ram_pages = ram_bytes // page_size
+    if memsz // page_size > ram_pages // 2:
+        raise RuleError(f"IMA segment of {memsz:#x} bytes ({memsz // page_size} pages) is more "
+                        f"than half of the {ram_pages} RAM pages: the loading kernel adds no "
+                        "hand-over (\"Binary measurement list too large\")", fmt=FMT,
+                        field="segment.memsz")
+
+
+def fill_at_execute(entries: Iterable[ImaEntry], memsz: int, endian: Endian = "<") -> bytes:
+    """What ``ima_update_kexec_buffer`` (6.15+, at reboot) copies into the hand-over segment of
+    ``memsz`` bytes: the list as it is then, as :func:`build_buffer` encodes it, cut to fit.
+
+    ``ima_dump_measurement_list`` starts an entry while the byte count is below the segment
+    size and counts it; bytes past the end are dropped one by one (``ima_putc`` ->
+    ``seq_putc``). An overflowing list is so cut at ``memsz``, its last entry maybe partial
+    but counted in the header, whose ``buffer_size`` is then ``memsz``."""
+    body = bytearray()
+    count = 0
+    for e in entries:
+        if HDR_SIZE + len(body) >= memsz:
+            break
+        body += encode_entry(e, endian, schema.TPM_DIGEST_SIZE)
+        count += 1
+    used = min(HDR_SIZE + len(body), memsz)
+    return _header(endian, used, count) + bytes(body[:used - HDR_SIZE])
 
 
 class RestoreStopped(RuleError):

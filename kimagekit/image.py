@@ -280,6 +280,13 @@ class ImageSegment:
     checksummed: bool
     offset: int
     sha256: bytes  # as recorded when written
+    # bufsz in the loading kernel's table: 0 for the IMA segment of the 6.15+ rules, added
+    # empty at load and filled at execute (the file holds the list at execute)
+    bufsz_at_load: int = -1
+
+    @property
+    def filled_at_execute(self) -> bool:
+        return self.bufsz_at_load == 0 and self.bufsz > 0
 
 
 @dataclass(frozen=True)
@@ -422,7 +429,8 @@ def _from_note(view: memoryview | bytes, note: tuple[int, int], loads: list[obje
         if info.role >= len(kx.ROLE_CODES):
             raise _err(f"role code {info.role} is unknown", f"note.info[{i}].role", None)
         segs.append(ImageSegment(i, Role(kx.ROLE_CODES[info.role]), ks.mem, ks.memsz,
-                                 ks.bufsz, bool(info.checksummed), ks.buf, bytes(info.sha256)))
+                                 ks.bufsz, bool(info.checksummed), ks.buf, bytes(info.sha256),
+                                 _bufsz_at_load(h.digest_policy, info.role, ks.bufsz)))
     regions = tuple((r.start, r.len) for r in h.sha_regions if (r.start, r.len) != (0, 0))
     _check_note(h, body, segs, eh.e_machine, little, at, at + need)  # type: ignore[attr-defined]
     return ImageInfo(
@@ -434,6 +442,13 @@ def _from_note(view: memoryview | bytes, note: tuple[int, int], loads: list[obje
         segments=tuple(segs),
         symbols=tuple(NoteSymbol(y.name, y.value, y.size) for y in body.symbols),
         regions=regions, digest=bytes(h.digest), file_size=size)
+
+
+def _bufsz_at_load(policy_code: int, role_code: int, bufsz: int) -> int:
+    """``ima_add_kexec_buffer`` since 6.15 adds its segment with ``bufsz`` 0."""
+    late = (kx.POLICY_CODES[policy_code] == DigestPolicy.UPSTREAM_6_15.value
+            and kx.ROLE_CODES[role_code] == Role.HANDOVER.value)
+    return 0 if late else bufsz
 
 
 # Offsets inside the note descriptor (formats.kexec.note_fixed), for error messages.

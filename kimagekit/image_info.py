@@ -33,6 +33,7 @@ class SegmentSummary:
     # note records at write time and `ls` shows, so the two compare directly
     sha256: str
     unchanged: bool  # content + zeros still hash as recorded when written
+    bufsz_at_load: int  # as the loading kernel's table shows it (6.15+ IMA segment: 0)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def describe(path: str | os.PathLike[str]) -> ImageSummary:
             data = content(view, s)
             now = segment_sha256(data, s.memsz)
             segs.append(SegmentSummary(s.index, s.role.value, s.mem, s.memsz, s.bufsz,
-                                       s.checksummed, now.hex(), now == s.sha256))
+                                       s.checksummed, now.hex(), now == s.sha256,
+                                       s.bufsz_at_load))
         tree, chosen, dtb_error = None, None, None
         try:
             tree = tree_of(info, view)

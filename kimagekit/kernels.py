@@ -231,8 +231,9 @@ def bzimage_payload(data: bytes | memoryview, *, limit: int = dz.DEFAULT_LIMIT) 
     return dz.decompress(raw, fmt=BZ, field="payload", offset=p.offset, limit=limit).data
 
 
-def probe_bzimage64(data: bytes | memoryview, img: BzImage) -> None:
-    """``bzImage64_probe``: the conditions for the kexec_file 64-bit loader to take the file."""
+def probe_bzimage64(data: bytes | memoryview, img: BzImage, *, five_level: bool = False) -> None:
+    """``bzImage64_probe``: the conditions for the kexec_file 64-bit loader to take the file.
+    ``five_level``: the loading kernel runs with 5-level paging (``pgtable_l5_enabled()``)."""
     h = img.header
 
     def no(msg: str, field: str, offset: int) -> RuleError:
@@ -251,6 +252,9 @@ def probe_bzimage64(data: bytes | memoryview, img: BzImage) -> None:
         raise no("xloadflags lacks XLF_KERNEL_64", "xloadflags", 0x236)
     if not xlf & bz.XLF_CAN_BE_LOADED_ABOVE_4G:
         raise no("xloadflags lacks XLF_CAN_BE_LOADED_ABOVE_4G", "xloadflags", 0x236)
+    if five_level and not xlf & bz.XLF_5LEVEL:
+        raise no("xloadflags lacks XLF_5LEVEL: the kernel cannot handle the 5-level paging the "
+                 "loading kernel runs with", "xloadflags", 0x236)
 
 
 # --- arm64 ---------------------------------------------------------------------------------------

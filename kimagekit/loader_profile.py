@@ -17,6 +17,7 @@ loaders follow is read from it (its properties), so a profile names the rules at
   CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB (6.15+): the hand-over's spare room (else half a page);
   CONFIG_KEXEC_HANDOVER (6.16+): room for a SETUP_KEXEC_KHO entry (x86); the page size (ppc64:
   CONFIG_PPC_64K_PAGES / CONFIG_PPC_4K_PAGES).
+- KEXEC_FILE_FORCE_DTB (x86, 6.18+, f367474b5884): room for the running tree in SETUP_DTB.
 
 Without a config the config-dependent rules are the newest kernels' defaults as kimagekit has
 always built: IMA_KEXEC on, no KHO room, half a page of spare room, the arch's page size.
@@ -91,6 +92,11 @@ class LoaderProfile:
         return None
 
     @property
+    def force_dtb(self) -> bool:
+        """KEXEC_FILE_FORCE_DTB (x86: the running tree carried in SETUP_DTB), since 6.18."""
+        return self.version >= (6, 18, 0)
+
+    @property
     def kho_room(self) -> bool:
         return self.kexec_handover and self.version >= (6, 16, 0)
 
@@ -103,6 +109,7 @@ class LoaderProfile:
                 "ima_kexec": self.ima_kexec,
                 "ima_extra_memory": self.ima_extra_memory,
                 "kexec_handover_room": self.kho_room,
+                "force_dtb": self.force_dtb,
                 "ppc_page_size": self.ppc_page_size}
 
     def describe(self) -> str:

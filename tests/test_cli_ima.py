@@ -279,7 +279,7 @@ def test_inspect_detects_by_content(capsys: pytest.CaptureFixture[str], tmp_path
     code, _, err = run(capsys, "inspect", junk)
     assert (code, err) == (2, f"kimagekit: error: {junk}: inspect: unrecognised format (known: "
                               "bzImage, arm64 zboot, arm64 Image, vmlinux, kexec image, "
-                              "device-tree, ima-kexec-buffer, ima-binary-list, "
+                              "kho-tree, device-tree, ima-kexec-buffer, ima-binary-list, "
                               "ima-ascii-list)\n")
     code, _, err = run(capsys, "inspect", tmp_path / "missing")
     assert code == 2

@@ -108,7 +108,8 @@ def test_ls_json(image: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["segments"] == [
         {"index": i, "role": role, "mem": mem, "memsz": memsz, "bufsz": bufsz,
          "checksummed": summed, "offset": offset,
-         "sha256": hashlib.sha256(_padded(data, offset, bufsz, memsz)).hexdigest()}
+         "sha256": hashlib.sha256(_padded(data, offset, bufsz, memsz)).hexdigest(),
+         "bufsz_at_load": bufsz}
         for i, (role, mem, memsz, bufsz, summed, offset) in enumerate(LAYOUT)]
     assert doc["regions"] == [[mem, memsz] for _, mem, memsz, _, summed, _ in LAYOUT if summed]
     assert doc["digest"] == _purgatory_digest(data)

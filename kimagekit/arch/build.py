@@ -5,15 +5,17 @@ and the purgatory the same way for every arch, and reports what was written."""
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from kimagekit import ima_kexec, ima_log, kernels
 from kimagekit.arch import ppc64, ppc64_dt, x86_64
 from kimagekit.dtb_file import load_tree
-from kimagekit.errors import KimageError, UsageError, about_file, input_named
+from kimagekit.errors import KimageError, ParseError, UsageError, about_file, input_named
 from kimagekit.fileio import check_output, mapped, read_input
 from kimagekit.formats import bzimage as bz
+from kimagekit.formats import fdt
 from kimagekit.formats.ima import Endian
 from kimagekit.handover import judge_new_handover
 from kimagekit.image import (
@@ -33,7 +35,7 @@ from kimagekit.sig.kexec_sig import check_kernel_signature
 
 __all__ = [
     "PPC_ARCHES", "X86_PAGE_SIZE", "BuildInputs", "Built", "Pathish", "Ppc64BuildResult",
-    "X86BuildResult", "build_ppc64", "build_x86_64",
+    "X86BuildResult", "build_ppc64", "build_x86_64", "running_tree",
 ]
 
 Pathish = str | os.PathLike[str]
@@ -140,11 +142,14 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
                  ram: tuple[MemRange, ...] = DEFAULT_RAM,
                  hole_search: HoleSearch | None = None,
                  ima_kexec: bool | None = None,
-                 profile: LoaderProfile | None = None) -> Built:
+                 profile: LoaderProfile | None = None,
+                 force_dtb: Pathish | None = None, five_level: bool = False) -> Built:
     """The bzImage64 loader; the purgatory is ``inputs.purgatory`` or the one ``purgatory_from``
     (a kernel) embeds; the IMA hand-over is announced by SETUP_IMA setup_data. ``profile`` is
     the loading kernel (default: the newest rules); ``hole_search`` and ``ima_kexec``
-    (CONFIG_IMA_KEXEC) override its rules."""
+    (CONFIG_IMA_KEXEC) override its rules. ``force_dtb``: the running system's DTB, carried in
+    SETUP_DTB (KEXEC_FILE_FORCE_DTB, 6.18+); ``five_level``: the loading kernel runs with
+    5-level paging (the probe then wants XLF_5LEVEL)."""
     prof = profile if profile is not None else resolve()
     if hole_search is None:
         hole_search = prof.hole_search
@@ -152,7 +157,8 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
         ima_kexec = prof.ima_kexec
     if inputs.handover is not None:
         raise UsageError("x86-64 hands over an IMA list only", fmt=x86_64.FMT, field="handover")
-    check_output(inputs.output, (*_inputs(inputs), purgatory_from), stdout=False)
+    check_output(inputs.output, (*_inputs(inputs), purgatory_from, force_dtb), stdout=False)
+    carried = None if force_dtb is None else running_tree(force_dtb)
     sig_warning = check_kernel_signature(inputs.kernel, inputs.require_signature)
     # The destination limit (MAXMEM - 1, set by the paging mode at run time) is not modelled.
     target = Target("x86_64", X86_PAGE_SIZE, ram).with_hole_search(hole_search)
@@ -175,7 +181,8 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     def compose(kernel: memoryview) -> KexecImage:
         return x86_64.build(target, kernel, purg, initrd=rd, cmdline=inputs.cmdline,
                             handover=ho, handover_size=ho_size, policy=inputs.policy,
-                            ima_kexec=ima_kexec, profile=prof)
+                            ima_kexec=ima_kexec, profile=prof, force_dtb=carried,
+                            five_level=five_level)
 
     digest, info, warnings = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"),
                                              inputs.purgatory or purgatory_from)
@@ -184,6 +191,21 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     return Built(X86BuildResult(str(inputs.output), "x86_64", inputs.policy.value, info.entry,
                                 k.mem + bz.KERNEL_ENTRY64_OFFSET, bp.mem, digest, entries,
                                 sig_warning, prof.name), info, warnings)
+
+
+def running_tree(path: Pathish) -> bytes:
+    """The tree ``setup_dtb`` copies: ``fdt_totalsize(initial_boot_params)`` bytes of the
+    running system's DTB (``/sys/firmware/fdt``), exactly as they are."""
+    with input_named(path):
+        data = read_input(path, "--force-dtb")
+        if len(data) < 8 or struct.unpack_from(">I", data)[0] != fdt.FDT_MAGIC:
+            raise ParseError("not a flattened device tree (no 0xd00dfeed magic)", fmt="dtb",
+                             field="header.magic", offset=0)
+        (total,) = struct.unpack_from(">I", data, 4)
+        if not 40 <= total <= len(data):
+            raise ParseError(f"totalsize {total} does not fit the {len(data)} bytes of the "
+                             "file", fmt="dtb", field="header.totalsize", offset=4)
+        return bytes(data[:total])
 
 
 def _inputs(i: BuildInputs) -> tuple[Pathish | None, ...]:
@@ -207,6 +229,14 @@ def _handover(inputs: BuildInputs, endian: Endian, page_size: int,
     else:
         return None, None, inputs.handover_size
     size = inputs.handover_size
+    late = inputs.ima is not None and inputs.policy == DigestPolicy.UPSTREAM_6_15
+    if size is not None and late and len(data) > -(-size // page_size) * page_size:
+        # filled at execute into the page-rounded segment: the kernel copies what fits (the
+        # restore rules then judge the cut entry)
+        cut = -(-size // page_size) * page_size
+        filled = ima_kexec.fill_at_execute(listed, cut, endian)
+        (count,) = struct.unpack_from(endian + "Q", filled, 16)  # the entries started
+        return filled, count, size
     if size is not None and size < len(data):
         raise UsageError(f"--handover-size {size} is smaller than the hand-over buffer "
                          f"({len(data)} bytes)")

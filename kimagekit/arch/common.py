@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kimagekit.ima_kexec import check_segment_size
 from kimagekit.purgatory import DigestPolicy, hashes_role
 from kimagekit.segments import KexecBuf, Role, SegmentList, add_buffer
 
@@ -12,10 +13,14 @@ def add_ima_buffer(sl: SegmentList, handover: bytes | None, handover_size: int |
                    policy: DigestPolicy) -> tuple[SegmentList, tuple[int, int] | None]:
     """``ima_add_kexec_buffer``: the hand-over placed top-down anywhere in RAM, before the image
     loader runs; ``handover_size`` is its memsz (room for later measurements). Returns the list
-    and the segment's (mem, memsz), or None without a hand-over."""
+    and the segment's (mem, memsz), or None without a hand-over. The upstream policies refuse a
+    segment over half of RAM, as the kernel does (the 2016 series did not check)."""
     if handover is None:
         return sl, None
     memsz = max(handover_size or 0, len(handover))
+    if policy != DigestPolicy.SEED:
+        page = sl.target.page_size
+        check_segment_size(-(-memsz // page) * page, sum(r.size for r in sl.target.ram), page)
     sl, seg = add_buffer(sl, KexecBuf(handover, memsz, Role.HANDOVER, top_down=True,
                                       checksummed=hashes_role(policy, Role.HANDOVER)))
     return sl, (seg.mem, seg.memsz)

@@ -6,8 +6,8 @@ room for the setup_data entries), the protected-mode kernel, the initrd. Every b
 top-down. What the running kernel would copy from its own state (screen_info, EDD, EFI memory
 map, ACPI RSDP) is absent offline: those fields stay zero, as when the running kernel has none.
 Where the rules differ between loading kernels (hole search, the kernel's ``buf_min``, room for
-SETUP_IMA and SETUP_KEXEC_KHO, the purgatory's entry) the :class:`LoaderProfile` says which; no
-SETUP_DTB room (only with the KEXEC_FILE_FORCE_DTB flag, which kimagekit does not model).
+SETUP_IMA, SETUP_KEXEC_KHO and SETUP_DTB, the purgatory's entry) the :class:`LoaderProfile`
+says which; SETUP_DTB only with KEXEC_FILE_FORCE_DTB (``force_dtb``: the running tree, an input).
 """
 
 from __future__ import annotations
@@ -61,21 +61,25 @@ class BootParamsLayout:
     rng_setup_data_offset: int
     bufsz: int
     kho_setup_data_offset: int | None = None
+    dtb_setup_data_offset: int | None = None
 
 
 def boot_params_layout(cmdline_len: int, *, ima_kexec: bool,
-                       kho: bool = False) -> BootParamsLayout:
-    """Setup_data room in the kernel's order: EFI, IMA (CONFIG_IMA_KEXEC), KHO
+                       kho: bool = False, dtb_size: int | None = None) -> BootParamsLayout:
+    """Setup_data room in the kernel's order: EFI, the carried tree (KEXEC_FILE_FORCE_DTB,
+    6.18+: ``dtb_size`` = its ``totalsize``, not aligned), IMA (CONFIG_IMA_KEXEC), KHO
     (CONFIG_KEXEC_HANDOVER, 6.16+), the RNG seed."""
     pc = _align(bz.BOOT_PARAMS_SIZE + cmdline_len + MAX_ELFCOREHDR_STR_LEN, 16)
     efi_sd = pc  # + ALIGN(efi_map_sz, 16) with efi_map_sz = 0
     at = efi_sd + bz.SETUP_DATA_SIZE + bz.EFI_SETUP_DATA_SIZE
+    dtb_sd = at if dtb_size is not None else None
+    at += bz.SETUP_DATA_SIZE + dtb_size if dtb_size is not None else 0
     ima_sd = at if ima_kexec else None
     at += bz.SETUP_DATA_SIZE + bz.IMA_SETUP_DATA_SIZE if ima_kexec else 0
     kho_sd = at if kho else None
     at += bz.SETUP_DATA_SIZE + bz.KHO_DATA_SIZE if kho else 0
     return BootParamsLayout(cmdline_len, pc, efi_sd, ima_sd, at,
-                            at + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH, kho_sd)
+                            at + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH, kho_sd, dtb_sd)
 
 
 def _align(v: int, a: int) -> int:
@@ -94,7 +98,7 @@ def e820_entries(ram: tuple[MemRange, ...], reserved: tuple[MemRange, ...]) -> l
 def build_boot_params(kernel: bytes | memoryview, img: BzImage, lay: BootParamsLayout,
                       load_addr: int, cmdline: bytes, target: Target, *,
                       initrd: tuple[int, int] | None, ima: tuple[int, int] | None,
-                      rng_seed: bytes | None) -> bytes:
+                      rng_seed: bytes | None, dtb: bytes | None = None) -> bytes:
     """The boot-parameters segment's content (``lay.bufsz`` bytes)."""
     buf = bytearray(lay.bufsz)
     # the setup header as the file has it, up to the end its jump announces (0x202 + the jump's
@@ -136,6 +140,8 @@ def build_boot_params(kernel: bytes | memoryview, img: BzImage, lay: BootParamsL
             mem_k = (last >> 10) - (0x100000 >> 10)
             put(bz.OFF_SCREEN_EXT_MEM_K, "H", min(mem_k, 0xFC00))
             put(bz.OFF_ALT_MEM_K, "I", min(mem_k, 0xFFFFFFFF))
+    if dtb is not None and lay.dtb_setup_data_offset is not None:  # setup_dtb
+        _chain(buf, load_addr, lay.dtb_setup_data_offset, bz.SETUP_DTB, dtb)
     if ima is not None and lay.ima_setup_data_offset is not None:  # setup_ima_state
         _chain(buf, load_addr, lay.ima_setup_data_offset, bz.SETUP_IMA,
                struct.pack("<QQ", *ima))
@@ -162,19 +168,25 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
           initrd: bytes | memoryview | None = None, cmdline: str = "",
           handover: bytes | None = None, handover_size: int | None = None,
           policy: DigestPolicy = DigestPolicy.SEED, ima_kexec: bool | None = None,
-          rng_seed: bytes | None = None, profile: LoaderProfile | None = None) -> KexecImage:
+          rng_seed: bytes | None = None, profile: LoaderProfile | None = None,
+          force_dtb: bytes | None = None, five_level: bool = False) -> KexecImage:
     """Compose and seal an x86-64 image from a bzImage, as ``bzImage64_load`` does.
 
     ``profile``: the loading kernel (default: the newest rules); the hole search is the
     target's. ``ima_kexec`` overrides its CONFIG_IMA_KEXEC (room for the SETUP_IMA entry).
-    ``handover`` is the IMA kexec buffer, ``handover_size`` its segment's memsz."""
+    ``handover`` is the IMA kexec buffer, ``handover_size`` its segment's memsz.
+    ``force_dtb``: the running system's tree, carried in SETUP_DTB as KEXEC_FILE_FORCE_DTB
+    does (6.18+). ``five_level``: the loading kernel runs with 5-level paging."""
     prof = profile if profile is not None else resolve()
     if ima_kexec is None:
         ima_kexec = prof.ima_kexec
     if target.arch != "x86_64":
         raise UsageError(f"target arch {target.arch!r} is not x86_64", fmt=FMT, field="arch")
     img = read_bzimage(kernel)
-    probe_bzimage64(kernel, img)
+    probe_bzimage64(kernel, img, five_level=five_level)
+    if force_dtb is not None and not prof.force_dtb:
+        raise UsageError(f"KEXEC_FILE_FORCE_DTB came in 6.18: the loader profile {prof.name} "
+                         "carries no device tree", fmt=FMT, field="force_dtb")
     if rng_seed is not None and len(rng_seed) != bz.RNG_SEED_LENGTH:
         raise UsageError(f"an RNG seed is {bz.RNG_SEED_LENGTH} bytes, not {len(rng_seed)}",
                          fmt=FMT, field="rng_seed")
@@ -195,7 +207,8 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
     sl, ima = add_ima_buffer(sl, handover, handover_size, policy)
     sl, lp = add_purgatory(sl, purgatory, buf_min=MIN_PURGATORY_ADDR, buf_max=U64_MAX,
                            top_down=True, entry_rule=prof.entry_rule)
-    lay = boot_params_layout(len(cmd), ima_kexec=ima_kexec, kho=prof.kho_room)
+    lay = boot_params_layout(len(cmd), ima_kexec=ima_kexec, kho=prof.kho_room,
+                             dtb_size=None if force_dtb is None else len(force_dtb))
     sl, bp_seg = add_buffer(sl, KexecBuf(bytes(lay.bufsz), lay.bufsz, Role.BOOT_PARAMS,
                                          buf_align=16, buf_min=MIN_BOOTPARAM_ADDR,
                                          top_down=True))
@@ -214,7 +227,7 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
                                            buf_min=MIN_INITRD_LOAD_ADDR, top_down=True))
         rd = (rseg.mem, len(initrd))
     params = build_boot_params(kernel, img, lay, bp_seg.mem, cmd, target, initrd=rd, ima=ima,
-                               rng_seed=rng_seed)
+                               rng_seed=rng_seed, dtb=force_dtb)
     segs = list(sl.segments)
     i = sl.segments.index(bp_seg)
     segs[i] = type(bp_seg)(params, bp_seg.mem, bp_seg.memsz, bp_seg.role, bp_seg.checksummed)

@@ -102,6 +102,12 @@ def register(app: typer.Typer) -> None:
         ima_kexec: bool | None = typer.Option(
             None, "--ima-kexec/--no-ima-kexec",
             help="x86_64: the loading kernel has CONFIG_IMA_KEXEC (room for SETUP_IMA)."),
+        force_dtb: Path | None = typer.Option(
+            None, "--force-dtb", metavar="DTB", help="x86_64: carry this running-system tree "
+            "(/sys/firmware/fdt) in SETUP_DTB, as the KEXEC_FILE_FORCE_DTB flag does (6.18+)."),
+        five_level: bool = typer.Option(
+            False, "--five-level-paging", help="x86_64: the loading kernel runs with 5-level "
+            "paging (a kernel without XLF_5LEVEL is then refused)."),
         loader_version: str | None = typer.Option(
             None, "--loader-version", metavar="VERSION",
             help="The kernel that performs the load (6.1, 6.12.117, 7.2, newest): its "
@@ -159,11 +165,14 @@ def register(app: typer.Typer) -> None:
                 built = build_x86_64(replace(inputs, handover_size=size),
                                      purgatory_from=purgatory_from, ram=ram,
                                      hole_search=hole_search, ima_kexec=x86_ima_kexec,
-                                     profile=profile)
+                                     profile=profile, force_dtb=force_dtb,
+                                     five_level=five_level)
         else:
             assert arch.value in PPC_ARCHES  # the choice's other values
             if dtb is None or purgatory_from is not None or mem is not None:
                 raise UsageError("ppc64 needs --dtb and takes no --purgatory-from or --mem")
+            if force_dtb is not None or five_level:
+                raise UsageError("--force-dtb and --five-level-paging are x86_64 options")
             if hole_search is not None or ima_kexec is False:
                 # powerpc has its own exclude-list search, the same in 6.1 and upstream; and
                 # no setup_data room to size (--ima-kexec only overrides a profile's refusal)

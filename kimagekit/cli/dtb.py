@@ -13,6 +13,7 @@ from kimagekit.cli.common import DtStyle, emit_json, input_named, out
 from kimagekit.devicetree import TYPES, decode
 from kimagekit.dtb_file import DtbSummary, load_tree
 from kimagekit.errors import UsageError
+from kimagekit.kho import DATA_PROPERTY, MEMORY_MAP, KhoTree
 
 app = typer.Typer(no_args_is_help=True,
                   help="Flattened device trees: show, get, ls, set, rm, handover.\n\n"
@@ -256,4 +257,24 @@ def render_summary(s: DtbSummary) -> list[str]:
     lines += [f"hand-over ({h.style}): [{h.start:#x}, {h.start + h.size:#x}) "
               f"{'reserved' if h.reserved else 'NOT reserved'}" for h in s.handovers]
     lines += [f"/chosen {k} = {v}" for k, v in s.chosen.items()]
+    return lines
+
+
+def render_kho(s: KhoTree) -> list[str]:
+    """A KHO tree: its ABI, the preserved-memory map's address, each client's data address."""
+    if s.known:
+        lines = [f"compatible {s.compatible} (client data property: "
+                 f"{DATA_PROPERTY[s.compatible]})"]
+    else:
+        lines = [f"compatible {s.compatible}: a KHO ABI kimagekit does not know "
+                 f"({', '.join(DATA_PROPERTY)}); client properties shown by name only"]
+    lines.append(f"{MEMORY_MAP} " + ("-" if s.memory_map is None else f"{s.memory_map:#x}"))
+    lines.append(f"clients: {len(s.clients)}")
+    for c in s.clients:
+        if c.data_property is None:
+            lines.append(f"  {c.name}: {', '.join(c.properties) or 'no properties'}")
+        else:
+            value = "-" if c.data is None else f"{c.data:#x}"
+            lines.append(f"  {c.name}: {c.data_property} {value}")
+    lines += [f"DAMAGE: {d}" for d in s.damage]
     return lines

@@ -85,7 +85,11 @@ def ls_lines(info: ImageInfo) -> list[str]:
              f"{'offset':>10}"]
     for s in info.segments:
         lines.append(f"{s.index:>2} {s.role.value:<11} {s.mem:#18x} {s.memsz:#10x} "
-                     f"{s.bufsz:#10x} {'yes' if s.checksummed else 'no':<3} {s.offset:#10x}")
+                     f"{s.bufsz_at_load:#10x} {'yes' if s.checksummed else 'no':<3} "
+                     f"{s.offset:#10x}")
+    lines += [f"segment {s.index} ({s.role.value}): added empty at load (bufsz 0), filled at "
+              f"execute: the file holds {s.bufsz:#x} bytes, the list at execute"
+              for s in info.segments if s.filled_at_execute]
     # ls and build: an image without the purgatory the ppc64 kernel always loads is said so
     lines += [n for n in image_notes(info.arch, info.has_purgatory) if n == INSPECTION_ONLY]
     return lines
@@ -98,8 +102,11 @@ def render_summary(s: ImageSummary) -> list[str]:
              f"purgatory {'yes' if s.purgatory else 'no (digest kept in the note)'}",
              f"cmdline {s.cmdline!r}", "segments:"]
     for g in s.segments:
+        late = (f" (filled at execute: {g.bufsz:#x} bytes)" if g.bufsz_at_load != g.bufsz
+                else "")
         lines.append(f"  {g.index:>2} {g.role:<11} mem {g.mem:#x} memsz {g.memsz:#x} bufsz "
-                     f"{g.bufsz:#x} {'checksummed' if g.checksummed else 'not checksummed'} "
+                     f"{g.bufsz_at_load:#x}{late} "
+                     f"{'checksummed' if g.checksummed else 'not checksummed'} "
                      f"sha256 {g.sha256}{'' if g.unchanged else ' (changed since written)'}")
     lines.append("regions: " + ", ".join(f"{a:#x}+{n:#x}" for a, n in s.regions))
     lines.append(f"digest {s.digest}: {'ok' if s.digest_ok else 'FAILED: ' + s.digest_status}")

@@ -23,6 +23,7 @@ RENDERERS: dict[str, tuple[str, str]] = {
     "vmlinux": ("kernel", "render_vmlinux"),
     "kexec image": ("image", "render_summary"),
     "device-tree": ("dtb", "render_summary"),
+    "kho-tree": ("dtb", "render_kho"),
     "ima-kexec-buffer": ("ima_summary", "render_summary"),
     "ima-binary-list": ("ima_summary", "render_summary"),
     "ima-ascii-list": ("ima_summary", "render_summary"),
