@@ -93,6 +93,19 @@ def make_purgatory(*, old_names: bool = False, regions_size: int = 256,
         (".strtab", elf.SHT_STRTAB, 0, strtab, 0, 0, 1, 0),
         (".shstrtab", elf.SHT_STRTAB, 0, shstr, 0, 0, 1, 0),
     ]
+    return rel_object(secs, sh_name, little=True, machine=elf.EM_X86_64, entry=ENTRY,
+                      e_flags=0, nobits_size=BSS_SIZE)
+
+
+# (name, type, flags, content, link, info, align, entsize)
+Section = tuple[str, int, int, bytes, int, int, int, int]
+
+
+def rel_object(secs: list[Section], sh_name: dict[str, int], *, little: bool, machine: int,
+               entry: int, e_flags: int, nobits_size: int = 0) -> bytes:
+    """An ELF64 ET_REL object: the header, each section's content 16-byte aligned, then the
+    section headers (the last section is .shstrtab). SHT_NOBITS takes ``nobits_size``."""
+    st = elf.elf_structs(elf.ELFCLASS64, little)
     body = bytearray(64)
     offsets = []
     for _name, stype, _flags, content, *_ in secs:
@@ -106,17 +119,17 @@ def make_purgatory(*, old_names: bool = False, regions_size: int = 256,
     shoff = len(body)
     for (name, stype, flags, content, link, info, align, entsize), off in zip(secs, offsets,
                                                                               strict=True):
-        size = BSS_SIZE if stype == elf.SHT_NOBITS else len(content)
+        size = nobits_size if stype == elf.SHT_NOBITS else len(content)
         body += st.Shdr.build({"sh_name": sh_name.get(name, 0), "sh_type": stype,
                                "sh_flags": flags, "sh_addr": 0, "sh_offset": off,
                                "sh_size": size, "sh_link": link, "sh_info": info,
                                "sh_addralign": align, "sh_entsize": entsize})
     body[:64] = st.Ehdr.build({
-        "e_ident": {"EI_CLASS": 2, "EI_DATA": 1, "EI_VERSION": 1, "EI_OSABI": 0,
-                    "EI_ABIVERSION": 0, "EI_PAD": bytes(7)},
-        "e_type": elf.ET_REL, "e_machine": elf.EM_X86_64, "e_version": 1, "e_entry": ENTRY,
-        "e_phoff": 0, "e_shoff": shoff, "e_flags": 0, "e_ehsize": 64, "e_phentsize": 0,
-        "e_phnum": 0, "e_shentsize": 64, "e_shnum": len(secs), "e_shstrndx": 8})
+        "e_ident": {"EI_CLASS": 2, "EI_DATA": 1 if little else 2, "EI_VERSION": 1,
+                    "EI_OSABI": 0, "EI_ABIVERSION": 0, "EI_PAD": bytes(7)},
+        "e_type": elf.ET_REL, "e_machine": machine, "e_version": 1, "e_entry": entry,
+        "e_phoff": 0, "e_shoff": shoff, "e_flags": e_flags, "e_ehsize": 64, "e_phentsize": 0,
+        "e_phnum": 0, "e_shentsize": 64, "e_shnum": len(secs), "e_shstrndx": len(secs) - 1})
     return bytes(body)
 
 

@@ -15,6 +15,8 @@ import struct
 import sys
 from pathlib import Path
 
+from make_images import rel_object
+
 from kimagekit.formats import elf
 
 R_PPC64_REL24 = 10
@@ -77,31 +79,8 @@ def make_ppc64_purgatory(*, little: bool = True, rela: bool = False,
         sh_name[n] = len(shstr)
         shstr += n.encode() + b"\0"
     secs.append((".shstrtab", elf.SHT_STRTAB, 0, shstr, 0, 0, 1, 0))
-    body = bytearray(64)
-    offsets = []
-    for _n, stype, _f, content, *_ in secs:
-        if stype == elf.SHT_NULL:
-            offsets.append(0)
-            continue
-        body += bytes(-len(body) % 16)
-        offsets.append(len(body))
-        body += content
-    body += bytes(-len(body) % 8)
-    shoff = len(body)
-    for (name, stype, flags, content, link, info, align, entsize), off in zip(secs, offsets,
-                                                                              strict=True):
-        body += st.Shdr.build({"sh_name": sh_name.get(name, 0), "sh_type": stype,
-                               "sh_flags": flags, "sh_addr": 0, "sh_offset": off,
-                               "sh_size": len(content), "sh_link": link, "sh_info": info,
-                               "sh_addralign": align, "sh_entsize": entsize})
-    body[:64] = st.Ehdr.build({
-        "e_ident": {"EI_CLASS": 2, "EI_DATA": 1 if little else 2, "EI_VERSION": 1,
-                    "EI_OSABI": 0, "EI_ABIVERSION": 0, "EI_PAD": bytes(7)},
-        "e_type": elf.ET_REL, "e_machine": elf.EM_PPC64, "e_version": 1, "e_entry": 0,
-        "e_phoff": 0, "e_shoff": shoff, "e_flags": 2 if little else 1, "e_ehsize": 64,
-        "e_phentsize": 0, "e_phnum": 0, "e_shentsize": 64, "e_shnum": len(secs),
-        "e_shstrndx": len(secs) - 1})
-    return bytes(body)
+    return rel_object(secs, sh_name, little=little, machine=elf.EM_PPC64, entry=0,
+                      e_flags=2 if little else 1)
 
 
 if __name__ == "__main__":

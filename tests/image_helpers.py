@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _PATH = Path(__file__).resolve().parent.parent / "testdata" / "make_images.py"
@@ -10,6 +11,7 @@ _spec = importlib.util.spec_from_file_location("make_images", _PATH)
 assert _spec is not None and _spec.loader is not None
 gen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gen)
+sys.modules.setdefault("make_images", gen)  # make_ppc_purgatory builds on its ELF writer
 
 PURGATORY_CORPUS = "purgatory/purgatory-debian-linux-image-6.1.0-50-amd64_6.1.176-1.ro"
 
