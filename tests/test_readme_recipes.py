@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -32,15 +34,18 @@ RECIPES = recipes()
 
 
 def _shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``script`` under bash -e, ``kimagekit`` being this checkout's CLI."""
-    bin_dir = cwd / ".bin"
-    bin_dir.mkdir(exist_ok=True)
+    """``script`` under bash -e in ``cwd``, ``kimagekit`` being this checkout's CLI (a shim in a
+    temporary folder of its own: never inside ``cwd``, which may be the checkout)."""
+    bin_dir = Path(tempfile.mkdtemp(prefix="kimagekit-bin-"))
     shim = bin_dir / "kimagekit"
     shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m kimagekit "$@"\n')
     shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
-                          capture_output=True, text=True, check=False)
+    try:
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
+                              capture_output=True, text=True, check=False)
+    finally:
+        shutil.rmtree(bin_dir)
 
 
 @pytest.fixture
@@ -103,6 +108,7 @@ def test_the_opening_command_runs() -> None:
     assert install == "pip install -e ."
     done = _shell(run, ROOT)
     assert done.returncode == 0, done.stderr
+    assert not (ROOT / ".bin").exists()  # nothing left in the checkout
     assert done.stdout.splitlines()[-1] == (
         "OK: chain matches the quote, 8 expected PCR values reproduced")
 
