@@ -28,6 +28,7 @@ BOUNDS = {
     "--data": 256 << 20,      # hand-over contents: far beyond any IMA list a kexec buffer holds
     "--handover": 256 << 20,
     "--policy": 256 << 20,    # a keylime runtime policy of a whole distribution is tens of MiB
+    "--loader-config": 16 << 20,  # a kernel's .config is a few hundred KiB
 }
 DEFAULT_BOUND = INT_MAX  # kexec_file_load (6.1) reads a kernel or initrd of at most INT_MAX bytes
 FIFO_WAIT = 3.0          # seconds; KIMAGEKIT_FIFO_WAIT overrides

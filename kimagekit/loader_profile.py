@@ -146,16 +146,29 @@ def read_config(path: str | os.PathLike[str]) -> tuple[dict[str, str], Version |
     raw = read_input(path, "--loader-config")
     text = bytes(raw).decode("utf-8", errors="replace")
     found: dict[str, str] = {}
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.startswith("CONFIG_"):
             key, _, value = line[7:].partition("=")
             if key in CONFIG_OPTIONS:
                 found[key] = value.strip().strip('"')
+                if key == "IMA_KEXEC_EXTRA_MEMORY_KB" and not _is_int(found[key]):
+                    # Kconfig writes a decimal int here: anything else is not a config it wrote
+                    raise UsageError(f"{os.fspath(path)}: --loader-config: line {number}: "
+                                     f"CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB={found[key]!r} is not "
+                                     "an integer")
     if not found and "CONFIG_" not in text:
         raise UsageError(f"{os.fspath(path)}: --loader-config: not a kernel config (no CONFIG_ "
                          "line)")
     m = _CONFIG_HEADER.search(text)
     return found, (parse_version(m[1]) if m else None)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text, 0)
+    except ValueError:
+        return False
+    return True
 
 
 def config_beside(kernel: str | os.PathLike[str]) -> Path | None:
@@ -202,10 +215,7 @@ def from_config(version: Version, source: str, options: dict[str, str],
     def on(key: str) -> bool:
         return options.get(key) == "y"
 
-    try:
-        extra = int(options.get("IMA_KEXEC_EXTRA_MEMORY_KB", "0"), 0)
-    except ValueError:
-        extra = 0
+    extra = int(options.get("IMA_KEXEC_EXTRA_MEMORY_KB", "0"), 0)  # read_config checked it
     page = 65536 if on("PPC_64K_PAGES") else 4096 if on("PPC_4K_PAGES") else None
     return LoaderProfile(version, source, config, ima_kexec=on("IMA_KEXEC"),
                          ima_extra_memory_kb=max(extra, 0), kexec_handover=on("KEXEC_HANDOVER"),

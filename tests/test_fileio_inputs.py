@@ -93,7 +93,7 @@ def test_missing_file_and_directory(files: Path, tmp_path: Path, what: str,
 def test_bounds_are_stated_per_option() -> None:
     assert input_files.BOUNDS == {"--pcrs": 1 << 20, "--purgatory": 16 << 20,
                                   "--data": 256 << 20, "--handover": 256 << 20,
-                                  "--policy": 256 << 20}
+                                  "--policy": 256 << 20, "--loader-config": 16 << 20}
     assert input_files.bound_for("--initrd") == input_files.bound_for("file") == 2**31 - 1
     assert input_files.FIFO_WAIT == 3.0
 

@@ -13,7 +13,7 @@ from kernel_helpers import kgen
 
 from kimagekit.arch.build import BuildInputs, build_x86_64
 from kimagekit.cli import main
-from kimagekit.errors import RuleError, UsageError
+from kimagekit.errors import KimageError, RuleError, UsageError
 from kimagekit.formats import bzimage as bz
 from kimagekit.loader_profile import (
     NEWEST,
@@ -317,3 +317,23 @@ def test_inspect_names_the_profile_of_a_vmlinux(capsys: pytest.CaptureFixture[st
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2] == (f"  loader profile (when it performs a load): {profile['name']}, from "
                          f"the config beside the kernel; config {cfg}")
+
+
+def test_a_config_kconfig_could_not_have_written_is_refused(tmp_path: Path) -> None:
+    # a malformed number used to become 0 (half a page of spare room): a plausible wrong answer
+    cfg = tmp_path / "config"
+    cfg.write_text(config_text("6.15.0", "CONFIG_IMA_KEXEC=y",
+                               "CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB=lots"))
+    line = cfg.read_text().splitlines().index("CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB=lots") + 1
+    with pytest.raises(UsageError) as err:
+        read_config(cfg)
+    assert str(err.value) == (f"{cfg}: --loader-config: line {line}: "
+                              "CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB='lots' is not an integer")
+    # a config is read whole: past 16 MiB it is not one, refused by its size alone
+    big = tmp_path / "big"
+    with big.open("wb") as f:
+        f.truncate((16 << 20) + 1)
+    with pytest.raises(KimageError) as too_big:
+        read_config(big)
+    assert str(too_big.value) == ("--loader-config: 16777217 bytes, more than the bound for "
+                                  "--loader-config (16777216 bytes)")  # the CLI names the file
