@@ -205,8 +205,12 @@ def judge_entry(e: ImaEntry, policy: RuntimePolicy, altered: bool = False,
         return _verdict(e, path, digest, "unsupported template", pcr_ok)
     if line is not None:
         rest = line.split(b" ", 3)[3:]
-        if not rest or len(rest[0].split(b" ", _KEYLIME_TOKENS[name] - 1)) \
-                < _KEYLIME_TOKENS[name]:
+        tokens = rest[0].split(b" ", _KEYLIME_TOKENS[name] - 1) if rest else []
+        # a file name with a space: keylime cuts it there (and reads the rest as the next
+        # field), so it judges another name, or fails the line; never the name read here
+        cut = len(tokens) == _KEYLIME_TOKENS[name] and path is not None \
+            and tokens[1] != path.encode("latin-1")
+        if len(tokens) < _KEYLIME_TOKENS[name] or cut:
             return _verdict(e, path, digest, "unparsable line", pcr_ok)
     fd = file_digest_of(fields)
     if e.is_violation:

@@ -188,3 +188,31 @@ def test_corpus_lists_judged_as_keylime_judges(keylime: Any) -> None:
             assert _agrees(events, v), (f.name, line[:100], events, v.status)
         lists += 1
     assert lists >= 10
+
+
+def test_a_file_name_with_a_space_in_an_ascii_line(keylime: Any) -> None:
+    # keylime cuts an ima-sig or ima-buf line's name at a space (the rest becomes the next
+    # field): kimagekit fails the line as keylime does, rather than judge the whole name as
+    # allowed; an ima-ng line keeps the whole name in both
+    fd = b"\x01" * 32
+    raws = [make_ima.entry(10, t, [make_ima.d_ng("sha256", fd), make_ima.n_ng("/a b"), *extra])
+            for t, extra in (("ima-ng", []), ("ima-sig", [b""]), ("ima-buf", [b"x"]))]
+    entries = list(ima_log.iter_entries(b"".join(raws)))
+    text = "".join(ima_ascii.render(entries)).encode()
+    lines = [ln for _, ln in ima_ascii.entry_lines(text)]
+    policy = {"meta": {"version": 1, "generator": 0}, "release": 0,
+              "digests": {"/a b": [fd.hex()]}, "excludes": [], "keyrings": {},
+              "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": None},
+              "ima-buf": {"/a b": [fd.hex()]}, "verification-keys": ""}
+    report = kp.judge_entries(entries, kp.parse_policy(json.dumps(policy).encode()),
+                              altered=[], bank="sha1", lines=lines)
+    assert [v.status for v in report.verdicts] == ["allowed", "unparsable line",
+                                                   "unparsable line"]
+    first, *cut = text.decode().splitlines()
+    assert _agrees(_keylime_says(keylime, [first], policy, "sha1"), report.verdicts[0])
+    # keylime fails both: the ima-sig line's template digest, recomputed from the fields it
+    # cut; the ima-buf line's "b x" buffer, not hex. kimagekit says why (the line does not
+    # split as keylime splits it)
+    assert [_keylime_says(keylime, [line], policy, "sha1") for line in cut] == [
+        ["ima.validation.ima_hash"], ["ima.parser.entry"]]
+    assert not any(v.ok for v in report.verdicts[1:])
