@@ -124,6 +124,9 @@ def decode_ima(buf: bytes | memoryview, little: bool,
     if headerless and not damage:
         try:
             restored = _restore_headerless(buf, endian, report.entries)
+        except ima_kexec.RestoreStopped as err:
+            restored, restore_error = err.kept, ima_kexec.refusal(err)
+            damage.append(f"the next kernel would refuse it: {restore_error}")
         except KimageError as err:
             restore_error = str(err)
             damage.append(f"the next kernel would refuse it: {err}")
@@ -146,6 +149,10 @@ def _restore_headerless(buf: bytes | memoryview, endian: Endian, count: int) -> 
          "buffer_size": ima_kexec.HDR_SIZE + len(buf), "count": count}))
     try:
         return len(ima_kexec.restore(hdr + bytes(buf), endian).entries)
+    except ima_kexec.RestoreStopped as err:
+        at = None if err.offset is None else err.offset - ima_kexec.HDR_SIZE
+        raise ima_kexec.RestoreStopped(err.message, kept=err.kept, field=err.field, offset=at,
+                                       fmt="ima-list") from err
     except RuleError as err:
         at = None if err.offset is None else err.offset - ima_kexec.HDR_SIZE
         raise RuleError(err.message, fmt="ima-list", field=err.field, offset=at) from err

@@ -99,8 +99,9 @@ class RestoreStopped(RuleError):
     undoing: the next kernel keeps the ``kept`` entries before it (seen on Debian 6.1, 6.12 and
     7.2: tests/test_realkernel_load.py), and logs that the restore failed."""
 
-    def __init__(self, message: str, *, kept: int, field: str, offset: int) -> None:
-        super().__init__(message, fmt=FMT, field=field, offset=offset)
+    def __init__(self, message: str, *, kept: int, field: str | None, offset: int | None,
+                 fmt: str = FMT) -> None:
+        super().__init__(message, fmt=fmt, field=field, offset=offset)
         self.kept = kept
 
 

@@ -113,7 +113,7 @@ def test_ppc64_handover_forms_by_style(corpus: Path, tmp_path: Path,
     assert capsys.readouterr().err == (
         f"kimagekit: error: {SMALL_LE}: handover: segment[0]: the next kernel would refuse it: "
         "ima-list: entry[8] at offset 0x39c: entry header: nr of fields mismatch: expected 4, "
-        f"found 3; {FORCE}\n")
+        f"found 3 (it keeps the 8 entries before it); {FORCE}\n")
     # A header-less list must be in the target's byte order, with SHA-1 template digests.
     for name, kind in (("small-be.bin", "big-endian binary list with 20"),
                        ("small-le-sha256.bin", "little-endian binary list with 32")):
@@ -211,3 +211,29 @@ def test_patch_without_a_handover(x86: list[str], tmp_path: Path,
         assert capsys.readouterr().err == (
             f"kimagekit: error: {plain}: image: segments: the image has no hand-over segment\n")
     assert not out.exists()
+
+
+def test_restore_stopping_mid_list_keeps_the_entries_before_it_in_both_styles() -> None:
+    # an `ima`-template entry third: ima_restore_measurement_list stops there and keeps two,
+    # behind the kexec header (ima style) as in the header-less 2016 list (seed style)
+    import struct
+
+    from ima_helpers import make_ima
+
+    from kimagekit.handover import decode_ima
+    from kimagekit.image import HandoverStyle
+
+    ok = make_ima.entry(10, "ima-ng", [make_ima.d_ng("sha1", bytes(20)), make_ima.n_ng("/a")])
+    body = ok + ok + make_ima.entry(10, "ima", [bytes(20), b"/x"])
+    with_header = struct.pack("<HHIQQ", 1, 0, 0, 24 + len(body), 3) + body
+    for buf, style, fmt, at in ((with_header, HandoverStyle.IMA, "ima-kexec-buffer",
+                                 24 + 2 * len(ok)),
+                                (body, HandoverStyle.SEED, "ima-list", 2 * len(ok))):
+        content = decode_ima(buf, True, style)
+        assert content.restored == 2
+        # the `ima` entry has no data length: its header walk stops short of the buffer's end,
+        # where the last entry must end. The two sizes stay in the walked buffer's terms (behind
+        # a 24-byte header) in both styles; the offset is the list's own
+        assert content.restore_error == (
+            f"{fmt}: entry[2] at offset {at:#x}: last entry (count 3) ends at 0xd1, "
+            "buffer_size is 0xe7 (it keeps the 2 entries before it)")
