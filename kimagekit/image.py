@@ -47,6 +47,7 @@ from kimagekit.purgatory import (
     store_digest,
     symbols,
 )
+from kimagekit.purgatory_riscv import EM_RISCV
 from kimagekit.segments import Role, Segment, SegmentList, Target, align_up, sanity_check
 
 __all__ = [
@@ -69,6 +70,7 @@ ARCHES: dict[str, tuple[int, bool]] = {
     "x86_64": (elf.EM_X86_64, True),
     "ppc64le": (elf.EM_PPC64, True),
     "ppc64": (elf.EM_PPC64, False),
+    "riscv64": (EM_RISCV, True),
 }
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from kimagekit import purgatory_riscv as rv
 from kimagekit.elf_model import Section
 from kimagekit.errors import ParseError, RuleError, converted
 from kimagekit.formats import elf
@@ -28,7 +29,8 @@ from kimagekit.segments import (
 
 __all__ = [
     "DIGEST_SYMBOLS", "FMT", "MACHINE_NAMES", "MAX_ALIGN_PADDING", "NO_RELOCATIONS",
-    "REGIONS_SIZE", "RELA_SIZE", "RELOCATIONS", "SHDR_SIZE", "SYM_SIZE", "Apply", "Digest",
+    "REGIONS_SIZE", "RELA_SIZE", "RELOCATIONS", "SHDR_SIZE", "SYM_SIZE", "UNKNOWN_TYPE", "Apply",
+    "Digest",
     "DigestPolicy", "EntryRule",
     "Layout", "LoadedPurgatory", "PurgatoryObject", "Symbol", "add_purgatory", "apply_policy",
     "check_target", "compute_digest", "digest_symbol_names", "feed_segment", "find_symbol",
@@ -172,7 +174,7 @@ def parse_purgatory(data: bytes) -> PurgatoryObject:
     return PurgatoryObject(bytes(data), little, eh.e_machine, eh.e_entry, sections)
 
 
-MACHINE_NAMES = {elf.EM_X86_64: "EM_X86_64", elf.EM_PPC64: "EM_PPC64"}
+MACHINE_NAMES = {elf.EM_X86_64: "EM_X86_64", elf.EM_PPC64: "EM_PPC64", rv.EM_RISCV: "EM_RISCV"}
 
 
 def check_target(obj: PurgatoryObject, arch: str, machine: int, little: bool) -> None:
@@ -365,7 +367,10 @@ RELOCATIONS: dict[int, dict[int, tuple[str, int, Apply | None]]] = {
         10: ("R_X86_64_32", 4, _abs32),
         11: ("R_X86_64_32S", 4, _abs32s),
     },
+    rv.EM_RISCV: rv.RELOCATIONS,
 }
+#: How the kernel words a type it does not apply, where it names it (else kimagekit's words).
+UNKNOWN_TYPE = {rv.EM_RISCV: "Unknown rela relocation: {}"}
 
 #: Machines whose kernel has no ``arch_kexec_apply_relocations_add``: the generic stub in
 #: ``include/linux/kexec.h`` fails the load ("RELA relocation unsupported", -ENOEXEC) at the first
@@ -417,6 +422,7 @@ def _apply_section(lp: LoadedPurgatory, buf: bytearray, rs: Section, target: Sec
     obj = lp.obj
     st = elf.elf_structs(elf.ELFCLASS64, obj.little)
     nsyms = symtab.sh_size // SYM_SIZE
+    seen: list[rv.Reloc] = []
     for k in range(rs.sh_size // RELA_SIZE):
         off = rs.sh_offset + k * RELA_SIZE
         field = f"{rs.name}[{k}]"
@@ -424,20 +430,22 @@ def _apply_section(lp: LoadedPurgatory, buf: bytearray, rs: Section, target: Sec
             rel = st.Rela.parse(obj.data[off:off + RELA_SIZE])
         rtype = elf.r_type(rel.r_info, elf.ELFCLASS64)
         if rtype not in table:
-            raise RuleError(f"relocation type {rtype} is not supported for e_machine "
-                            f"{obj.machine}", fmt=FMT, field=f"{field}.r_info", offset=off + 8)
+            why = (UNKNOWN_TYPE[obj.machine].format(rtype) + " (the kernel's refusal)"
+                   if obj.machine in UNKNOWN_TYPE else f"relocation type {rtype} is not "
+                   f"supported for e_machine {obj.machine}")
+            raise RuleError(why, fmt=FMT, field=f"{field}.r_info", offset=off + 8)
         name, width, apply = table[rtype]
+        if obj.machine == rv.EM_RISCV and rtype in (rv.PCREL_HI20, rv.PCREL_LO12_I):
+            sym = _symbol(obj, symtab, _sym_index(rel.r_info, nsyms, field, off))
+            seen.append(rv.Reloc(k, rel.r_offset, rtype, rel.r_addend, sym.st_shndx,
+                                 sym.st_value))
         if apply is None:
             continue
         if rel.r_offset + width > target.sh_size:
             raise ParseError(f"{name} at {rel.r_offset:#x} is outside {target.name} "
                              f"({target.sh_size:#x} bytes)", fmt=FMT, field=f"{field}.r_offset",
                              offset=off)
-        sym_index = elf.r_sym(rel.r_info, elf.ELFCLASS64)
-        if sym_index >= nsyms:
-            raise ParseError(f"symbol index {sym_index} is past the symbol table ({nsyms})",
-                             fmt=FMT, field=f"{field}.r_info", offset=off + 8)
-        sym = _symbol(obj, symtab, sym_index)
+        sym = _symbol(obj, symtab, _sym_index(rel.r_info, nsyms, field, off))
         if sym.st_shndx == elf.SHN_UNDEF:
             raise RuleError(f"undefined symbol {sym.name!r}", fmt=FMT, field=field, offset=off)
         if sym.st_shndx == elf.SHN_COMMON:
@@ -457,6 +465,21 @@ def _apply_section(lp: LoadedPurgatory, buf: bytearray, rs: Section, target: Sec
         except _Overflow as exc:
             raise RuleError(f"{name} against {sym.name!r} overflows: {exc.value:#x} does not "
                             "fit in 32 bits", fmt=FMT, field=field, offset=off) from None
+        except rv.Unfit as exc:
+            raise RuleError(f"{name} against {sym.name!r} at {place:#x}: {exc}", fmt=FMT,
+                            field=field, offset=off) from None
+    for r, why in rv.pair_problems(seen, target.index):
+        raise RuleError(f"{table[r.r_type][0]} at {target.name}+{r.r_offset:#x}: {why}",
+                        fmt=FMT, field=f"{rs.name}[{r.index}]",
+                        offset=rs.sh_offset + r.index * RELA_SIZE)
+
+
+def _sym_index(r_info: int, nsyms: int, field: str, off: int) -> int:
+    sym_index = elf.r_sym(r_info, elf.ELFCLASS64)
+    if sym_index >= nsyms:
+        raise ParseError(f"symbol index {sym_index} is past the symbol table ({nsyms})",
+                         fmt=FMT, field=f"{field}.r_info", offset=off + 8)
+    return sym_index
 
 
 def _symbol(obj: PurgatoryObject, symtab: Section, index: int) -> Symbol:

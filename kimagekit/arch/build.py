@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kimagekit import ima_kexec, ima_log, kernels
-from kimagekit.arch import ppc64, ppc64_dt, x86_64
+from kimagekit.arch import ppc64, ppc64_dt, riscv64, x86_64
 from kimagekit.dtb_file import load_tree
 from kimagekit.errors import KimageError, ParseError, UsageError, about_file, input_named
 from kimagekit.fileio import check_output, mapped, read_input
@@ -35,7 +35,8 @@ from kimagekit.sig.kexec_sig import check_kernel_signature
 
 __all__ = [
     "PPC_ARCHES", "X86_PAGE_SIZE", "BuildInputs", "Built", "Pathish", "Ppc64BuildResult",
-    "X86BuildResult", "build_ppc64", "build_x86_64", "running_tree",
+    "Riscv64BuildResult", "X86BuildResult", "build_ppc64", "build_riscv64", "build_x86_64",
+    "running_tree",
 ]
 
 Pathish = str | os.PathLike[str]
@@ -89,8 +90,21 @@ class X86BuildResult:
 
 
 @dataclass(frozen=True)
+class Riscv64BuildResult:
+    output: str
+    arch: str
+    policy: str
+    entry: int  # the purgatory's
+    kernel_entry: int  # riscv_kernel_entry: where the purgatory jumps
+    dtb: int  # the tree's address: a1 at the purgatory's entry and the kernel's
+    digest: str
+    handover_entries: int | None
+    loader_profile: str | None = None
+
+
+@dataclass(frozen=True)
 class Built:
-    result: Ppc64BuildResult | X86BuildResult
+    result: Ppc64BuildResult | X86BuildResult | Riscv64BuildResult
     image: ImageInfo  # the written image, re-read
     warnings: tuple[str, ...] = ()  # what --force wrote anyway
 
@@ -191,6 +205,52 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
     return Built(X86BuildResult(str(inputs.output), "x86_64", inputs.policy.value, info.entry,
                                 k.mem + bz.KERNEL_ENTRY64_OFFSET, bp.mem, digest, entries,
                                 sig_warning, prof.name), info, warnings)
+
+
+def build_riscv64(inputs: BuildInputs, *, dtb: Pathish,
+                  handover_style: HandoverStyle = HandoverStyle.IMA,
+                  profile: LoaderProfile | None = None) -> Built:
+    """The riscv64 ELF loader (7.2): RAM and reservations come from ``dtb`` (the running
+    system's tree, standing for its memblock), which also gets the new ``/chosen``. The
+    purgatory is required: the kernel always loads its own."""
+    prof = profile if profile is not None else resolve()
+    check_output(inputs.output, (*_inputs(inputs), dtb), stdout=False)
+    if inputs.require_signature is not None:
+        raise UsageError("--require-signature checks PE kernels (x86_64): the riscv64 ELF "
+                         "loader checks no signature kimagekit models")
+    if inputs.purgatory is None:
+        raise UsageError("riscv64 needs --purgatory: the kernel always loads one (its "
+                         "riscv_kernel_entry is where the next kernel starts)")
+    ho, entries, ho_size = _handover(inputs, "<", riscv64.PAGE_SIZE, prof.ima_extra_memory)
+    with input_named(dtb):
+        tree = load_tree(dtb)
+        target = ppc64_dt.target_from_tree(tree, riscv64.ARCH, riscv64.PAGE_SIZE)
+    purg = _purgatory(inputs.purgatory, riscv64.ARCH)
+    assert purg is not None
+    rd = _initrd(inputs.initrd)
+
+    def compose(kernel: memoryview) -> KexecImage:
+        return riscv64.build(target, kernel, tree.build(),
+                             ppc64_dt.chosen_hook(riscv64.PAGE_SIZE), purgatory=purg,
+                             initrd=rd, handover=ho, handover_size=ho_size,
+                             handover_style=handover_style, cmdline=inputs.cmdline,
+                             policy=inputs.policy, entry_rule=prof.entry_rule)
+
+    digest, info, warnings = _write_verified(inputs, compose, (riscv64.FMT,), inputs.purgatory)
+    dt = info.segment(Role.DTB)
+    kentry = info.symbol(riscv64.KERNEL_ENTRY_SYMBOL)
+    assert dt is not None and kentry is not None
+    with mapped(inputs.output) as view:
+        start = int.from_bytes(bytes(view[_symbol_offset(info, kentry.value):][:8]), "little")
+    return Built(Riscv64BuildResult(str(inputs.output), riscv64.ARCH, inputs.policy.value,
+                                    info.entry, start, dt.mem, digest, entries, prof.name),
+                 info, warnings)
+
+
+def _symbol_offset(info: ImageInfo, addr: int) -> int:
+    p = info.segment(Role.PURGATORY)
+    assert p is not None
+    return p.offset + addr - p.mem
 
 
 def running_tree(path: Pathish) -> bytes:

@@ -14,8 +14,10 @@ from kimagekit.arch.build import (
     PPC_ARCHES,
     BuildInputs,
     Built,
+    Riscv64BuildResult,
     X86BuildResult,
     build_ppc64,
+    build_riscv64,
     build_x86_64,
 )
 from kimagekit.cli.common import DtStyle, emit_json, out, warn
@@ -24,7 +26,7 @@ from kimagekit.cli.memory_map import map_lines, write_svg
 from kimagekit.cli.progress import Progress
 from kimagekit.errors import UsageError
 from kimagekit.image import HandoverStyle, check_page_size
-from kimagekit.loader_profile import resolve
+from kimagekit.loader_profile import LoaderProfile, resolve
 from kimagekit.memory_map import file_map
 from kimagekit.purgatory import DigestPolicy
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, parse_mem_ranges
@@ -46,6 +48,7 @@ class Arch(StrEnum):
     PPC64LE = "ppc64le"
     PPC64 = "ppc64"
     X86_64 = "x86_64"
+    RISCV64 = "riscv64"
 
 
 def register(app: typer.Typer) -> None:
@@ -53,11 +56,11 @@ def register(app: typer.Typer) -> None:
     def build_cmd(
         arch: Arch = typer.Option(..., "--arch", help="The target kernel's architecture."),
         kernel: Path = typer.Option(
-            ..., "--kernel", metavar="KERNEL", help="The kernel to load: ppc64le/ppc64 take "
-            "the ELF vmlinux, x86_64 the bzImage (/boot/vmlinuz)."),
+            ..., "--kernel", metavar="KERNEL", help="The kernel to load: ppc64le/ppc64/riscv64 "
+            "take the ELF vmlinux, x86_64 the bzImage (/boot/vmlinuz)."),
         dtb: Path | None = typer.Option(
-            None, "--dtb", metavar="DTB", help="ppc64: the running system's tree (.dtb or .dts): "
-            "RAM, reservations, and the /chosen the next kernel gets."),
+            None, "--dtb", metavar="DTB", help="ppc64, riscv64: the running system's tree (.dtb "
+            "or .dts): RAM, reservations, and the /chosen the next kernel gets."),
         output: Path = typer.Option(..., "-o", "--output", metavar="FILE",
                                     help="Where to write the image (a regular file: it is "
                                     "re-read and verified)."),
@@ -167,6 +170,10 @@ def register(app: typer.Typer) -> None:
                                      hole_search=hole_search, ima_kexec=x86_ima_kexec,
                                      profile=profile, force_dtb=force_dtb,
                                      five_level=five_level)
+        elif arch == "riscv64":
+            built = _build_riscv64(inputs, dtb, no_purgatory, purgatory_from, mem, force_dtb,
+                                   five_level, hole_search, ima_kexec, page_size, handover_size,
+                                   handover_style, profile, output)
         else:
             assert arch.value in PPC_ARCHES  # the choice's other values
             if dtb is None or purgatory_from is not None or mem is not None:
@@ -208,8 +215,34 @@ def register(app: typer.Typer) -> None:
         out(_summary_line(built))
 
 
+def _build_riscv64(inputs: BuildInputs, dtb: Path | None, no_purgatory: bool,
+                   purgatory_from: Path | None, mem: str | None, force_dtb: Path | None,
+                   five_level: bool, hole_search: HoleSearch | None, ima_kexec: bool | None,
+                   page_size: str | None, handover_size: str | None, style: DtStyle,
+                   profile: LoaderProfile, output: Path) -> Built:
+    if dtb is None or inputs.purgatory is None:
+        raise UsageError("riscv64 needs --dtb and --purgatory (the kernel always loads one)")
+    others = {"--no-purgatory": no_purgatory, "--purgatory-from": purgatory_from is not None,
+              "--mem": mem is not None, "--force-dtb": force_dtb is not None,
+              "--five-level-paging": five_level, "--hole-search": hole_search is not None,
+              "--no-ima-kexec": ima_kexec is False, "--page-size": page_size is not None,
+              "--handover": inputs.handover is not None}
+    given = [name for name, on in others.items() if on]
+    if given:
+        raise UsageError(f"riscv64 takes no {', '.join(given)}")
+    size = _number(handover_size, "--handover-size")
+    if size is not None and inputs.ima is None:
+        raise UsageError("--handover-size needs --ima")
+    with Progress(f"building {output}"):
+        return build_riscv64(replace(inputs, handover_size=size), dtb=dtb,
+                             handover_style=HandoverStyle(style.value), profile=profile)
+
+
 def _summary_line(built: Built) -> str:
     r = built.result
+    if isinstance(r, Riscv64BuildResult):
+        return (f"{r.output}: entry {r.entry:#x} (purgatory), kernel entry {r.kernel_entry:#x}, "
+                f"device tree {r.dtb:#x}, digest {r.digest} ({r.policy} policy), verified")
     if isinstance(r, X86BuildResult):
         return (f"{r.output}: entry {r.entry:#x} (purgatory), kernel entry {r.kernel_entry:#x}, "
                 f"boot_params {r.boot_params:#x}, digest {r.digest} ({r.policy} policy), "
