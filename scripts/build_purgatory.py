@@ -26,6 +26,11 @@ RECIPES: dict[str, Recipe] = {
         base="ppc64le_defconfig", options={"KEXEC_FILE": "y"},
         targets=("prepare", "arch/powerpc/purgatory/"),
         outputs=("arch/powerpc/purgatory/purgatory.ro",)),
+    "riscv64": Recipe(
+        name="purgatory-riscv64", arch="riscv", cross_compile="riscv64-linux-gnu-",
+        base="defconfig", options={"KEXEC_FILE": "y"},
+        targets=("prepare", "arch/riscv/purgatory/"),
+        outputs=("arch/riscv/purgatory/purgatory.ro",)),
 }
 
 

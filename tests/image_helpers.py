@@ -28,3 +28,9 @@ PPC_INSPECTION = ("note: no purgatory (built with --no-purgatory): for inspectio
 PPC_NO_CHECK = ("note: the ppc64 purgatory does not check the digest at reboot: the digest is "
                 "kimagekit's check, not the machine's")
 PPC_NOTES = f"{PPC_INSPECTION}\n{PPC_NO_CHECK}\n"
+
+_RV = Path(__file__).resolve().parent.parent / "testdata" / "make_riscv_purgatory.py"
+_rspec = importlib.util.spec_from_file_location("make_riscv_purgatory", _RV)
+assert _rspec is not None and _rspec.loader is not None
+riscv_gen = importlib.util.module_from_spec(_rspec)
+_rspec.loader.exec_module(riscv_gen)
