@@ -10,7 +10,6 @@ import struct
 import pytest
 from image_helpers import riscv_gen
 
-
 from kimagekit.errors import RuleError
 from kimagekit.purgatory import get_symbol, load, parse_purgatory, symbol_address
 
