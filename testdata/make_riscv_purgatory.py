@@ -125,6 +125,32 @@ def make_riscv_purgatory(relocs: list[tuple[str, int, str, str, int]] | None = N
     return rel_object(secs, sh_name, little=True, machine=EM_RISCV, entry=0, e_flags=5)
 
 
+VMLINUX_VADDR = 0xFFFFFFFF80000000  # KERNEL_LINK_ADDR; p_paddr = p_vaddr - LOAD_OFFSET = 0
+
+
+def make_riscv_vmlinux(filesz: int = 0x300000, *, memsz: int | None = None, tail: int = 0,
+                       entry_offset: int = 0) -> bytes:
+    """A riscv64 ELF64 ET_EXEC with one PT_LOAD (paddr 0, patterned content at file offset
+    0x1000, memsz default filesz + 1 MiB) and ``tail`` more bytes after it (symbols, say): the
+    loader sizes its hole by the whole file."""
+    st = elf.elf_structs(elf.ELFCLASS64, True)
+    ident = {"EI_CLASS": 2, "EI_DATA": 1, "EI_VERSION": 1, "EI_OSABI": 0, "EI_ABIVERSION": 0,
+             "EI_PAD": bytes(7)}
+    ehdr = st.Ehdr.build({
+        "e_ident": ident, "e_type": elf.ET_EXEC, "e_machine": EM_RISCV, "e_version": 1,
+        "e_entry": VMLINUX_VADDR + entry_offset, "e_phoff": 64, "e_shoff": 0, "e_flags": 5,
+        "e_ehsize": 64, "e_phentsize": 56, "e_phnum": 1, "e_shentsize": 64, "e_shnum": 0,
+        "e_shstrndx": 0})
+    ph = st.Phdr.build({"p_type": elf.PT_LOAD, "p_flags": 7, "p_offset": 0x1000,
+                        "p_vaddr": VMLINUX_VADDR, "p_paddr": 0, "p_filesz": filesz,
+                        "p_memsz": memsz if memsz is not None else filesz + 0x100000,
+                        "p_align": 0x1000})
+    block = bytes((i * 7 + 3) & 0xFF for i in range(4096))
+    body = (block * -(-filesz // 4096))[:filesz]
+    head = ehdr + ph
+    return head + bytes(0x1000 - len(head)) + body + b"\x5a" * tail
+
+
 def u32(buf: bytes, off: int) -> int:
     return int(struct.unpack_from("<I", buf, off)[0])
 
