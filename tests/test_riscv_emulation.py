@@ -179,8 +179,10 @@ def test_objdump_reads_the_targets_the_kernel_would_write(image: Path, purgatory
     assert struct.unpack_from("<Q", seg, at)[0] == KERNEL_START
 
 
-def _symbol_sections(readelf: str, obj: Path) -> dict[tuple[int, str], str]:
-    """The section each .rela.text entry's symbol lives in, by readelf's symbol table."""
+def _symbol_sections(readelf: str, obj: Path, all_sections: bool = False
+                     ) -> dict[Any, str]:
+    """The section each relocation's symbol lives in, by readelf's symbol table: keyed by
+    (offset, type) for .rela.text, or (section, offset, type) for all."""
     shnames = {}
     for line in _readelf(readelf, "-S", str(obj)).splitlines():
         m = re.match(r"\s*\[\s*(\d+)\]\s+(\S+)", line)
@@ -191,9 +193,56 @@ def _symbol_sections(readelf: str, obj: Path) -> dict[tuple[int, str], str]:
         f = line.split()
         if len(f) >= 7 and f[0].endswith(":") and f[6].isdigit():
             syms[int(f[0][:-1])] = shnames[f[6]]
-    out = {}
+    out: dict[Any, str] = {}
+    sec = ""
     for line in _readelf(readelf, "-r", str(obj)).splitlines():
+        m = re.match(r"Relocation section '(\S+)'", line)
+        sec = m[1] if m else sec
         f = line.split()
         if len(f) >= 3 and f[2].startswith("R_RISCV") and len(f[0]) == 16:
-            out[(int(f[0], 16), f[2])] = syms.get(int(f[1], 16) >> 32, "")
+            where = syms.get(int(f[1], 16) >> 32, "")
+            if all_sections:
+                out[(sec, int(f[0], 16), f[2])] = where
+            elif sec == ".rela.text":
+                out[(int(f[0], 16), f[2])] = where
     return out
+
+
+def test_data_relocations_hold_what_the_kernel_writes(image: Path, purgatory: Path) -> None:
+    """R_RISCV_64 and the ADD/SUB pairs of the real purgatory's data sections (.alternative,
+    .export_symbol, __bug_table), from readelf's relocations and the object's own bytes:
+    ``*(u64 *)loc = val``, ``*(uN *)loc += val`` / ``-= val`` (machine_kexec_file.c lines
+    236-255)."""
+    readelf = need_tool("readelf")
+    obj = parse_purgatory(purgatory.read_bytes())
+    raw = purgatory.read_bytes()
+    with open_image(image) as (info, view):
+        p = info.segment(Role.PURGATORY)
+        assert p is not None
+        seg = bytes(content(view, p))
+    lp = load(obj, p.mem)
+    secs = {s.name: s for s in obj.sections}
+    addr = {s.name: lp.sh_addr[s.index] for s in obj.sections}
+    sym_sec = _symbol_sections(readelf, purgatory, all_sections=True)
+    width = {"R_RISCV_64": 8, "R_RISCV_ADD16": 2, "R_RISCV_SUB16": 2, "R_RISCV_ADD32": 4,
+             "R_RISCV_SUB32": 4}
+    checked = 0
+    for rsec, entries in _relocations(readelf, purgatory).items():
+        if rsec == ".rela.text":
+            continue
+        target = secs[rsec.removeprefix(".rela")]
+        want: dict[int, tuple[int, int]] = {}  # offset: (value, width)
+        for off, rtype, value, addend in entries:
+            n = width[rtype]
+            assert value is not None
+            val = addr[sym_sec[(rsec, off, rtype)]] + value + addend
+            cur = want.get(off, (int.from_bytes(raw[target.sh_offset + off:][:n], "little"),
+                                 n))[0]
+            sign = -1 if "SUB" in rtype else 1
+            want[off] = (val if rtype == "R_RISCV_64" else (cur + sign * val) % (1 << (8 * n)),
+                         n)
+            checked += 1
+        for off, (v, n) in want.items():
+            got = int.from_bytes(seg[lp.buf_offset[target.index] + off:][:n], "little")
+            assert got == v, (rsec, hex(off))
+    assert checked == 6 + 15 * 2 + 34 * 2  # R_RISCV_64, ADD/SUB16, ADD/SUB32
