@@ -6,10 +6,11 @@ is under test; the CLI test at the end checks the new tree."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
-from image_helpers import riscv_gen
+from image_helpers import gen, riscv_gen
 
 from kimagekit.arch import riscv64
 from kimagekit.arch.ppc64 import DtRequest
@@ -120,7 +121,9 @@ def test_not_elf_is_refused_naming_the_image_loader() -> None:
 
 
 def test_cli_build_and_chosen(tmp_path: Path) -> None:
-    """The CLI end to end: the tree's /chosen has the initrd, bootargs and the IMA buffer."""
+    """The CLI end to end, /chosen as of_kexec_alloc_and_setup_fdt writes it (drivers/of/kexec.c
+    lines 355-405 the initrd, 470-477 bootargs, 512 linux,booted-from-kexec, 516-517 the IMA
+    buffer, each range also reserved), then packed (machine_kexec_file.c line 363)."""
     (tmp_path / "k").write_bytes(riscv_gen.make_riscv_vmlinux(0x100000))
     (tmp_path / "p.o").write_bytes(riscv_gen.make_riscv_purgatory())
     (tmp_path / "rd").write_bytes(bytes(0x2000))
@@ -128,15 +131,22 @@ def test_cli_build_and_chosen(tmp_path: Path) -> None:
     out = tmp_path / "out.img"
     argv = ["build", "--arch", "riscv64", "--kernel", str(tmp_path / "k"), "--dtb",
             str(tmp_path / "t.dts"), "--purgatory", str(tmp_path / "p.o"), "--initrd",
-            str(tmp_path / "rd"), "--cmdline", "console=ttyS0 ro", "-o", str(out)]
+            str(tmp_path / "rd"), "--cmdline", "console=ttyS0 ro", "--ima",
+            str(gen.restorable_list(tmp_path / "ima.bin")), "-o", str(out)]
     assert main([*argv, "--json"]) == 0
     with open_image(out) as (info, view):
         dt = info.segment(Role.DTB)
         assert dt is not None
         tree = DeviceTree.parse(bytes(view[dt.offset:dt.offset + dt.bufsz]))
-        rd = info.segment(Role.INITRD)
-        assert rd is not None
+        rd, ho = info.segment(Role.INITRD), info.segment(Role.HANDOVER)
+        assert rd is not None and ho is not None
     assert tree.get("/chosen", "bootargs") == b"console=ttyS0 ro\0"
+    assert tree.get("/chosen", "linux,booted-from-kexec") == b""
+    assert tree.get("/chosen", "linux,ima-kexec-buffer") == struct.pack(">QQ", ho.mem,
+                                                                          ho.memsz)
+    assert [(r.address, r.size) for r in tree.reservations] == [(rd.mem, 0x2000),
+                                                                 (ho.mem, ho.memsz)]
+    assert ho.mem + ho.memsz == 0x9000_0000 and dt.mem < rd.mem
     assert tree.get("/chosen", "linux,initrd-start") == rd.mem.to_bytes(8, "big")
     assert tree.get("/chosen", "linux,initrd-end") == (rd.mem + 0x2000).to_bytes(8, "big")
 

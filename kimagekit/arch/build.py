@@ -230,8 +230,7 @@ def build_riscv64(inputs: BuildInputs, *, dtb: Pathish,
     rd = _initrd(inputs.initrd)
 
     def compose(kernel: memoryview) -> KexecImage:
-        return riscv64.build(target, kernel, tree.build(),
-                             ppc64_dt.chosen_hook(riscv64.PAGE_SIZE), purgatory=purg,
+        return riscv64.build(target, kernel, tree.build(), riscv64.chosen_hook(), purgatory=purg,
                              initrd=rd, handover=ho, handover_size=ho_size,
                              handover_style=handover_style, cmdline=inputs.cmdline,
                              policy=inputs.policy, entry_rule=prof.entry_rule)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kimagekit import of_kexec
 from kimagekit.arch.common import add_ima_buffer
 from kimagekit.arch.ppc64 import DtHook, DtRequest, kernel_loads
 from kimagekit.errors import ParseError
@@ -43,7 +44,7 @@ from kimagekit.segments import (
 )
 
 __all__ = ["ARCH", "FMT", "KERNEL_ENTRY_SYMBOL", "PAGE_SIZE", "PMD_SIZE", "Placement", "build",
-           "kernel_placement", "set_kernel_entry"]
+           "chosen_hook", "kernel_placement", "set_kernel_entry"]
 
 FMT = "vmlinux"
 ARCH = "riscv64"
@@ -120,6 +121,21 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
                                     buf_min=buf_min, buf_max=buf_max, top_down=True))
     return seal(sl, policy, purgatory=loaded, cmdline=cmdline.encode(),
                 handover_style=handover_style)
+
+
+def chosen_hook(have_ima_kexec: bool = True) -> DtHook:
+    """``of_kexec_alloc_and_setup_fdt(image, initrd_pbase, initrd_len, cmdline, 0)`` then
+    ``fdt_pack`` (machine_kexec_file.c lines 355-365): no extra size, always packed. An empty
+    command line is none (``cmdline_len`` 0 leaves ``cmdline_buf`` NULL)."""
+
+    def hook(req: DtRequest) -> bytes:
+        fdt = of_kexec.setup_fdt(req.dtb, of_kexec.FdtRequest(
+            initrd=req.initrd, cmdline=req.cmdline or None, handover=req.handover,
+            handover_style=req.handover_style),
+            of_kexec.ArchFdt(PAGE_SIZE, have_ima_kexec=have_ima_kexec))
+        return fdt.blob
+
+    return hook
 
 
 def set_kernel_entry(lp: LoadedPurgatory, start: int) -> LoadedPurgatory:
