@@ -151,6 +151,18 @@ def make_riscv_vmlinux(filesz: int = 0x300000, *, memsz: int | None = None, tail
     return head + bytes(0x1000 - len(head)) + body + b"\x5a" * tail
 
 
+def make_riscv_image(filesz: int = 0x200000, *, image_size: int = 0x300000,
+                     text_offset: int = 0x200000, version: int = 2, flags: int = 0,
+                     magic: bytes = b"RISCV\0\0\0", magic2: bytes = b"RSC\x05") -> bytes:
+    """A flat RISC-V Image as Debian ships it (``MZ`` of the EFI stub first; struct
+    riscv_image_header: text_offset, image_size, flags, version, magic at 0x30, magic2 at 0x38),
+    patterned content after the 64-byte header."""
+    head = struct.pack("<IIQQQIIQ8s4sI", 0x10E05A4D, 0, text_offset, image_size, flags,
+                       version, 0, 0, magic, magic2, 0x40)
+    block = bytes((i * 11 + 5) & 0xFF for i in range(4096))
+    return head + (block * -(-filesz // 4096))[:filesz - len(head)]
+
+
 def u32(buf: bytes, off: int) -> int:
     return int(struct.unpack_from("<I", buf, off)[0])
 

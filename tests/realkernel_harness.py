@@ -289,16 +289,29 @@ def guest_python(*args: str, pythonpath: Path = ROOT) -> str:
             f"{shlex.quote(sys.executable)} " + " ".join(shlex.quote(a) for a in args))
 
 
-def built_purgatory(arch: str) -> Path:
-    """The kernel's own purgatory for ARCH as ``scripts/build_purgatory.py ARCH`` built it
-    (cached; a missing build is skipped locally, a failure in CI)."""
-    spec = importlib.util.spec_from_file_location("build_purgatory",
-                                                  ROOT / "scripts" / "build_purgatory.py")
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    path: Path | None = mod.purgatory_path(arch)
+    return mod
+
+
+def built_purgatory(arch: str) -> Path:
+    """The kernel's own purgatory for ARCH as ``scripts/build_purgatory.py ARCH`` built it
+    (cached; a missing build is skipped locally, a failure in CI)."""
+    path: Path | None = _script("build_purgatory").purgatory_path(arch)
     if path is None:
         _missing(f"the {arch} purgatory is not built (scripts/build_purgatory.py {arch})")
+    assert path is not None
+    return path
+
+
+def riscv64_kernel() -> Path:
+    """Debian sid's riscv64 vmlinuz as ``scripts/fetch_riscv_kernel.py`` fetched it."""
+    path: Path | None = _script("fetch_riscv_kernel").kernel_path()
+    if path is None:
+        _missing("Debian's riscv64 kernel is not fetched (scripts/fetch_riscv_kernel.py)")
     assert path is not None
     return path

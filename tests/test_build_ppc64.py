@@ -201,7 +201,7 @@ def test_build_refusals(ppc64le_vmlinux: Path, corpus: Path, tmp_path: Path,
     ima = str(corpus / PPC_IMA_LIST)
     cases = [
         (["--arch", "arm64"], "Invalid value for '--arch': 'arm64' is not one of 'ppc64le', "
-         "'ppc64', 'x86_64'. (see 'kimagekit build --help')"),
+         "'ppc64', 'x86_64', 'riscv64'. (see 'kimagekit build --help')"),
         (["--arch", "ppc64le", "--ima", ima, "--handover-size", "4096"],
          "--handover-size 4096 is smaller than the hand-over buffer (49352 bytes)"),
         (["--arch", "ppc64le", "--handover-size", "65536"],

@@ -112,12 +112,35 @@ def test_reserved_memory_is_walked_around() -> None:
     assert img.segments.segments[1].mem == 0x8FEF_F000
 
 
-def test_not_elf_is_refused_naming_the_image_loader() -> None:
-    """arch_kexec_kernel_image_probe tries elf_kexec_ops, then image_kexec_ops
-    (machine_kexec_file.c lines 21-25); only the ELF loader is modelled."""
+def test_image_loader_places_debians_vmlinuz() -> None:
+    """A kernel that is not ELF goes to image_kexec_ops (machine_kexec_file.c lines 21-25):
+    kexec_image.c lines 63-81, the whole file bottom-up anywhere (buf_min 0), memsz image_size,
+    aligned to text_offset; line 81 image->start = its address, line 86 load_extra_segments
+    from there with kbuf.memsz (page-rounded image_size)."""
+    kernel = riscv_gen.make_riscv_image(0x200000, image_size=0x2FF800)
+    img, _ = _build(kernel, initrd=bytes(0x1000))
+    assert _layout(img)[:2] == [("kernel", 0x8020_0000, 0x30_0000, 0x20_0000),
+                                ("purgatory", 0x8FFF_F000, 0x1000, 0x190)]
+    assert bytes(img.segments.segments[1].content[0x50:0x58]) == (0x8020_0000).to_bytes(8,
+                                                                                    "little")
+    small = Target("riscv64", 0x1000, (MemRange(0x8000_0000, 0x60_0000),), (FIRMWARE,))
+    with pytest.raises(RuleError) as e:  # [0x80500000, 0x80600000) minus the purgatory
+        _build(kernel, small, initrd=bytes(0x10_0000))
+    assert "in [0x80500000, 0x80600000]" in str(e.value)
+
+
+@pytest.mark.parametrize("kw,why", [
+    ({"version": 2, "magic2": b"XXXX"}, "header version 0.2 without magic2"),
+    ({"version": 1, "magic": bytes(8), "magic2": bytes(4)}, "not an ELF vmlinux nor a RISC-V "
+     "Image"),
+    ({"image_size": 0}, "image_size is 0: image_load refuses it (-EINVAL)"),
+    ({"flags": 1}, "a big-endian Image (flags bit 0)"),
+])
+def test_image_header_refusals(kw: dict[str, object], why: str) -> None:
+    """image_probe (kexec_image.c lines 18-34) and image_load's checks (lines 48-61)."""
     with pytest.raises(ParseError) as e:
-        _build(b"MZ" + bytes(0x100))
-    assert "7.2 would try its flat-Image loader (image_kexec_ops)" in str(e.value)
+        _build(riscv_gen.make_riscv_image(0x2000, **kw))  # type: ignore[arg-type]
+    assert why in str(e.value)
 
 
 def test_cli_build_and_chosen(tmp_path: Path) -> None:

@@ -235,7 +235,8 @@ def build_riscv64(inputs: BuildInputs, *, dtb: Pathish,
                              handover_style=handover_style, cmdline=inputs.cmdline,
                              policy=inputs.policy, entry_rule=prof.entry_rule)
 
-    digest, info, warnings = _write_verified(inputs, compose, (riscv64.FMT,), inputs.purgatory)
+    digest, info, warnings = _write_verified(inputs, compose, (riscv64.FMT, riscv64.IMAGE_FMT),
+                                             inputs.purgatory)
     dt = info.segment(Role.DTB)
     kentry = info.symbol(riscv64.KERNEL_ENTRY_SYMBOL)
     assert dt is not None and kentry is not None

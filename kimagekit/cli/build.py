@@ -56,8 +56,9 @@ def register(app: typer.Typer) -> None:
     def build_cmd(
         arch: Arch = typer.Option(..., "--arch", help="The target kernel's architecture."),
         kernel: Path = typer.Option(
-            ..., "--kernel", metavar="KERNEL", help="The kernel to load: ppc64le/ppc64/riscv64 "
-            "take the ELF vmlinux, x86_64 the bzImage (/boot/vmlinuz)."),
+            ..., "--kernel", metavar="KERNEL", help="The kernel to load: ppc64le/ppc64 take "
+            "the ELF vmlinux, riscv64 the ELF vmlinux or the Image (Debian's vmlinuz), x86_64 "
+            "the bzImage (/boot/vmlinuz)."),
         dtb: Path | None = typer.Option(
             None, "--dtb", metavar="DTB", help="ppc64, riscv64: the running system's tree (.dtb "
             "or .dts): RAM, reservations, and the /chosen the next kernel gets."),
