@@ -30,8 +30,7 @@ from kimagekit.segments import (
 __all__ = [
     "DIGEST_SYMBOLS", "FMT", "MACHINE_NAMES", "MAX_ALIGN_PADDING", "NO_RELOCATIONS",
     "REGIONS_SIZE", "RELA_SIZE", "RELOCATIONS", "SHDR_SIZE", "SYM_SIZE", "UNKNOWN_TYPE", "Apply",
-    "Digest",
-    "DigestPolicy", "EntryRule",
+    "Digest", "DigestPolicy", "EntryRule",
     "Layout", "LoadedPurgatory", "PurgatoryObject", "Symbol", "add_purgatory", "apply_policy",
     "check_target", "compute_digest", "digest_symbol_names", "feed_segment", "find_symbol",
     "get_symbol", "hashes_role", "layout", "load", "loaded_address", "parse_purgatory",

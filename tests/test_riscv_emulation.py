@@ -276,3 +276,23 @@ def test_data_relocations_hold_what_the_kernel_writes(image: Path, purgatory: Pa
             got = int.from_bytes(seg[lp.buf_offset[target.index] + off:][:n], "little")
             assert got == v, (rsec, hex(off))
     assert checked == 6 + 15 * 2 + 34 * 2  # R_RISCV_64, ADD/SUB16, ADD/SUB32
+
+
+def test_patched_handover_still_passes(image: Path, tmp_path: Path) -> None:
+    """Under 7.2's rules (upstream-6.15) the IMA segment is left out of the digest: a longer
+    list patched in (as the reboot notifier fills it) leaves the purgatory content."""
+    from image_helpers import gen
+
+    from kimagekit import ima_kexec
+
+    entries = gen.restorable_entries()
+    longer = tmp_path / "new.kexec"
+    longer.write_bytes(ima_kexec.build_buffer([*entries, *entries]))
+    out = tmp_path / "patched.img"
+    assert main(["patch-handover", str(image), "--data", str(longer), "-o", str(out)]) == 0
+    with open_image(out) as (info, view):
+        ho = info.segment(Role.HANDOVER)
+        assert ho is not None and not ho.checksummed
+        assert bytes(content(view, ho)) == longer.read_bytes()
+    run = run_image(out)
+    assert run.outcome == "kernel-entry", run
