@@ -163,6 +163,23 @@ def make_riscv_image(filesz: int = 0x200000, *, image_size: int = 0x300000,
     return head + (block * -(-filesz // 4096))[:filesz - len(head)]
 
 
+# A QEMU virt-like running tree: 256 MiB of RAM at 2 GiB, a console on the command line.
+VIRT_DTS = """/dts-v1/;
+/ {
+	#address-cells = <2>;
+	#size-cells = <2>;
+	compatible = "riscv-virtio";
+	chosen {
+		bootargs = "console=ttyS0";
+	};
+	memory@80000000 {
+		device_type = "memory";
+		reg = <0x0 0x80000000 0x0 0x10000000>;
+	};
+};
+"""
+
+
 def u32(buf: bytes, off: int) -> int:
     return int(struct.unpack_from("<I", buf, off)[0])
 

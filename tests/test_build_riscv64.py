@@ -183,17 +183,4 @@ def test_cli_refuses_other_arches_options(tmp_path: Path, capsys: pytest.Capture
     assert capsys.readouterr().err.strip().endswith("riscv64 takes no --mem")
 
 
-DTS = """/dts-v1/;
-/ {
-	#address-cells = <2>;
-	#size-cells = <2>;
-	compatible = "riscv-virtio";
-	chosen {
-		bootargs = "console=ttyS0";
-	};
-	memory@80000000 {
-		device_type = "memory";
-		reg = <0x0 0x80000000 0x0 0x10000000>;
-	};
-};
-"""
+DTS = riscv_gen.VIRT_DTS

@@ -30,20 +30,7 @@ from kimagekit.image import content, open_image
 from kimagekit.purgatory import load, parse_purgatory
 from kimagekit.segments import Role
 
-DTS = """/dts-v1/;
-/ {
-	#address-cells = <2>;
-	#size-cells = <2>;
-	compatible = "riscv-virtio";
-	chosen {
-		bootargs = "console=ttyS0";
-	};
-	memory@80000000 {
-		device_type = "memory";
-		reg = <0x0 0x80000000 0x0 0x10000000>;
-	};
-};
-"""
+DTS = riscv_gen.VIRT_DTS
 KERNEL_START = 0x8000_0000  # the first 2 MiB hole: RAM's start
 
 

@@ -71,7 +71,8 @@ def register(app: typer.Typer) -> None:
                                     help="Kernel command line (bootargs)."),
         purgatory: Path | None = typer.Option(
             None, "--purgatory", metavar="FILE",
-            help="Purgatory object (extract-purgatory writes one)."),
+            help="Purgatory object (extract-purgatory writes one; riscv64 and ppc64: "
+            "scripts/build_purgatory.py builds the kernel's own)."),
         no_purgatory: bool = typer.Option(
             False, "--no-purgatory", help="ppc64: build without the purgatory the kernel always "
             "loads: an image for inspection only."),
@@ -90,7 +91,8 @@ def register(app: typer.Typer) -> None:
             help="memsz of the hand-over (default: as IMA sizes it)."),
         handover_style: DtStyle = typer.Option(
             DtStyle.IMA, "--handover-style",
-            help="ppc64: how /chosen announces the hand-over. ima: linux,ima-kexec-buffer "
+            help="ppc64, riscv64: how /chosen announces the hand-over. ima: "
+            "linux,ima-kexec-buffer "
             "(upstream, 4.10 on); seed: linux,kexec-handover-buffer-start/-end (the 2016 "
             "\"kexec hand-over buffer\" series)."),
         policy: DigestPolicy | None = typer.Option(
