@@ -42,6 +42,11 @@ def _number(text: str | None, what: str) -> int | None:
     return value
 
 
+class DtbFrom(StrEnum):
+    FIRMWARE = "firmware"
+    RUNNING = "running"
+
+
 class Arch(StrEnum):
     PPC64LE = "ppc64le"
     PPC64 = "ppc64"
@@ -68,6 +73,12 @@ def register(app: typer.Typer) -> None:
         purgatory: Path | None = typer.Option(
             None, "--purgatory", metavar="FILE",
             help="Purgatory object (extract-purgatory writes one)."),
+        dtb_from: DtbFrom = typer.Option(
+            DtbFrom.FIRMWARE, "--dtb-from",
+            help="ppc64: what --dtb is. running: the running kernel's tree (/sys/firmware/fdt): "
+            "/cpus is rebuilt and its reserved ranges (RTAS, TCE, reserved-ranges) get "
+            "/memreserve/ entries, as setup_new_fdt_ppc64 does. firmware: a firmware or QEMU "
+            "dump, which lacks what the running kernel adds at boot: /chosen is edited only."),
         no_purgatory: bool = typer.Option(
             False, "--no-purgatory", help="ppc64: build without the purgatory the kernel always "
             "loads: an image for inspection only."),
@@ -154,6 +165,8 @@ def register(app: typer.Typer) -> None:
         if arch == "x86_64":
             if no_purgatory:
                 raise UsageError("--no-purgatory is a ppc64 option")
+            if dtb_from != DtbFrom.FIRMWARE:
+                raise UsageError("--dtb-from is a ppc64 option")
             if dtb is not None or handover is not None:
                 raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
             size = _number(handover_size, "--handover-size")
@@ -192,7 +205,8 @@ def register(app: typer.Typer) -> None:
                                     arch=arch.value, dtb=dtb,
                                     handover_style=HandoverStyle(handover_style.value),
                                     page_size=page, profile=profile,
-                                    no_purgatory=no_purgatory)
+                                    no_purgatory=no_purgatory,
+                                    running_tree=dtb_from == DtbFrom.RUNNING)
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:
