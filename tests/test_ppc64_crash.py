@@ -60,14 +60,14 @@ def test_crashkernel_as_parse_crashkernel_simple_reads_it() -> None:
 
 
 def test_crash_memory_ranges() -> None:
-    """ranges.c:573-633: memblock's regions with the first 64 KiB cut off (584-590), the crash
-    region excluded (crash_core.c:290-345 splits a range), RTAS added (merged into the range
+    """ranges.c:578-633: memblock's regions with the first 64 KiB cut off (588-594), the crash
+    region excluded (crash_core.c:289-345 splits a range), RTAS added (merged into the range
     holding it), the backup region [0, 0xffff] added, sorted."""
     mem = ((0, 2 * GiB), (4 * GiB, 2 * GiB))
     crash = CrashInputs((512 * MiB, 512 * MiB), mem, NOTES, 0x218, (0x1F00000, 0x1000))
     assert pc.crash_memory_ranges(_tree(), crash) == [
         (0, 0xFFFF), (0x10000, 512 * MiB - 1), (GiB, 2 * GiB - 1), (4 * GiB, 6 * GiB - 1)]
-    # a first region of at most 64 KiB is the backup region only (ranges.c:586-590)
+    # a first region of at most 64 KiB is the backup region only (ranges.c:588-594)
     small = CrashInputs(crash.crashkernel, ((0, 0x10000), (GiB, GiB)), NOTES, 0x218, (0, 1))
     assert pc.crash_memory_ranges(_tree(rtas=False), small) == [(0, 0xFFFF), (GiB, 2 * GiB - 1)]
     with pytest.raises(UsageError, match="ascending, disjoint"):
@@ -76,8 +76,8 @@ def test_crash_memory_ranges() -> None:
 
 
 def test_usable_memory_ranges_rtas_opal_tce() -> None:
-    """ranges.c:516-546: [0, crashk_res.end], then RTAS, OPAL (opal-base-address,
-    opal-runtime-size: 375-384) and TCE, each merged by add_mem_range (no sorting)."""
+    """ranges.c:514-546: [0, crashk_res.end], then RTAS, OPAL (opal-base-address,
+    opal-runtime-size: 369-386) and TCE, each merged by add_mem_range (no sorting)."""
     t = _tree()
     t.add_node("/", "ibm,opal")
     t.set("/ibm,opal", "opal-base-address", struct.pack(">Q", 0x30000000))
@@ -145,7 +145,7 @@ def _drconf(t: DeviceTree, v2: bool) -> None:
 def test_drconf_and_memory_usable_properties(v2: bool) -> None:
     """file_load_64.c:147-270: per LMB a count then the usable (base, size) pairs in it
     (linux,drconf-usable-memory; drmem.c walks v1 or else v2); per memory node its usable
-    pairs or (0, 0) (linux,usable-memory, 230-238); u64 values. Usable here: [0, 1 GiB) and
+    pairs or (0, 0) (linux,usable-memory, 248-254); u64 values. Usable here: [0, 1 GiB) and
     the RTAS (merged) and a stray range at 2.25 GiB (an OPAL region)."""
     t = _tree()
     _drconf(t, v2)

@@ -43,7 +43,7 @@ def _fdtget(path: Path, node: str, prop: str, kind: str = "x") -> str:
 
 
 def test_firmware_dump_refused(corpus: Path) -> None:
-    """ranges.c:340-356: /rtas without linux,rtas-base fails get_reserved_memory_ranges, so
+    """ranges.c:344-361: /rtas without linux,rtas-base fails get_reserved_memory_ranges, so
     the load; a firmware dump lacks what prom_init.c:1882 records: refused, not guessed."""
     tree = DeviceTree.parse((corpus / "dtb" / PSERIES).read_bytes())
     with pytest.raises(RuleError) as e:
@@ -51,14 +51,14 @@ def test_firmware_dump_refused(corpus: Path) -> None:
     assert str(e.value) == (
         "dtb: /rtas/linux,rtas-base: /rtas has no readable linux,rtas-base: the running kernel "
         "records RTAS there at boot (arch/powerpc/kernel/prom_init.c:1882) and fails the load "
-        "without it (ranges.c:351-353); this looks like a firmware dump, not the running "
+        "without it (ranges.c:355-360); this looks like a firmware dump, not the running "
         "kernel's tree (/sys/firmware/fdt)")
 
 
 def test_reserved_ranges_rtas_tce_and_reserved_ranges(corpus: Path, tmp_path: Path) -> None:
     """ranges.c:437-453: RTAS, then each pci node's TCE table (ranges.c:248-273; a pci node
-    without one is skipped), then the root's reserved-ranges (390-425), merged by
-    add_mem_range (199-236: a strict overlap widens the listed range; no sorting)."""
+    without one is skipped), then the root's reserved-ranges (397-426), merged by
+    add_mem_range (210-237: a strict overlap widens the listed range; no sorting)."""
     tree = DeviceTree.parse(_running(corpus, tmp_path).read_bytes())
     assert ppc64_fdt.reserved_memory_ranges(tree) == (Range(RTAS_BASE, 0x85C, "reserved"),)
     pci = next(p for p, n in tree.walk() if tree.get(p, "device_type") == b"pci\0")
@@ -174,7 +174,7 @@ def test_cpu_children_dropped_and_no_cpus_refused() -> None:
 def test_build_dtb_from_running(ppc64le_vmlinux: Path, corpus: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``build --dtb-from running``: the image's tree carries the RTAS /memreserve/
-    (file_load_64.c:786-797); a firmware dump is refused in one line (ranges.c:351-353)."""
+    (file_load_64.c:786-797); a firmware dump is refused in one line (ranges.c:355-360)."""
     from kimagekit.cli import main
     from kimagekit.image import content, open_image
     from kimagekit.segments import Role

@@ -181,8 +181,8 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
 
 def _crash_segments(sl: SegmentList, crash: CrashLoad, buf_min: int, top: int, align: int,
                     cmdline: str) -> tuple[SegmentList, int, CrashChosen, str]:
-    """load_crashdump_segments_ppc64 (file_load_64.c:463-499): the backup region (64 KiB of
-    zeros the purgatory fills at crash time, 344-375) and the ELF core headers (402-461), both
+    """load_crashdump_segments_ppc64 (file_load_64.c:463-486): the backup region (64 KiB of
+    zeros the purgatory fills at crash time, 344-375) and the ELF core headers (402-453), both
     bottom-up with the kexec_buf the kernel segments left; then the kdump command line."""
     little = ARCHES[sl.target.arch][1]
     zeros = bytes(ppc64_crash.BACKUP_SRC_SIZE)

@@ -16,7 +16,15 @@ import re
 import struct
 from dataclasses import dataclass
 
-from kimagekit.arch.ppc64_fdt import _add_mem_range, _read, _root_cells
+from kimagekit.arch.ppc64_fdt import (
+    RTAS,
+    add_mem_range,
+    cpu_nodes,
+    live_props,
+    of_root_cells,
+    read_number,
+    reserved_memory_ranges,
+)
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import RuleError, UsageError
 from kimagekit.ppc_fdt import ram_ranges
@@ -89,44 +97,44 @@ def parse_crashkernel(text: str) -> tuple[int, int]:
 
 # -- ranges ------------------------------------------------------------------------------------
 def _opal_rtas_tce(tree: DeviceTree, ranges: list[list[int]], tce: bool) -> None:
-    """ranges.c:340-385 (RTAS, OPAL: opal-base-address and opal-runtime-size) and 248-273 (TCE)."""
-    from kimagekit.arch.ppc64_fdt import RTAS, reserved_memory_ranges
-
+    """ranges.c:344-386 (RTAS, OPAL: opal-base-address and opal-runtime-size) and 248-273 (TCE)."""
     rtas = tree.find(RTAS)
     if rtas is not None:
-        base, size = _read(rtas, "linux,rtas-base", 4), _read(rtas, "rtas-size", 4)
+        base, size = read_number(rtas, "linux,rtas-base", 4), read_number(rtas, "rtas-size", 4)
         if base < 0 or size < 0:
             reserved_memory_ranges(tree)  # its refusal names what is missing
-        _add_mem_range(ranges, base, size)
+        add_mem_range(ranges, base, size)
     opal = tree.find("/ibm,opal")
     if opal is not None:
-        base, size = _read(opal, "opal-base-address", 8), _read(opal, "opal-runtime-size", 8)
+        base = read_number(opal, "opal-base-address", 8)
+        size = read_number(opal, "opal-runtime-size", 8)
         if base < 0 or size < 0:
             raise RuleError("/ibm,opal has no readable opal-base-address or opal-runtime-size: "
-                            "the kernel fails the crash load (ranges.c:375-384); OPAL records "
+                            "the kernel fails the crash load (ranges.c:369-386); OPAL records "
                             "them at boot: this looks like a firmware dump", fmt="dtb",
                             field="/ibm,opal")
-        _add_mem_range(ranges, base, size)
+        add_mem_range(ranges, base, size)
     if tce:
         for path, node in tree.walk():
             if tree.get(path, "device_type") != b"pci\0":
                 continue
-            tbase, tsize = _read(node, "linux,tce-base", 8), _read(node, "linux,tce-size", 4)
+            tbase = read_number(node, "linux,tce-base", 8)
+            tsize = read_number(node, "linux,tce-size", 4)
             if tbase >= 0 and tsize >= 0:
-                _add_mem_range(ranges, tbase, tsize)
+                add_mem_range(ranges, tbase, tsize)
 
 
 def usable_memory_ranges(tree: DeviceTree, crash: CrashInputs) -> list[tuple[int, int]]:
-    """ranges.c:516-546 ``get_usable_memory_ranges``: [0, crashk_res.end], then RTAS, OPAL and
+    """ranges.c:514-546 ``get_usable_memory_ranges``: [0, crashk_res.end], then RTAS, OPAL and
     the TCE tables, merged by add_mem_range. (start, end) pairs, end inclusive."""
     ranges: list[list[int]] = []
-    _add_mem_range(ranges, 0, crash.crash_end + 1)
+    add_mem_range(ranges, 0, crash.crash_end + 1)
     _opal_rtas_tce(tree, ranges, tce=True)
     return [(s, e) for s, e in ranges]
 
 
 def _merge_sorted(ranges: list[list[int]]) -> None:
-    # ranges.c:97-114 __merge_memory_ranges after sorting
+    # ranges.c:104-120 __merge_memory_ranges after sorting
     ranges.sort(key=lambda r: r[0])
     out: list[list[int]] = []
     for r in ranges:
@@ -138,9 +146,9 @@ def _merge_sorted(ranges: list[list[int]]) -> None:
 
 
 def crash_memory_ranges(tree: DeviceTree, crash: CrashInputs) -> list[tuple[int, int]]:
-    """ranges.c:573-633 ``get_crash_memory_ranges``: memblock's regions (the first 64 KiB left
+    """ranges.c:578-633 ``get_crash_memory_ranges``: memblock's regions (the first 64 KiB left
     out: the backup region gets its own entry), the crash kernel region excluded
-    (crash_core.c:290-345), RTAS and OPAL added, the backup region added, sorted (not merged)."""
+    (crash_core.c:289-345), RTAS and OPAL added, the backup region added, sorted (not merged)."""
     ranges: list[list[int]] = []
     cap = (_CHUNK - 8) // 16  # max_nr_ranges of the first allocation (ranges.c:41-56)
     last = -1
@@ -155,20 +163,20 @@ def crash_memory_ranges(tree: DeviceTree, crash: CrashInputs) -> list[tuple[int,
                 continue
             base, size = BACKUP_SRC_END + 1, size - BACKUP_SRC_SIZE
         before = len(ranges)
-        _add_mem_range(ranges, base, size)
-        if len(ranges) > before == cap:  # a full list grows by one chunk (ranges.c:166-186)
+        add_mem_range(ranges, base, size)
+        if len(ranges) > before == cap:  # a full list grows by one chunk (ranges.c:175-195)
             cap = (-(-(8 + 16 * cap) // _CHUNK) * _CHUNK + _CHUNK - 8) // 16
-        if len(ranges) == cap:  # ranges.c:597-598
+        if len(ranges) == cap:  # ranges.c:601-602
             _merge_sorted(ranges)
     ranges = _exclude(ranges, crash.crashkernel[0], crash.crash_end)
     _opal_rtas_tce(tree, ranges, tce=False)
-    _add_mem_range(ranges, BACKUP_SRC_START, BACKUP_SRC_SIZE)
+    add_mem_range(ranges, BACKUP_SRC_START, BACKUP_SRC_SIZE)
     ranges.sort(key=lambda r: r[0])  # sort() is not stable; starts are distinct here
     return [(s, e) for s, e in ranges]
 
 
 def _exclude(ranges: list[list[int]], mstart: int, mend: int) -> list[list[int]]:
-    """crash_core.c:290-345 ``crash_exclude_mem_range`` on ascending ranges."""
+    """crash_core.c:289-345 ``crash_exclude_mem_range`` on ascending ranges."""
     out: list[list[int]] = []
     for start, end in ranges:
         if mstart > end or mend < start:
@@ -257,7 +265,7 @@ def _usable_in(usable: list[tuple[int, int]], base: int, end: int) -> list[int]:
 def _lmbs(tree: DeviceTree) -> list[int]:
     """arch/powerpc/mm/drmem.c:393-420 ``walk_drmem_lmbs``: each LMB's base from
     ibm,dynamic-memory (v1) or else ibm,dynamic-memory-v2, in the root's address cells."""
-    ac, _ = _root_cells(tree)
+    ac, _ = of_root_cells(tree)
     v1 = tree.get(DRCONF, "ibm,dynamic-memory")
     raw = v1 if v1 is not None else tree.get(DRCONF, "ibm,dynamic-memory-v2")
     if raw is None:
@@ -281,7 +289,7 @@ def _lmbs(tree: DeviceTree) -> list[int]:
 
 
 def _lmb_size(tree: DeviceTree) -> int:
-    _, sc = _root_cells(tree)
+    _, sc = of_root_cells(tree)
     raw = tree.get(DRCONF, "ibm,lmb-size")
     if raw is None or len(raw) < 4 * sc:
         raise RuleError(f"{DRCONF} has no ibm,lmb-size: the kernel fails the crash load "
@@ -308,7 +316,7 @@ def _update_usable_mem_fdt(tree: DeviceTree, usable: list[tuple[int, int]]) -> N
         if tree.get(path, "device_type") != b"memory\0":
             continue
         regs = _regs(tree, path)
-        if not regs:  # file_load_64.c:226-228
+        if not regs:  # file_load_64.c:239-241
             continue
         cells = []
         for base, size in regs:
@@ -340,8 +348,6 @@ def setup_crash_fdt(tree: DeviceTree, crash: CrashInputs, backup_start: int) -> 
 def kdump_extra_fdt_size(tree: DeviceTree, crash: CrashInputs) -> int:
     """file_load_64.c:602-645: room for the usable-memory entries (when the tree has dynamic
     memory) and, under CRASH_HOTPLUG, for the possible CPU nodes not present."""
-    from kimagekit.arch.ppc64_fdt import _live_props, cpu_nodes
-
     extra = 0
     if tree.find(DRCONF) is not None:
         lmb = _lmb_size(tree)
@@ -361,7 +367,7 @@ def kdump_extra_fdt_size(tree: DeviceTree, crash: CrashInputs) -> int:
         possible = len(crash.notes) // threads
         if possible > len(cpus):
             first = cpus[0]
-            props = _live_props(first)
+            props = live_props(first)
             name = dict(props)["name"].split(b"\0")[0]
             size = len(name) + 5 + sum(len(n) + len(v) for n, v in props)
             extra += (possible - len(cpus)) * size

@@ -18,8 +18,9 @@ from kimagekit.errors import RuleError
 from kimagekit.ppc_fdt import Range
 
 __all__ = [
-    "CPUS", "FDT_RESERVE_ENTRY", "RTAS", "cpu_nodes", "reserved_memory_ranges",
-    "setup_new_fdt_ppc64", "update_cpus_node",
+    "CPUS", "FDT_RESERVE_ENTRY", "RTAS", "add_mem_range", "cpu_nodes", "live_props",
+    "of_root_cells", "read_number", "reserved_memory_ranges", "setup_new_fdt_ppc64",
+    "update_cpus_node",
 ]
 
 CPUS = "/cpus"
@@ -32,7 +33,7 @@ def _err(msg: str, fld: str) -> RuleError:
     return RuleError(msg, fmt="dtb", field=fld)
 
 
-def _read(node: Node, name: str, size: int) -> int:
+def read_number(node: Node, name: str, size: int) -> int:
     """``of_property_read_u32``/``_u64``: the value, or the negative errno (-EINVAL: absent;
     -EOVERFLOW: shorter than ``size``)."""
     prop = node.prop(name)
@@ -43,8 +44,8 @@ def _read(node: Node, name: str, size: int) -> int:
     return int.from_bytes(prop.value[:size], "big")
 
 
-def _add_mem_range(ranges: list[list[int]], base: int, size: int) -> None:
-    """ranges.c:199-236 ``add_mem_range``: a range overlapping one already listed (strictly)
+def add_mem_range(ranges: list[list[int]], base: int, size: int) -> None:
+    """ranges.c:210-237 ``add_mem_range``: a range overlapping one already listed (strictly)
     widens it; any other is appended; empty ones are skipped. No sorting."""
     if not size:
         return
@@ -56,7 +57,7 @@ def _add_mem_range(ranges: list[list[int]], base: int, size: int) -> None:
     ranges.append([base, end])
 
 
-def _root_cells(tree: DeviceTree) -> tuple[int, int]:
+def of_root_cells(tree: DeviceTree) -> tuple[int, int]:
     # of_n_addr_cells/of_n_size_cells on the root: its own properties, else OF_ROOT_NODE_*
     # defaults (1, 1; include/linux/of.h)
     out = []
@@ -68,38 +69,39 @@ def _root_cells(tree: DeviceTree) -> tuple[int, int]:
 
 def reserved_memory_ranges(tree: DeviceTree) -> tuple[Range, ...]:
     """ranges.c:437-453 ``get_reserved_memory_ranges``: RTAS (``/rtas`` ``linux,rtas-base``
-    and ``rtas-size``, ranges.c:340-356), each ``pci`` node's TCE table (``linux,tce-base`` u64,
+    and ``rtas-size``, ranges.c:344-361), each ``pci`` node's TCE table (``linux,tce-base`` u64,
     ``linux,tce-size`` u32, ranges.c:248-273) and the root's ``reserved-ranges``
-    (ranges.c:390-425), merged as ``add_mem_range`` merges."""
+    (ranges.c:397-426), merged as ``add_mem_range`` merges."""
     ranges: list[list[int]] = []
     rtas = tree.find(RTAS)
     if rtas is not None:
-        base, size = _read(rtas, "linux,rtas-base", 4), _read(rtas, "rtas-size", 4)
+        base, size = read_number(rtas, "linux,rtas-base", 4), read_number(rtas, "rtas-size", 4)
         if base < 0 or size < 0:
             missing = "linux,rtas-base" if base < 0 else "rtas-size"
             raise _err(f"{RTAS} has no readable {missing}: the running kernel records RTAS "
                        "there at boot (arch/powerpc/kernel/prom_init.c:1882) and fails the load "
-                       "without it (ranges.c:351-353); this looks like a firmware dump, not the "
+                       "without it (ranges.c:355-360); this looks like a firmware dump, not the "
                        "running kernel's tree (/sys/firmware/fdt)", f"{RTAS}/{missing}")
-        _add_mem_range(ranges, base, size)
+        add_mem_range(ranges, base, size)
     for path, node in tree.walk():
         dtype = node.prop("device_type")
         if dtype is None or dtype.value[:4] != b"pci\0":
             continue
-        tbase, tsize = _read(node, "linux,tce-base", 8), _read(node, "linux,tce-size", 4)
+        tbase = read_number(node, "linux,tce-base", 8)
+        tsize = read_number(node, "linux,tce-size", 4)
         errs = min(tbase, 0) | min(tsize, 0)
         if errs == -_EINVAL:  # ranges.c:260-266: a pci node without a TCE table is fine
             continue
         if errs:
             raise _err("linux,tce-base (8 bytes) or linux,tce-size (4 bytes) is too short: "
                        "the kernel fails the load (ranges.c:267)", path)
-        _add_mem_range(ranges, tbase, tsize)
+        add_mem_range(ranges, tbase, tsize)
     raw = tree.get("/", "reserved-ranges")
     if raw is not None:
-        ac, sc = _root_cells(tree)
+        ac, sc = of_root_cells(tree)
         step = 4 * (ac + sc)
         for at in range(0, len(raw) // step * step if step else 0, step):
-            _add_mem_range(ranges, int.from_bytes(raw[at:at + 4 * ac], "big"),
+            add_mem_range(ranges, int.from_bytes(raw[at:at + 4 * ac], "big"),
                            int.from_bytes(raw[at + 4 * ac:at + step], "big"))
     return tuple(Range(b, e - b + 1, "reserved") for b, e in ranges)
 
@@ -115,7 +117,7 @@ def cpu_nodes(tree: DeviceTree) -> tuple[Node, ...]:
     return () if cpus is None else tuple(c for c in cpus.children() if _is_cpu(c))
 
 
-def _live_props(node: Node) -> list[tuple[str, bytes]]:
+def live_props(node: Node) -> list[tuple[str, bytes]]:
     """The node's properties as the unflattened tree lists them: in blob order, plus a
     ``name`` made from the unit name when the blob has none (drivers/of/fdt.c:161-182)."""
     props = [(p.name, p.value) for p in node.props()]
@@ -143,7 +145,7 @@ def update_cpus_node(tree: DeviceTree) -> tuple[str, ...]:
             notes.append(f"{CPUS}/{node.name}: its child nodes are dropped, as "
                          "update_cpus_node copies properties only")
         tree.add_node(CPUS, node.name)
-        for name, value in _live_props(node):
+        for name, value in live_props(node):
             tree.set(f"{CPUS}/{node.name}", name, value)
     return tuple(notes)
 
