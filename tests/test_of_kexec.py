@@ -210,7 +210,7 @@ def test_empty_command_line_is_an_empty_bootargs() -> None:
 
 def test_refusals() -> None:
     """kexec.c:499-506 writes RNG_SEED_SIZE (128) bytes; setup_ima_buffer exists only under
-    CONFIG_IMA_KEXEC (kexec.c:229-255)."""
+    CONFIG_IMA_KEXEC (kexec.c:216-256)."""
     with pytest.raises(UsageError, match="rng-seed is 4 bytes; the kernel writes 128"):
         Seeds(1, b"1234")
     t = _small()

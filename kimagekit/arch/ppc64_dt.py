@@ -9,9 +9,10 @@ powerpc hole search walks around.
 from __future__ import annotations
 
 from kimagekit import of_kexec, ppc_fdt
+from kimagekit.arch import ppc64_crash, ppc64_fdt
 from kimagekit.arch.ppc64 import DtHook, DtRequest
 from kimagekit.devicetree import DeviceTree
-from kimagekit.errors import RuleError
+from kimagekit.errors import RuleError, UsageError
 from kimagekit.segments import MemRange, Target
 
 __all__ = [
@@ -47,14 +48,39 @@ def setup_chosen(tree: DeviceTree, req: DtRequest, page_size: int = PPC64_PAGE_S
         handover_style=req.handover_style), of_kexec.ArchFdt(page_size))
 
 
-def chosen_hook(page_size: int = PPC64_PAGE_SIZE) -> DtHook:
-    """The hook :func:`kimagekit.arch.ppc64.build` calls once the other segments are placed; the
-    result is packed, as the kernel packs the tree (``fdt_pack``) before adding it."""
+def chosen_hook(page_size: int = PPC64_PAGE_SIZE, running: bool = False,
+                crash: ppc64_crash.CrashInputs | None = None) -> DtHook:
+    """The hook :func:`kimagekit.arch.ppc64.build` calls once the other segments are placed:
+    ``of_kexec_alloc_and_setup_fdt``, then, for a ``running`` kernel's tree,
+    ``setup_new_fdt_ppc64`` (:mod:`kimagekit.arch.ppc64_fdt`; its kdump part with ``crash``),
+    then ``fdt_pack`` (elf_64.c:111-126; not for a crash load under CRASH_HOTPLUG). A firmware
+    dump (``running`` False) gets the ``/chosen`` edit only: the ranges the running kernel
+    reserves are not in it."""
+    if crash is not None and not running:
+        raise UsageError("a crash load needs the running kernel's tree (--dtb-from running): "
+                         "its reserved and usable ranges come from it")
 
     def hook(req: DtRequest) -> bytes:
-        tree = DeviceTree.parse(req.dtb)
-        setup_chosen(tree, req, page_size)
-        return tree.build(pack=True)
+        live = DeviceTree.parse(req.dtb)
+        rmem = ppc64_fdt.reserved_memory_ranges(live) if running else ()
+
+        def arch_edit(tree: DeviceTree) -> None:
+            if crash is not None:
+                ppc64_crash.setup_crash_fdt(tree, crash, req.backup_start)
+            ppc64_fdt.setup_new_fdt_ppc64(tree, rmem)
+
+        fdt_req = of_kexec.FdtRequest(
+            initrd=req.initrd, cmdline=req.cmdline or None, crash=req.crash,
+            handover=req.handover, handover_style=req.handover_style,
+            arch_edit=arch_edit if running else None)
+        # kexec_extra_fdt_size_ppc64 (file_load_64.c:647-671): the reserve entries and the
+        # kdump room; no CPU hotplugged since boot is visible offline, no PLPKS.
+        extra = ppc64_fdt.FDT_RESERVE_ENTRY * len(rmem)
+        if crash is not None:
+            extra += ppc64_crash.kdump_extra_fdt_size(live, crash)
+        arch = of_kexec.ArchFdt(page_size, pack=crash is None or not crash.crash_hotplug,
+                                extra_size=extra)
+        return of_kexec.setup_fdt(req.dtb, fdt_req, arch).blob
 
     return hook
 
