@@ -131,9 +131,11 @@ def parse_version(text: str, what: str = "--loader-version") -> Version:
 def version_from_string(text: str) -> Version | None:
     """The upstream version a kernel's version string or banner names (Debian's package
     version when present: its ABI name keeps patch level 0)."""
-    m = _DEBIAN.search(text)
-    if m:
-        return int(m[1]), int(m[2]), int(m[3])
+    # the last one: a banner names the compiler's Debian version first ("gcc-16 (Debian
+    # 16.2.0-4)"), the kernel's after the build number ("#1 SMP ... Debian 7.2.13-1")
+    found = _DEBIAN.findall(text)
+    if found:
+        return int(found[-1][0]), int(found[-1][1]), int(found[-1][2])
     m = re.search(r"(?:Linux version )?(\d+\.\d+(?:\.\d+)?)", text)
     return parse_version(m[1]) if m else None
 

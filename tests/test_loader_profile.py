@@ -55,6 +55,11 @@ def test_version_string_prefers_debians_upstream_version() -> None:
     assert version_from_string(DEBIAN_61) == (6, 1, 176)
     assert version_from_string("Linux version 6.12.0-rc1 (x@y) #1") == (6, 12, 0)
     assert version_from_string("no digits") is None
+    # sid's banner: the cross compiler's Debian version comes first
+    assert version_from_string(
+        "Linux version 7.2.13+deb14-riscv64 (debian-kernel@lists.debian.org) "
+        "(riscv64-linux-gnu-gcc-16 (Debian 16.2.0-4) 16.2.0, GNU ld (GNU Binutils for Debian) "
+        "2.47.50.20261021) #1 SMP PREEMPT Debian 7.2.13-1 (2026-10-28)") == (7, 2, 13)
 
 
 @pytest.mark.parametrize(("version", "hole", "pref", "entry", "policy"), [
