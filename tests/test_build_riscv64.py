@@ -174,6 +174,23 @@ def test_cli_build_and_chosen(tmp_path: Path) -> None:
     assert tree.get("/chosen", "linux,initrd-end") == (rd.mem + 0x2000).to_bytes(8, "big")
 
 
+def test_other_loader_versions_are_refused(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Only 7.2's loader is modelled (its relocation set and loaders grew over earlier
+    releases: R_RISCV_CALL_PLT, for one, came in 2023): another is refused, not approximated."""
+    (tmp_path / "k").write_bytes(riscv_gen.make_riscv_vmlinux(0x100000))
+    (tmp_path / "p.o").write_bytes(riscv_gen.make_riscv_purgatory())
+    (tmp_path / "t.dts").write_text(DTS)
+    rc = main(["build", "--arch", "riscv64", "--kernel", str(tmp_path / "k"), "--dtb",
+               str(tmp_path / "t.dts"), "--purgatory", str(tmp_path / "p.o"),
+               "--loader-version", "6.12", "-o", str(tmp_path / "o")])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == (
+        "kimagekit: error: riscv64: kimagekit models the kexec_file loader of 7.2 only (its "
+        "loaders, placement and relocations changed before), not 6.12.0 (--loader-version); "
+        "--loader-version 7.2 names a 7.2 loading kernel")
+
+
 def test_cli_refuses_other_arches_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                           ) -> None:
     (tmp_path / "k").write_bytes(riscv_gen.make_riscv_vmlinux(0x100000))

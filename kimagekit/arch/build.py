@@ -27,7 +27,7 @@ from kimagekit.image import (
     read_image,
     write_image,
 )
-from kimagekit.loader_profile import LoaderProfile, resolve
+from kimagekit.loader_profile import NEWEST, LoaderProfile, resolve
 from kimagekit.purgatory import FMT as PURGATORY_FMT
 from kimagekit.purgatory import DigestPolicy, PurgatoryObject, check_target, parse_purgatory
 from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
@@ -227,6 +227,11 @@ def build_riscv64(inputs: BuildInputs, *, dtb: Pathish,
     system's tree, standing for its memblock), which also gets the new ``/chosen``. The
     purgatory is required: the kernel always loads its own."""
     prof = profile if profile is not None else resolve()
+    if prof.version != NEWEST and prof.version[:2] != riscv64.MODELLED:
+        raise UsageError(f"riscv64: kimagekit models the kexec_file loader of "
+                         f"{'.'.join(map(str, riscv64.MODELLED))} only (its loaders, placement "
+                         f"and relocations changed before), not {prof.name} ({prof.source}); "
+                         "--loader-version 7.2 names a 7.2 loading kernel")
     check_output(inputs.output, (*_inputs(inputs), dtb), stdout=False)
     if inputs.require_signature is not None:
         raise UsageError("--require-signature checks PE kernels (x86_64): the riscv64 ELF "

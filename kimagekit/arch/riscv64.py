@@ -45,7 +45,8 @@ from kimagekit.segments import (
     locate_mem_hole,
 )
 
-__all__ = ["ARCH", "FMT", "IMAGE_FMT", "KERNEL_ENTRY_SYMBOL", "PAGE_SIZE", "PMD_SIZE",
+__all__ = ["ARCH", "FMT", "IMAGE_FMT", "KERNEL_ENTRY_SYMBOL", "MODELLED", "PAGE_SIZE",
+           "PMD_SIZE",
            "ImageHeader", "Placement", "build", "chosen_hook", "image_header",
            "kernel_placement", "load_kernel", "set_kernel_entry"]
 
@@ -54,6 +55,7 @@ ARCH = "riscv64"
 PAGE_SIZE = 0x1000
 PMD_SIZE = 0x200000  # the RV64 boot protocol's kernel alignment (elf_find_pbase)
 KERNEL_ENTRY_SYMBOL = "riscv_kernel_entry"
+MODELLED = (7, 2)  # the loading kernel whose rules this module follows
 IMAGE_FMT = "riscv-image"
 _HEADER = struct.Struct("<IIQQQIIQ8s4sI")  # struct riscv_image_header (asm/image.h), 64 bytes
 MAGIC, MAGIC2 = b"RISCV\0\0\0", b"RSC\x05"
