@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 from conftest import need_module, need_tool
-from image_helpers import riscv_gen
+from image_helpers import gen, riscv_gen
 from realkernel_harness import built_purgatory, riscv64_kernel
 
+from kimagekit import ima_kexec
 from kimagekit.arch.riscv64 import KERNEL_ENTRY_SYMBOL
 from kimagekit.cli import main
 from kimagekit.image import content, open_image
@@ -41,8 +42,6 @@ def purgatory() -> Path:
 
 @pytest.fixture(scope="module")
 def image(purgatory: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from image_helpers import gen
-
     d = tmp_path_factory.mktemp("riscv")
     (d / "vmlinux").write_bytes(riscv_gen.make_riscv_vmlinux(0x300000))
     (d / "t.dts").write_text(DTS)
@@ -268,10 +267,6 @@ def test_data_relocations_hold_what_the_kernel_writes(image: Path, purgatory: Pa
 def test_patched_handover_still_passes(image: Path, tmp_path: Path) -> None:
     """Under 7.2's rules (upstream-6.15) the IMA segment is left out of the digest: a longer
     list patched in (as the reboot notifier fills it) leaves the purgatory content."""
-    from image_helpers import gen
-
-    from kimagekit import ima_kexec
-
     entries = gen.restorable_entries()
     longer = tmp_path / "new.kexec"
     longer.write_bytes(ima_kexec.build_buffer([*entries, *entries]))
