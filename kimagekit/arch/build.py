@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kimagekit import ima_kexec, ima_log, kernels
 from kimagekit.arch import ppc64, ppc64_dt, x86_64
@@ -98,10 +98,14 @@ class Built:
 def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                 handover_style: HandoverStyle = HandoverStyle.SEED,
                 page_size: int = ppc64_dt.PPC64_PAGE_SIZE,
-                profile: LoaderProfile | None = None, no_purgatory: bool = False) -> Built:
+                profile: LoaderProfile | None = None, no_purgatory: bool = False,
+                exclude: tuple[MemRange, ...] = ()) -> Built:
     """The powerpc ELF loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS).
     ``profile``: the loading kernel (its IMA spare room; the page size is ``page_size``).
-    ``no_purgatory``: an image for inspection only (the kernel always loads a purgatory)."""
+    ``no_purgatory``: an image for inspection only (the kernel always loads a purgatory).
+    ``exclude``: ranges the loading kernel's exclude list holds that its tree does not show,
+    e.g. its own image ``[0, __pa(_end))`` (``add_kernel_mem_range``,
+    ``arch/powerpc/kexec/ranges.c``): no segment is placed there; the tree is unchanged."""
     prof = profile if profile is not None else resolve()
     if arch not in PPC_ARCHES:
         raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
@@ -121,6 +125,7 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, arch, page_size)
+        target = replace(target, reserved=target.reserved + exclude)
         opal = ppc64_dt.opal_from_tree(tree) if inputs.purgatory is not None else None
     purg = _purgatory(inputs.purgatory, arch)
     rd = _initrd(inputs.initrd)

@@ -1,0 +1,192 @@
+"""A kimagekit ppc64le image with the kernel's own purgatory booted on ``qemu-system-ppc64
+-machine pseries`` (TCG), through ``kexec_load(2)``.
+
+One QEMU run. The first kernel (Debian's ppc64el 6.1, the busybox initramfs of
+:mod:`realkernel_ppc64`) prints the tree it booted with, ``/sys/firmware/fdt`` (its
+``initial_boot_params``: the very tree its own kexec_file would copy, as
+``of_kexec_alloc_and_setup_fdt`` does, and the one that matches this machine: prom_init's
+flattening of SLOF's tree, with RTAS instantiated and the initrd reserved), then waits. The host
+builds the image from that tree: the same vmlinux, the same initramfs, the real purgatory
+(``scripts/build_purgatory.py ppc64le``), an IMA hand-over (``linux,ima-kexec-buffer``), and a
+command line of its own; it writes the flat description the guest's static loader reads
+(``tests/rk_guest/kexec_loader.c``). The guest loads it and reboots into it. The next kernel
+must come up with the image's tree:
+
+- its ``bootargs`` in ``/proc/cmdline``;
+- ``/sys/firmware/fdt`` byte for byte the image's tree segment (the purgatory passed
+  ``dt_offset`` in r3);
+- the hand-over property in ``/proc/device-tree/chosen``, with the segment's address and size;
+- the region reserved: ``memblock=debug`` shows ``memblock_reserve`` of exactly that range from
+  the tree's ``/memreserve/`` (by ``early_init_fdt_scan_reserved_mem``, ``drivers/of/fdt.c``),
+  and it lies inside a range of
+  ``/sys/kernel/debug/memblock/reserved`` (Debian sets ``ARCH_KEEP_MEMBLOCK``).
+
+Debian's ppc64el config has no ``KEXEC_FILE`` and hence no ``HAVE_IMA_KEXEC`` (powerpc selects
+it from ``KEXEC_FILE``): the next kernel does not restore the list (no ``ima_load_kexec_buffer``
+is built), so the property stays in ``/chosen`` and the region stays reserved; a kernel built
+with it would restore the list and free the region.
+
+Placement: the loading kernel's exclude list holds its own image ``[0, __pa(_end))``
+(``add_kernel_mem_range``, ``arch/powerpc/kexec/ranges.c``), which no tree shows, and
+``kexec_load`` refuses a segment below ``__pa(_end)`` (``-ETXTBSY``,
+``arch/powerpc/kexec/core_64.c``). The guest runs this very vmlinux, whose single PT_LOAD ends
+at ``__pa(_end)``, so the build excludes ``[p_paddr, p_paddr + p_memsz)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import corpus_dir
+from realkernel_harness import ROOT, _missing
+from realkernel_ppc64 import guest_initramfs, guest_loader, kernel, run_pseries
+
+from kimagekit import kexec_load
+from kimagekit.arch.build import BuildInputs, build_ppc64
+from kimagekit.arch.ppc64 import kernel_loads
+from kimagekit.image import HandoverStyle
+from kimagekit.segments import MemRange, Role
+
+pytestmark = pytest.mark.realkernel
+
+LIST = "ima/binary/ibmtss-31443b7-ima-sha1.log"  # 362 ima-sig entries, one Fedora boot
+QUIET = 60.0  # seconds without output after the kexec: the next kernel did not come up
+
+SCRIPT = """\
+stage=1
+for w in $(cat /proc/cmdline); do case "$w" in rkstage=*) stage="${w#rkstage=}" ;; esac; done
+echo "stage $stage"
+if [ "$stage" = 1 ]; then
+    echo @@fdt-begin
+    base64 /sys/firmware/fdt
+    echo @@fdt-end
+    i=0
+    while [ ! -e /host@DIR@/ready ] && [ ! -e /host@DIR@/failed ] && [ $i -lt 300 ]; do
+        sleep 1; i=$((i+1))
+    done
+    [ -e /host@DIR@/ready ] && /host@LOADER@ /host@DIR@/image.kimg /host@DIR@/image.desc exec
+    echo "not booted"
+else
+    echo "cmdline $(cat /proc/cmdline)"
+    echo "chosen $(ls /proc/device-tree/chosen | tr '\\n' ' ')"
+    echo "handover $(od -An -tx1 /proc/device-tree/chosen/linux,ima-kexec-buffer | tr -d ' \\n')"
+    echo "fdt $(sha256sum /sys/firmware/fdt | cut -d' ' -f1) $(wc -c < /sys/firmware/fdt)"
+    mount -t debugfs none /sys/kernel/debug
+    sed 's/^/reserved /' /sys/kernel/debug/memblock/reserved
+    dmesg | grep 'memblock_reserve:' | sed 's/^/dmesg /'
+fi
+"""
+
+
+class _Guest:
+    """kexec_load's view of the guest, for :func:`kexec_load.plan` on the host."""
+
+    def machine(self) -> str:
+        return "ppc64le"
+
+
+def write_description(image: Path, out: Path) -> None:
+    """The loader's flat description of IMAGE: the segments and entry ``kimagekit load`` would
+    pass (after its checks: the digest, the hand-over as the next kernel reads it)."""
+    p = kexec_load.plan(image, system=_Guest())  # type: ignore[arg-type]
+    lines = [f"entry {p.entry:#x}"]
+    lines += [f"segment {s.buf_offset:#x} {s.bufsz:#x} {s.mem:#x} {s.memsz:#x}"
+              for s in p.segments]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def real_purgatory() -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_purgatory",
+                                                  ROOT / "scripts" / "build_purgatory.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path: Path | None = mod.purgatory_path("ppc64le")
+    if path is None:
+        _missing("the ppc64le purgatory is not built (scripts/build_purgatory.py ppc64le)")
+    assert path is not None
+    return path
+
+
+def test_pseries_boots_the_image_with_its_tree() -> None:
+    corpus = corpus_dir()
+    if corpus is None:
+        _missing("the real-file corpus (../shared/corpus) is not there")
+    assert corpus is not None
+    purgatory = real_purgatory()
+    k = kernel()
+    loader = guest_loader()
+    rd = guest_initramfs(k)
+    vmlinux = k.dir / "vmlinux"
+    (load,) = kernel_loads(vmlinux.read_bytes(), "ppc64le")
+    running_image = MemRange(load.p_paddr, load.p_memsz)
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rk-ppc-img-") as tmp:
+        d = Path(tmp)
+        d.chmod(0o755)
+        image = d / "image.kimg"
+        built: dict[str, object] = {}
+
+        def poll(text: str) -> None:
+            if built or "@@fdt-end" not in text:
+                return
+            try:
+                b64 = text.split("@@fdt-begin\n", 1)[1].split("@@fdt-end", 1)[0]
+                (d / "running.dtb").write_bytes(base64.b64decode(b64))
+                cmdline = (f"console=hvc0 panic=-1 rkscript={d / 'stage.sh'} rkstage=2 "
+                           "memblock=debug "
+                           "kimagekit.proof=ppc64le")
+                t0 = time.monotonic()
+                built["result"] = build_ppc64(
+                    BuildInputs(vmlinux, image, initrd=rd, cmdline=cmdline,
+                                purgatory=purgatory, ima=corpus / LIST),
+                    arch="ppc64le", dtb=d / "running.dtb", handover_style=HandoverStyle.IMA,
+                    exclude=(running_image,))
+                built["cmdline"] = cmdline
+                built["seconds"] = time.monotonic() - t0
+                write_description(image, d / "image.desc")
+                (d / "ready").touch()
+            except Exception as exc:
+                built["error"] = exc
+                (d / "failed").touch()
+
+        # the next kernel runs the same script (rkstage=2) from here
+        script = SCRIPT.replace("@DIR@", str(d)).replace("@LOADER@", str(loader))
+        (d / "stage.sh").write_text(script)
+        res = run_pseries(k, script, timeout=420, quiet_timeout=QUIET, poll=poll)
+        if "error" in built:
+            raise built["error"]  # type: ignore[misc]
+        info = built["result"].image  # type: ignore[attr-defined]
+        tree_seg = next(s for s in info.segments if s.role == Role.DTB)
+        ho = next(s for s in info.segments if s.role == Role.HANDOVER)
+        tree = image.read_bytes()[tree_seg.offset:tree_seg.offset + tree_seg.bufsz]
+    wall = time.monotonic() - began
+    print(f"pseries proof: QEMU {res.seconds:.1f} s, host build {built['seconds']:.1f} s, "
+          f"test {wall:.1f} s")
+    assert [b.release for b in res.blocks] == ["6.1.0-50-powerpc64le"] * 2, res.console[-4000:]
+    first, second = res.blocks
+    assert "kexec_load rc=0" in first.output, first.output[-2000:]
+    out = second.output
+    print(*(ln for ln in out.splitlines()
+            if not ln.startswith(("dmesg", "reserved")) or f"{ho.mem:x}" in ln), sep="\n")
+    assert f"cmdline {built['cmdline']}\n" in out
+    assert "linux,ima-kexec-buffer" in re.search(r"chosen (.*)", out).group(1).split()  # type: ignore[union-attr]
+    want = ho.mem.to_bytes(8, "big") + ho.memsz.to_bytes(8, "big")
+    assert f"handover {want.hex()}\n" in out
+    size = int.from_bytes(tree[4:8], "big")
+    assert f"fdt {hashlib.sha256(tree[:size]).hexdigest()} {size}\n" in out
+    last = ho.mem + ho.memsz - 1
+    # drivers/of/fdt.c: early_init_fdt_scan_reserved_mem reserves each /memreserve/ entry
+    assert re.search(rf"memblock_reserve: \[{ho.mem:#018x}-{last:#018x}\] "
+                     r"early_init_fdt_scan_reserved_mem\+", out), out
+    covered = [(int(a, 16), int(b, 16)) for a, b in
+               re.findall(r"reserved +\d+: (0x[0-9a-f]+)\.\.(0x[0-9a-f]+)", out)]
+    assert any(a <= ho.mem and last <= b for a, b in covered), covered
