@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import corpus_dir
-from realkernel_harness import ROOT, _missing
+from conftest import built_purgatory, corpus_dir
+from realkernel_harness import _missing
 from realkernel_ppc64 import guest_initramfs, guest_loader, kernel, run_pseries
 
 from kimagekit import kexec_load
@@ -101,27 +101,12 @@ def write_description(image: Path, out: Path) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-def real_purgatory() -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("build_purgatory",
-                                                  ROOT / "scripts" / "build_purgatory.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    path: Path | None = mod.purgatory_path("ppc64le")
-    if path is None:
-        _missing("the ppc64le purgatory is not built (scripts/build_purgatory.py ppc64le)")
-    assert path is not None
-    return path
-
-
 def test_pseries_boots_the_image_with_its_tree() -> None:
     corpus = corpus_dir()
     if corpus is None:
         _missing("the real-file corpus (../shared/corpus) is not there")
     assert corpus is not None
-    purgatory = real_purgatory()
+    purgatory = built_purgatory("ppc64le")
     k = kernel()
     loader = guest_loader()
     rd = guest_initramfs(k)
