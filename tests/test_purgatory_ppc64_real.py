@@ -8,9 +8,9 @@ ELF64 LE REL for EM_PPC64 with ``.text`` (0x1f0 bytes, 256-aligned), ``.data`` (
 the digest and regions room), an empty ``.bss``, ``.note.GNU-stack``, ``.symtab``, ``.strtab``
 and ``.shstrtab``: no ``SHT_RELA``/``SHT_REL`` section at all, so the kernel's relocation step
 (``kexec_apply_relocations``, ``kernel/kexec_file.c:1100``, which would hand a RELA section to
-the ``-ENOEXEC`` stub of ``include/linux/kexec.h:288``) has nothing to refuse or apply. ``e_entry`` is 0: ``purgatory_start`` opens ``.text``, a ``b master`` over the 0x100
-bytes that ``setup_purgatory`` (``arch/powerpc/kexec/file_load.c``) overwrites with the kernel's
-slave code.
+the ``-ENOEXEC`` stub of ``include/linux/kexec.h:288``) has nothing to refuse or apply.
+``e_entry`` is 0: ``purgatory_start`` opens ``.text``, a ``b master`` over the 0x100 bytes that
+``setup_purgatory`` (``arch/powerpc/kexec/file_load.c``) overwrites with the kernel's slave code.
 """
 
 from __future__ import annotations
