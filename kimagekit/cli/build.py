@@ -77,6 +77,11 @@ def register(app: typer.Typer) -> None:
         mem: str | None = typer.Option(
             None, "--mem", metavar="RANGES", help="x86_64: RAM ranges START-LAST or "
             "START+SIZE, comma separated (default 1 MiB-4 GiB)."),
+        exclude: str | None = typer.Option(
+            None, "--exclude", metavar="RANGES", help="ppc64: memory the loading kernel keeps "
+            "segments out of that its tree does not show, START-LAST or START+SIZE, comma "
+            "separated: at least its own image, 0 to __pa(_end) (kexec_load refuses a segment "
+            "below it). The tree is unchanged."),
         ima: Path | None = typer.Option(None, "--ima", metavar="LIST",
                                         help="IMA list for the hand-over."),
         handover: Path | None = typer.Option(None, "--handover", metavar="FILE",
@@ -154,8 +159,9 @@ def register(app: typer.Typer) -> None:
         if arch == "x86_64":
             if no_purgatory:
                 raise UsageError("--no-purgatory is a ppc64 option")
-            if dtb is not None or handover is not None:
-                raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
+            if dtb is not None or handover is not None or exclude is not None:
+                raise UsageError("x86_64 takes no --dtb, --handover or --exclude (the hand-over "
+                                 "is --ima; the RAM is --mem)")
             size = _number(handover_size, "--handover-size")
             ram = parse_mem_ranges(mem) if mem else DEFAULT_RAM
             if (purgatory is None) == (purgatory_from is None):
@@ -192,7 +198,9 @@ def register(app: typer.Typer) -> None:
                                     arch=arch.value, dtb=dtb,
                                     handover_style=HandoverStyle(handover_style.value),
                                     page_size=page, profile=profile,
-                                    no_purgatory=no_purgatory)
+                                    no_purgatory=no_purgatory,
+                                    exclude=parse_mem_ranges(exclude, "--exclude")
+                                    if exclude else ())
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:
