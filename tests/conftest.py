@@ -71,26 +71,6 @@ def debian_artifact(name: str) -> Path:
     return path
 
 
-def built_purgatory(arch: str) -> Path:
-    """The kernel's own purgatory for ARCH built by ``scripts/build_purgatory.py`` (which
-    ``.ci/run`` runs); skipped outside CI when it has not been built, a failure under CI."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("build_purgatory",
-                                                  ROOT / "scripts" / "build_purgatory.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    path: Path | None = mod.purgatory_path(arch)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"the {arch} purgatory is not built: .ci/run must build it "
-                        f"(scripts/build_purgatory.py {arch})")
-        pytest.skip(f"the {arch} purgatory is not built (scripts/build_purgatory.py {arch})")
-    assert path is not None
-    return path
-
-
 @pytest.fixture(scope="session")
 def ppc64le_vmlinux() -> Path:
     return debian_artifact("ppc64le-vmlinux")

@@ -301,3 +301,18 @@ def guest_python(*args: str, pythonpath: Path = ROOT) -> str:
     env = f"PYTHONDONTWRITEBYTECODE=1 PYTHONPATH={shlex.quote(str(pythonpath))}"
     return (f"chroot /host /usr/bin/env -i PATH=/usr/bin:/bin {env} "
             f"{shlex.quote(sys.executable)} " + " ".join(shlex.quote(a) for a in args))
+
+
+def built_purgatory(arch: str) -> Path:
+    """The kernel's own purgatory for ARCH as ``scripts/build_purgatory.py ARCH`` built it
+    (cached; a missing build is skipped locally, a failure in CI)."""
+    spec = importlib.util.spec_from_file_location("build_purgatory",
+                                                  ROOT / "scripts" / "build_purgatory.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path: Path | None = mod.purgatory_path(arch)
+    if path is None:
+        _missing(f"the {arch} purgatory is not built (scripts/build_purgatory.py {arch})")
+    assert path is not None
+    return path

@@ -20,7 +20,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import built_purgatory, need_tool
+from conftest import need_tool
+from realkernel_harness import built_purgatory
 
 from kimagekit.cli import main
 from kimagekit.dtb_file import load_tree
@@ -63,17 +64,11 @@ def symbols(obj: Path) -> dict[str, tuple[int, int, str]]:
     return out
 
 
-def section_bytes(obj: Path, name: str) -> bytes:
+def section_bytes(obj: Path, name: str, tmp: Path) -> bytes:
     """objcopy -O binary --only-section: the section's bytes as binutils reads them."""
-    out = obj.parent / f"{obj.name}.{name.strip('.')}.bin"
-    return _dump(obj, name, out)
-
-
-def _dump(obj: Path, name: str, out: Path) -> bytes:
+    out = tmp / f"{name.strip('.')}.bin"
     _tool("objcopy", "-O", "binary", f"--only-section={name}", str(obj), str(out))
-    data = out.read_bytes()
-    out.unlink()
-    return data
+    return out.read_bytes()
 
 
 def test_the_real_object_holds_no_relocations(purgatory: Path) -> None:
@@ -141,7 +136,8 @@ def test_image_purgatory_segment_is_the_object_as_setup_purgatory_fills_it(
     assert kern is not None and purg is not None and tree_seg is not None
     seg = data[purg.offset:purg.offset + purg.bufsz]
     lay = _layout(purgatory)
-    text, pdata = section_bytes(purgatory, ".text"), section_bytes(purgatory, ".data")
+    text = section_bytes(purgatory, ".text", tmp_path)
+    pdata = section_bytes(purgatory, ".data", tmp_path)
     assert lay == {".text": 0, ".data": len(text)}  # 0x1f0 is 8-aligned
     assert purg.bufsz == len(text) + len(pdata) and purg.memsz == PAGE
     syms = symbols(purgatory)

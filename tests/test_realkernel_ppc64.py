@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import built_purgatory, corpus_dir
-from realkernel_harness import _missing
+from conftest import corpus_dir
+from realkernel_harness import _missing, built_purgatory
 from realkernel_ppc64 import guest_initramfs, guest_loader, kernel, run_pseries
 
 from kimagekit import kexec_load
