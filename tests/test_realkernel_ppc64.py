@@ -5,7 +5,8 @@ One QEMU run. The first kernel (Debian's ppc64el 6.1, the busybox initramfs of
 :mod:`realkernel_ppc64`) prints the tree it booted with, ``/sys/firmware/fdt`` (its
 ``initial_boot_params``: the very tree its own kexec_file would copy, as
 ``of_kexec_alloc_and_setup_fdt`` does, and the one that matches this machine: prom_init's
-flattening of SLOF's tree, with RTAS instantiated and the initrd reserved), then waits. The host
+flattening of SLOF's tree, with RTAS instantiated and the initrd reserved; QEMU's ``dumpdtb``
+comes before both, without ``linux,rtas-base``), then waits. The host
 builds the image from that tree: the same vmlinux, the same initramfs, the real purgatory
 (``scripts/build_purgatory.py ppc64le``), an IMA hand-over (``linux,ima-kexec-buffer``), and a
 command line of its own; it writes the flat description the guest's static loader reads
