@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from kimagekit import ima_kexec, ima_log, kernels
-from kimagekit.arch import ppc64, ppc64_dt, x86_64
+from kimagekit.arch import ppc64, ppc64_crash, ppc64_dt, x86_64
 from kimagekit.dtb_file import load_tree
 from kimagekit.errors import KimageError, ParseError, UsageError, about_file, input_named
 from kimagekit.fileio import check_output, mapped, read_input
@@ -99,10 +99,15 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                 handover_style: HandoverStyle = HandoverStyle.SEED,
                 page_size: int = ppc64_dt.PPC64_PAGE_SIZE,
                 profile: LoaderProfile | None = None, no_purgatory: bool = False,
+                running_tree: bool = False,
+                crash: ppc64_crash.CrashInputs | None = None,
                 exclude: tuple[MemRange, ...] = ()) -> Built:
     """The powerpc ELF loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS).
     ``profile``: the loading kernel (its IMA spare room; the page size is ``page_size``).
     ``no_purgatory``: an image for inspection only (the kernel always loads a purgatory).
+    ``running_tree``: ``dtb`` is the running kernel's (/sys/firmware/fdt): the new tree is
+    also edited as ``setup_new_fdt_ppc64`` does (else a firmware dump: ``/chosen`` only).
+    ``crash``: a kdump load (needs ``running_tree``; no hand-over).
     ``exclude``: ranges the loading kernel's exclude list holds that its tree does not show,
     e.g. its own image ``[0, __pa(_end))`` (``add_kernel_mem_range``,
     ``arch/powerpc/kexec/ranges.c``): no segment is placed there; the tree is unchanged."""
@@ -127,15 +132,23 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
         target = ppc64_dt.target_from_tree(tree, arch, page_size)
         target = replace(target, reserved=target.reserved + exclude)
         opal = ppc64_dt.opal_from_tree(tree) if inputs.purgatory is not None else None
+        load = None
+        if crash is not None:
+            if not running_tree:
+                raise UsageError("--crash needs --dtb-from running: the kdump tree's ranges "
+                                 "come from the running kernel's tree")
+            ppc64_crash.check_memory(tree, crash)
+            load = ppc64.CrashLoad(crash, tuple(ppc64_crash.crash_memory_ranges(tree, crash)))
     purg = _purgatory(inputs.purgatory, arch)
     rd = _initrd(inputs.initrd)
 
     def compose(kernel: memoryview) -> KexecImage:
-        return ppc64.build(target, kernel, tree.build(), ppc64_dt.chosen_hook(page_size),
+        return ppc64.build(target, kernel, tree.build(),
+                           ppc64_dt.chosen_hook(page_size, running_tree, crash),
                            initrd=rd, handover=ho, handover_size=ho_size,
                            handover_style=handover_style, cmdline=inputs.cmdline,
                            purgatory=purg, policy=inputs.policy, no_purgatory=no_purgatory,
-                           opal=opal)
+                           opal=opal, crash=load)
 
     # Only the vmlinux's own faults name it; placement refusals are about the layout.
     digest, info, warnings = _write_verified(inputs, compose, (ppc64.FMT,), inputs.purgatory)

@@ -9,19 +9,30 @@ initrd and hand-over landed and returns the new tree, which is then placed last.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from kimagekit.arch import ppc64_crash
 from kimagekit.arch.common import add_ima_buffer
 from kimagekit.arch.ppc64_purgatory import SLAVE_CODE_SIZE, PurgatoryArgs, setup_purgatory
 from kimagekit.elf_model import Load
 from kimagekit.errors import ParseError, UsageError, converted
 from kimagekit.formats import elf
 from kimagekit.image import ARCHES, HandoverStyle, KexecImage, seal
+from kimagekit.of_kexec import CrashChosen
 from kimagekit.purgatory import DigestPolicy, PurgatoryObject, add_purgatory, replace_purgatory
-from kimagekit.segments import U64_MAX, KexecBuf, Role, SegmentList, Target, add_buffer
+from kimagekit.segments import (
+    U64_MAX,
+    KexecBuf,
+    MemRange,
+    Role,
+    SegmentList,
+    Target,
+    add_buffer,
+)
 
 __all__ = [
-    "FMT", "NO_PURGATORY", "DtHook", "DtRequest", "build", "kernel_loads", "slave_code",
+    "FMT", "NO_PURGATORY", "CrashLoad", "DtHook", "DtRequest", "build", "kernel_loads",
+    "slave_code",
 ]
 
 FMT = "vmlinux"
@@ -38,6 +49,17 @@ class DtRequest:
     handover: tuple[int, int] | None
     handover_style: HandoverStyle
     cmdline: str
+    crash: CrashChosen | None = None  # a kdump load's /chosen items
+    backup_start: int = 0  # image->arch.backup_start
+
+
+@dataclass(frozen=True)
+class CrashLoad:
+    """A kdump load: the running system's crash facts and its crash memory ranges
+    (``get_crash_memory_ranges``, read from its tree beforehand), (start, end) inclusive."""
+
+    inputs: ppc64_crash.CrashInputs
+    ranges: tuple[tuple[int, int], ...]
 
 
 DtHook = Callable[[DtRequest], bytes]
@@ -95,46 +117,84 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
           handover_style: HandoverStyle = HandoverStyle.SEED, cmdline: str = "",
           purgatory: PurgatoryObject | None = None,
           policy: DigestPolicy = DigestPolicy.SEED, rma_size: int | None = None,
-          no_purgatory: bool = False, opal: tuple[int, int] | None = None) -> KexecImage:
+          no_purgatory: bool = False, opal: tuple[int, int] | None = None,
+          crash: CrashLoad | None = None) -> KexecImage:
     """Compose and seal a ppc64 image from prepared bytes. ``handover_size`` is the segment's
     memsz (room for later measurements); ``rma_size`` bounds everything but the hand-over
     (``ppc64_rma_size``; default: the first RAM range). A purgatory is required unless
     ``no_purgatory`` (an image for inspection only, entered at the kernel); it is filled as
-    ``setup_purgatory_ppc64`` fills it, ``opal`` being the running tree's /ibm,opal values."""
+    ``setup_purgatory_ppc64`` fills it, ``opal`` being the running tree's /ibm,opal values.
+    ``crash``: a kdump load (elf_64.c:50-88): everything inside the crash kernel region, the
+    backup and ELF core header segments after the purgatory, ``elfcorehdr=`` before the
+    command line, and no IMA buffer (ima_kexec.c:169)."""
     if purgatory is None and not no_purgatory:
         raise UsageError(NO_PURGATORY)
     if purgatory is not None and no_purgatory:
         raise UsageError("--no-purgatory and --purgatory exclude each other")
     rma = rma_size if rma_size is not None else min(r.end for r in target.ram[:1])
+    p_min, top = 0, rma
+    if crash is not None:
+        if handover is not None:
+            raise UsageError("a crash load carries no IMA hand-over: ima_add_kexec_buffer skips "
+                             "KEXEC_TYPE_CRASH (security/integrity/ima/ima_kexec.c:169)")
+        # elf_64.c:45-50; kexec_locate_mem_hole searches crashk_res only (kexec_file.c:596)
+        start, size = crash.inputs.crashkernel
+        p_min, top = start, min(crash.inputs.crash_end, rma - 1)
+        target = replace(target, ram=(MemRange(start, size),))
     sl = SegmentList(target)
     sl, ho = add_ima_buffer(sl, handover, handover_size, policy)
     kernel_addr = U64_MAX
     # The loader reuses one kexec_buf: after the PT_LOADs its buf_min is still the last one's
-    # p_paddr, and the initrd and device tree are searched from there.
-    buf_min = 0
+    # p_paddr (and its buf_align the last p_align), and later segments are searched from there.
+    buf_min, align = 0, 0
     for ph in kernel_loads(kernel, target.arch):
         size = min(ph.p_filesz, ph.p_memsz)
         body = memoryview(kernel)[ph.p_offset:ph.p_offset + size]
-        buf_min = ph.p_paddr
+        buf_min, align = ph.p_paddr, ph.p_align
         sl, seg = add_buffer(sl, KexecBuf(body, ph.p_memsz, Role.KERNEL, buf_align=ph.p_align,
-                                          buf_min=buf_min, buf_max=rma))
+                                          buf_min=buf_min, buf_max=top))
         kernel_addr = min(kernel_addr, seg.mem)
     loaded = None
     if purgatory is not None:
-        sl, loaded = add_purgatory(sl, purgatory, buf_min=0, buf_max=rma, top_down=True)
+        sl, loaded = add_purgatory(sl, purgatory, buf_min=p_min, buf_max=top, top_down=True)
+    backup, chosen = 0, None
+    if crash is not None:
+        sl, backup, chosen, cmdline = _crash_segments(sl, crash, buf_min, top, align, cmdline)
     rd = None
     if initrd is not None:
         sl, seg = add_buffer(sl, KexecBuf(initrd, len(initrd), Role.INITRD, buf_min=buf_min,
-                                          buf_max=rma))
+                                          buf_max=top))
         rd = (seg.mem, len(initrd))
-    new_dtb = dt_hook(DtRequest(dtb, rd, ho, handover_style, cmdline))
+    new_dtb = dt_hook(DtRequest(dtb, rd, ho, handover_style, cmdline, chosen, backup))
     sl, dt_seg = add_buffer(sl, KexecBuf(new_dtb, len(new_dtb), Role.DTB, buf_min=buf_min,
-                                         buf_max=rma, top_down=True))
+                                         buf_max=top, top_down=True))
     if loaded is not None:
-        # elf64_load's last step, after the tree is placed (normal loads: no backup region).
+        # elf64_load's last step, after the tree is placed.
         loaded = setup_purgatory(loaded, slave_code(kernel, target.arch),
-                                 PurgatoryArgs(kernel_addr, dt_seg.mem, opal=opal))
+                                 PurgatoryArgs(kernel_addr, dt_seg.mem, backup_start=backup,
+                                               crash=crash is not None, opal=opal))
         sl = replace_purgatory(sl, loaded)
     # Without a purgatory (inspection only) the entry is the kernel's load address.
     return seal(sl, policy, purgatory=loaded, entry=kernel_addr, cmdline=cmdline.encode(),
                 handover_style=handover_style)
+
+
+def _crash_segments(sl: SegmentList, crash: CrashLoad, buf_min: int, top: int, align: int,
+                    cmdline: str) -> tuple[SegmentList, int, CrashChosen, str]:
+    """load_crashdump_segments_ppc64 (file_load_64.c:463-486): the backup region (64 KiB of
+    zeros the purgatory fills at crash time, 344-375) and the ELF core headers (402-453), both
+    bottom-up with the kexec_buf the kernel segments left; then the kdump command line."""
+    little = ARCHES[sl.target.arch][1]
+    zeros = bytes(ppc64_crash.BACKUP_SRC_SIZE)
+    sl, seg = add_buffer(sl, KexecBuf(zeros, len(zeros), Role.OTHER, buf_align=align,
+                                      buf_min=buf_min, buf_max=top))
+    backup = seg.mem
+    ranges = list(crash.ranges)
+    headers = ppc64_crash.sync_backup_region_phdr(
+        ppc64_crash.elf_headers(ranges, crash.inputs, little), backup, little)
+    memsz = ppc64_crash.elfcorehdr_memsz(len(headers), len(ranges), crash.inputs)
+    sl, seg = add_buffer(sl, KexecBuf(headers, memsz, Role.OTHER, buf_align=align,
+                                      buf_min=buf_min, buf_max=top))
+    # elf_headers_sz is kbuf->memsz after kexec_add_buffer page-aligned it (kexec_file.c:781)
+    chosen = CrashChosen((seg.mem, seg.memsz), (crash.inputs.crashkernel,))
+    return sl, backup, chosen, ppc64_crash.kdump_cmdline(seg.mem, cmdline)

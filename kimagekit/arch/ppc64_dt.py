@@ -8,10 +8,11 @@ powerpc hole search walks around.
 
 from __future__ import annotations
 
-from kimagekit import ppc_fdt
+from kimagekit import of_kexec, ppc_fdt
+from kimagekit.arch import ppc64_crash, ppc64_fdt
 from kimagekit.arch.ppc64 import DtHook, DtRequest
 from kimagekit.devicetree import DeviceTree
-from kimagekit.errors import RuleError
+from kimagekit.errors import RuleError, UsageError
 from kimagekit.segments import MemRange, Target
 
 __all__ = [
@@ -40,59 +41,46 @@ def target_from_tree(tree: DeviceTree, arch: str, page_size: int = PPC64_PAGE_SI
 
 
 def setup_chosen(tree: DeviceTree, req: DtRequest, page_size: int = PPC64_PAGE_SIZE) -> None:
-    """Edit ``/chosen`` as the 6.1 loading kernel does for a normal (not crash) kexec, in its
-    order and with libfdt's placement (a property set again keeps its place; a deleted name stays
-    in the strings block)."""
-    tree.keep_deleted_names = True
-    # Not modelled: the kernel drops the reservation of the running tree at its own physical
-    # address (unknown offline), and pads a written value with stale bytes where kimagekit
-    # writes zeros.
-    ppc_fdt.ensure_chosen(tree)
-    # A crash kernel's items never carry over; the kernel drops the properties only, not the
-    # reservation the elfcorehdr had.
-    tree.delete(ppc_fdt.CHOSEN, ppc_fdt.ELFCOREHDR)
-    tree.delete(ppc_fdt.CHOSEN, ppc_fdt.USABLE_MEMORY)
-    # The running kernel's initrd: its reservation goes (exact, else page-rounded); the
-    # properties are rewritten in place or deleted below.
-    has_start = tree.get(ppc_fdt.CHOSEN, ppc_fdt.INITRD_START) is not None
-    if has_start and tree.get(ppc_fdt.CHOSEN, ppc_fdt.INITRD_END) is None:
-        raise RuleError(f"/chosen has {ppc_fdt.INITRD_START} without {ppc_fdt.INITRD_END}: the "
-                        "kernel refuses to set up the new tree", fmt="dtb", field="chosen")
-    old = ppc_fdt.get_initrd(tree)
-    if old is not None and not tree.remove_reservation(old.start, old.size):
-        tree.remove_reservation(old.start, -(-old.size // page_size) * page_size)
-    if req.initrd is not None:
-        start, size = req.initrd
-        tree.set(ppc_fdt.CHOSEN, ppc_fdt.INITRD_START, start.to_bytes(8, "big"))
-        tree.set(ppc_fdt.CHOSEN, ppc_fdt.INITRD_END, (start + size).to_bytes(8, "big"))
-        tree.add_reservation(start, size)
-    else:
-        tree.delete(ppc_fdt.CHOSEN, ppc_fdt.INITRD_START)
-        tree.delete(ppc_fdt.CHOSEN, ppc_fdt.INITRD_END)
-    # The kernel sets bootargs from the new command line, or deletes them when it is empty.
-    if req.cmdline:
-        ppc_fdt.set_bootargs(tree, req.cmdline)
-    else:
-        ppc_fdt.remove_bootargs(tree)
-    # The kernel always deletes kaslr-seed and writes fresh random kaslr-seed and rng-seed; an
-    # offline tool must not invent random bytes: the stale ones go, nothing replaces them.
-    ppc_fdt.remove_kaslr_seed(tree)
-    ppc_fdt.remove_rng_seed(tree)
-    tree.set(ppc_fdt.CHOSEN, ppc_fdt.BOOTED_FROM_KEXEC, b"")
-    # Stale hand-overs of either style go with their reservations before the new one is added.
-    ppc_fdt.remove_handover(tree)
-    if req.handover is not None:
-        ppc_fdt.set_handover(tree, *req.handover, style=req.handover_style.value)
+    """Edit ``/chosen`` as the loading kernel does for a normal (not crash) kexec, through
+    :func:`kimagekit.of_kexec.setup_chosen` (an empty command line counts as none)."""
+    of_kexec.setup_chosen(tree, of_kexec.FdtRequest(
+        initrd=req.initrd, cmdline=req.cmdline or None, handover=req.handover,
+        handover_style=req.handover_style), of_kexec.ArchFdt(page_size))
 
 
-def chosen_hook(page_size: int = PPC64_PAGE_SIZE) -> DtHook:
-    """The hook :func:`kimagekit.arch.ppc64.build` calls once the other segments are placed; the
-    result is packed, as the kernel packs the tree (``fdt_pack``) before adding it."""
+def chosen_hook(page_size: int = PPC64_PAGE_SIZE, running: bool = False,
+                crash: ppc64_crash.CrashInputs | None = None) -> DtHook:
+    """The hook :func:`kimagekit.arch.ppc64.build` calls once the other segments are placed:
+    ``of_kexec_alloc_and_setup_fdt``, then, for a ``running`` kernel's tree,
+    ``setup_new_fdt_ppc64`` (:mod:`kimagekit.arch.ppc64_fdt`; its kdump part with ``crash``),
+    then ``fdt_pack`` (elf_64.c:111-126; not for a crash load under CRASH_HOTPLUG). A firmware
+    dump (``running`` False) gets the ``/chosen`` edit only: the ranges the running kernel
+    reserves are not in it."""
+    if crash is not None and not running:
+        raise UsageError("a crash load needs the running kernel's tree (--dtb-from running): "
+                         "its reserved and usable ranges come from it")
 
     def hook(req: DtRequest) -> bytes:
-        tree = DeviceTree.parse(req.dtb)
-        setup_chosen(tree, req, page_size)
-        return tree.build(pack=True)
+        live = DeviceTree.parse(req.dtb)
+        rmem = ppc64_fdt.reserved_memory_ranges(live) if running else ()
+
+        def arch_edit(tree: DeviceTree) -> None:
+            if crash is not None:
+                ppc64_crash.setup_crash_fdt(tree, crash, req.backup_start)
+            ppc64_fdt.setup_new_fdt_ppc64(tree, rmem)
+
+        fdt_req = of_kexec.FdtRequest(
+            initrd=req.initrd, cmdline=req.cmdline or None, crash=req.crash,
+            handover=req.handover, handover_style=req.handover_style,
+            arch_edit=arch_edit if running else None)
+        # kexec_extra_fdt_size_ppc64 (file_load_64.c:647-671): the reserve entries and the
+        # kdump room; no CPU hotplugged since boot is visible offline, no PLPKS.
+        extra = ppc64_fdt.FDT_RESERVE_ENTRY * len(rmem)
+        if crash is not None:
+            extra += ppc64_crash.kdump_extra_fdt_size(live, crash)
+        arch = of_kexec.ArchFdt(page_size, pack=crash is None or not crash.crash_hotplug,
+                                extra_size=extra)
+        return of_kexec.setup_fdt(req.dtb, fdt_req, arch).blob
 
     return hook
 

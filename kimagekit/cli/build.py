@@ -18,6 +18,7 @@ from kimagekit.arch.build import (
     build_ppc64,
     build_x86_64,
 )
+from kimagekit.arch.ppc64_crash import CrashInputs, parse_crashkernel
 from kimagekit.cli.common import DtStyle, emit_json, out, warn
 from kimagekit.cli.image import ls_lines
 from kimagekit.cli.memory_map import map_lines, write_svg
@@ -40,6 +41,11 @@ def _number(text: str | None, what: str) -> int | None:
     if value <= 0:
         raise UsageError(f"{what}: must be positive, not {text}")
     return value
+
+
+class DtbFrom(StrEnum):
+    FIRMWARE = "firmware"
+    RUNNING = "running"
 
 
 class Arch(StrEnum):
@@ -68,6 +74,36 @@ def register(app: typer.Typer) -> None:
         purgatory: Path | None = typer.Option(
             None, "--purgatory", metavar="FILE",
             help="Purgatory object (extract-purgatory writes one)."),
+        dtb_from: DtbFrom = typer.Option(
+            DtbFrom.FIRMWARE, "--dtb-from",
+            help="ppc64: what --dtb is. running: the running kernel's tree (/sys/firmware/fdt): "
+            "/cpus is rebuilt and its reserved ranges (RTAS, TCE, reserved-ranges) get "
+            "/memreserve/ entries, as setup_new_fdt_ppc64 does. firmware: a firmware or QEMU "
+            "dump, which lacks what the running kernel adds at boot: /chosen is edited only."),
+        crash: bool = typer.Option(
+            False, "--crash", help="ppc64: a kdump load (KEXEC_FILE_ON_CRASH): everything in "
+            "the crash kernel region, backup and ELF core header segments, elfcorehdr= on the "
+            "command line, linux,usable-memory in the tree. Needs --dtb-from running and the "
+            "--crashkernel, --crash-mem, --crash-notes, --crash-notes-size, --vmcoreinfo facts."),
+        crashkernel: str | None = typer.Option(
+            None, "--crashkernel", metavar="SIZE@BASE", help="--crash: the region the running "
+            "kernel reserved (/proc/iomem \"Crash kernel\"), e.g. 512M@0x20000000."),
+        crash_mem: str | None = typer.Option(
+            None, "--crash-mem", metavar="RANGES", help="--crash: the running kernel's memblock "
+            "regions (/proc/iomem \"System RAM\"), START-LAST or START+SIZE, comma separated."),
+        crash_notes: str | None = typer.Option(
+            None, "--crash-notes", metavar="ADDRS", help="--crash: each possible CPU's "
+            "crash_notes address (/sys/devices/system/cpu/cpuN/crash_notes), comma separated."),
+        crash_notes_size: str | None = typer.Option(
+            None, "--crash-notes-size", metavar="N", help="--crash: their size "
+            "(/sys/devices/system/cpu/cpu0/crash_notes_size)."),
+        vmcoreinfo: str | None = typer.Option(
+            None, "--vmcoreinfo", metavar="ADDR,SIZE", help="--crash: the vmcoreinfo note "
+            "(/sys/kernel/vmcoreinfo)."),
+        crash_hotplug: bool = typer.Option(
+            False, "--crash-hotplug", help="--crash: the loading kernel has CONFIG_CRASH_HOTPLUG "
+            "and MEMORY_HOTPLUG: room for 8192 memory ranges in the ELF headers, tree not "
+            "packed."),
         no_purgatory: bool = typer.Option(
             False, "--no-purgatory", help="ppc64: build without the purgatory the kernel always "
             "loads: an image for inspection only."),
@@ -159,6 +195,8 @@ def register(app: typer.Typer) -> None:
         if arch == "x86_64":
             if no_purgatory:
                 raise UsageError("--no-purgatory is a ppc64 option")
+            if dtb_from != DtbFrom.FIRMWARE or crash:
+                raise UsageError("--dtb-from and --crash are ppc64 options")
             if dtb is not None or handover is not None or exclude is not None:
                 raise UsageError("x86_64 takes no --dtb, --handover or --exclude (the hand-over "
                                  "is --ima; the RAM is --mem)")
@@ -199,6 +237,10 @@ def register(app: typer.Typer) -> None:
                                     handover_style=HandoverStyle(handover_style.value),
                                     page_size=page, profile=profile,
                                     no_purgatory=no_purgatory,
+                                    running_tree=dtb_from == DtbFrom.RUNNING,
+                                    crash=_crash_inputs(crash, crashkernel, crash_mem,
+                                                        crash_notes, crash_notes_size,
+                                                        vmcoreinfo, crash_hotplug),
                                     exclude=parse_mem_ranges(exclude, "--exclude")
                                     if exclude else ())
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
@@ -214,6 +256,32 @@ def register(app: typer.Typer) -> None:
         for line in [*ls_lines(built.image), "", *map_lines(memory)]:
             out(line)
         out(_summary_line(built))
+
+
+def _crash_inputs(crash: bool, crashkernel: str | None, mem: str | None, notes: str | None,
+                  notes_size: str | None, vmcoreinfo: str | None, hotplug: bool
+                  ) -> CrashInputs | None:
+    """The running system's crash facts from the options; all of them or none."""
+    given = {"--crashkernel": crashkernel, "--crash-mem": mem, "--crash-notes": notes,
+             "--crash-notes-size": notes_size, "--vmcoreinfo": vmcoreinfo}
+    if not crash:
+        extra = [k for k, v in given.items() if v is not None] + (["--crash-hotplug"]
+                                                                   if hotplug else [])
+        if extra:
+            raise UsageError(f"{', '.join(extra)} need --crash")
+        return None
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise UsageError(f"--crash needs {', '.join(missing)}: the running system's crash "
+                         "facts cannot be known offline")
+    assert crashkernel and mem and notes and notes_size and vmcoreinfo
+    vm = [_number(v, "--vmcoreinfo") or 0 for v in vmcoreinfo.split(",")]
+    if len(vm) != 2:
+        raise UsageError(f"--vmcoreinfo {vmcoreinfo!r}: not ADDR,SIZE")
+    return CrashInputs(
+        parse_crashkernel(crashkernel), tuple((r.start, r.size) for r in parse_mem_ranges(mem)),
+        tuple(_number(a, "--crash-notes") or 0 for a in notes.split(",")),
+        _number(notes_size, "--crash-notes-size") or 0, (vm[0], vm[1]), hotplug)
 
 
 def _summary_line(built: Built) -> str:
