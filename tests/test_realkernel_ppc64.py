@@ -6,12 +6,12 @@ One QEMU run. The first kernel (Debian's ppc64el 6.1, the busybox initramfs of
 ``initial_boot_params``: the very tree its own kexec_file would copy, as
 ``of_kexec_alloc_and_setup_fdt`` does, and the one that matches this machine: prom_init's
 flattening of SLOF's tree, with RTAS instantiated and the initrd reserved; QEMU's ``dumpdtb``
-comes before both, without ``linux,rtas-base``), then waits. The host
-builds the image from that tree: the same vmlinux, the same initramfs, the real purgatory
-(``scripts/build_purgatory.py ppc64le``), an IMA hand-over (``linux,ima-kexec-buffer``), and a
-command line of its own; it writes the flat description the guest's static loader reads
-(``tests/rk_guest/kexec_loader.c``). The guest loads it and reboots into it. The next kernel
-must come up with the image's tree:
+comes before both, without ``linux,rtas-base``), then waits. The host builds the image from
+that tree as the running kernel's (``--dtb-from running``: ``setup_new_fdt_ppc64``'s edits too):
+the same vmlinux, the same initramfs, the real purgatory (``scripts/build_purgatory.py
+ppc64le``), an IMA hand-over (``linux,ima-kexec-buffer``), and a command line of its own; it
+writes the flat description the guest's static loader reads (``tests/rk_guest/kexec_loader.c``).
+The guest loads it and reboots into it. The next kernel must come up with the image's tree:
 
 - its ``bootargs`` in ``/proc/cmdline``;
 - ``/sys/firmware/fdt`` byte for byte the image's tree segment (the purgatory passed
@@ -137,7 +137,8 @@ def test_pseries_boots_the_image_with_its_tree() -> None:
                     "build", "--arch", "ppc64le", "--kernel", str(vmlinux), "--dtb",
                     str(d / "running.dtb"), "--purgatory", str(purgatory), "--initrd", str(rd),
                     "--cmdline", cmdline, "--ima", str(corpus / LIST), "--handover-style",
-                    "ima", "--exclude", running_image, "-o", str(image)])
+                    "ima", "--dtb-from", "running", "--exclude", running_image,
+                    "-o", str(image)])
                 built["cmdline"] = cmdline
                 times["build"] = time.monotonic() - t0
                 write_description(image, d / "image.desc")
