@@ -22,6 +22,11 @@ The guest loads it and reboots into it. The next kernel must come up with the im
   and it lies inside a range of
   ``/sys/kernel/debug/memblock/reserved`` (Debian sets ``ARCH_KEEP_MEMBLOCK``).
 
+Then the next kernel loads B, built the same way from the tree it runs on (A's), with one
+letter of its kernel's utsname release changed after the build: ``kimagekit verify`` fails it
+(exit 1), ``kexec_load`` takes it, and a third kernel comes up whose ``uname -r`` ends in the
+changed letter. The ppc64 purgatory checks no digest, as ``verify`` and ``inspect`` say.
+
 Debian's ppc64el config has no ``KEXEC_FILE`` and hence no ``HAVE_IMA_KEXEC`` (powerpc selects
 it from ``KEXEC_FILE``): the next kernel does not restore the list (no ``ima_load_kexec_buffer``
 is built), so the property stays in ``/chosen`` and the region stays reserved; a kernel built
@@ -74,6 +79,7 @@ if [ "$stage" = 1 ]; then
     [ -e /host@DIR@/ready ] && /host@LOADER@ /host@DIR@/image.kimg /host@DIR@/image.desc exec
     echo "not booted"
 else
+    echo "release $(uname -r)"
     echo "cmdline $(cat /proc/cmdline)"
     echo "chosen $(ls /proc/device-tree/chosen | tr '\\n' ' ')"
     echo "handover $(od -An -tx1 /proc/device-tree/chosen/linux,ima-kexec-buffer | tr -d ' \\n')"
@@ -81,6 +87,10 @@ else
     mount -t debugfs none /sys/kernel/debug
     sed 's/^/reserved /' /sys/kernel/debug/memblock/reserved
     dmesg | grep 'memblock_reserve:' | sed 's/^/dmesg /'
+    if [ "$stage" = 2 ]; then
+        /host@LOADER@ /host@DIR@/tampered.kimg /host@DIR@/tampered.desc exec
+        echo "not booted"
+    fi
 fi
 """
 
@@ -92,14 +102,35 @@ class _Guest:
         return "ppc64le"
 
 
-def write_description(image: Path, out: Path) -> None:
+def write_description(image: Path, out: Path, *, force: bool = False) -> None:
     """The loader's flat description of IMAGE: the segments and entry ``kimagekit load`` would
-    pass (after its checks: the digest, the hand-over as the next kernel reads it)."""
-    p = kexec_load.plan(image, system=_Guest())  # type: ignore[arg-type]
+    pass (after its checks: the digest, the hand-over as the next kernel reads it; FORCE lets
+    a failed one through, as ``load --force``)."""
+    p = kexec_load.plan(image, force=force, system=_Guest())  # type: ignore[arg-type]
     lines = [f"entry {p.entry:#x}"]
     lines += [f"segment {s.buf_offset:#x} {s.bufsz:#x} {s.mem:#x} {s.memsz:#x}"
               for s in p.segments]
     out.write_text("\n".join(lines) + "\n")
+
+
+RELEASE = "6.1.0-50-powerpc64le"
+# init_uts_ns (.data), whose release ``uname -r`` prints: sysname, nodename, release, 65 B each
+UTS = b"Linux".ljust(65, b"\0") + b"(none)".ljust(65, b"\0") + RELEASE.encode() + b"\0"
+TAMPERED = RELEASE[:-1] + "E"
+
+
+def tamper(image: Path, vmlinux: bytes, p_offset: int) -> int:
+    """Change the last letter of the kernel segment's utsname release (both copies .data holds)
+    in IMAGE; return how many bytes changed."""
+    info = read_image(image.read_bytes())
+    kern = next(s for s in info.segments if s.role == Role.KERNEL)
+    data = bytearray(image.read_bytes())
+    at, n = vmlinux.find(UTS), 0
+    while at >= 0:
+        data[kern.offset + at - p_offset + 130 + len(RELEASE) - 1] = ord("E")
+        at, n = vmlinux.find(UTS, at + 1), n + 1
+    image.write_bytes(bytes(data))
+    return n
 
 
 def test_pseries_boots_the_image_with_its_tree() -> None:
@@ -142,6 +173,21 @@ def test_pseries_boots_the_image_with_its_tree() -> None:
                 built["cmdline"] = cmdline
                 times["build"] = time.monotonic() - t0
                 write_description(image, d / "image.desc")
+                # B, for the next kernel: built from the tree it will run on (A's), then one
+                # letter of its kernel changed; kexec_load takes it as it is
+                a_info = read_image(image.read_bytes())
+                a_tree = next(s for s in a_info.segments if s.role == Role.DTB)
+                (d / "a.dtb").write_bytes(
+                    image.read_bytes()[a_tree.offset:a_tree.offset + a_tree.bufsz])
+                built["rc_b"] = main([
+                    "build", "--arch", "ppc64le", "--kernel", str(vmlinux), "--dtb",
+                    str(d / "a.dtb"), "--purgatory", str(purgatory), "--initrd", str(rd),
+                    "--cmdline", cmdline.replace("rkstage=2", "rkstage=3"), "--dtb-from",
+                    "running", "--exclude", running_image, "-o", str(d / "tampered.kimg")])
+                built["flipped"] = tamper(d / "tampered.kimg", vmlinux.read_bytes(),
+                                          load.p_offset)
+                built["verify_b"] = main(["verify", str(d / "tampered.kimg")])
+                write_description(d / "tampered.kimg", d / "tampered.desc", force=True)
                 (d / "ready").touch()
             except Exception as exc:
                 built["error"] = exc
@@ -164,9 +210,15 @@ def test_pseries_boots_the_image_with_its_tree() -> None:
     print(f"pseries proof: the first kernel's tree at {times.get('dumped', 0):.1f} s, host "
           f"build {times.get('build', 0):.1f} s, QEMU ends at {res.seconds:.1f} s (the load, "
           f"the kexec, the next kernel's boot and script after the build), test {wall:.1f} s")
-    assert [b.release for b in res.blocks] == ["6.1.0-50-powerpc64le"] * 2, res.console[-4000:]
-    first, second = res.blocks
+    assert [b.release for b in res.blocks] == [RELEASE, RELEASE, TAMPERED], \
+        res.console[-4000:]
+    first, second, third = res.blocks
     assert "kexec_load rc=0" in first.output, first.output[-2000:]
+    assert "kexec_load rc=0" in second.output and third.rc == 0
+    # B: kimagekit's verify fails it; the machine boots it (the ppc64 purgatory checks no
+    # digest): the changed letter is in the running kernel's utsname
+    assert built["rc_b"] == 0 and built["flipped"] == 2 and built["verify_b"] == 1
+    assert f"release {TAMPERED}\n" in third.output
     out = second.output
     print(*(ln for ln in out.splitlines()
             if not ln.startswith(("dmesg", "reserved")) or f"{ho.mem:x}" in ln), sep="\n")
