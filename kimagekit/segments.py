@@ -315,22 +315,23 @@ def update_segment(sl: SegmentList, mem: int, memsz: int, content: Content, *,
 _RANGE = re.compile(r"^\s*(0x[0-9a-f]+|\d+)\s*([-+])\s*(0x[0-9a-f]+|\d+)\s*$", re.IGNORECASE)
 
 
-def parse_mem_ranges(text: str) -> tuple[MemRange, ...]:
-    """``START-LAST`` (inclusive, e820 style) or ``START+SIZE``, comma separated."""
+def parse_mem_ranges(text: str, option: str = "--mem") -> tuple[MemRange, ...]:
+    """``START-LAST`` (inclusive, e820 style) or ``START+SIZE``, comma separated; errors name
+    OPTION."""
     out = []
     for part in text.split(","):
         m = _RANGE.match(part)
         if not m:
-            raise UsageError(f"{part.strip()!r} is not START-LAST or START+SIZE", fmt="--mem")
+            raise UsageError(f"{part.strip()!r} is not START-LAST or START+SIZE", fmt=option)
         a, op, b = int(m[1], 0), m[2], int(m[3], 0)
         size = b - a + 1 if op == "-" else b
         if size <= 0:
-            raise UsageError(f"{part.strip()!r} is empty", fmt="--mem")
+            raise UsageError(f"{part.strip()!r} is empty", fmt=option)
         if a + size > U64_MAX + 1:
             # e820 holds u64 addresses and sizes: memory ends at 2^64.
-            raise UsageError(f"{part.strip()!r} ends past 2^64", fmt="--mem")
+            raise UsageError(f"{part.strip()!r} ends past 2^64", fmt=option)
         if size > U64_MAX:
             raise UsageError(f"{part.strip()!r} is 2^64 bytes: an e820 size holds at most "
-                             "2^64 - 1", fmt="--mem")
+                             "2^64 - 1", fmt=option)
         out.append(MemRange(a, size))
     return tuple(out)

@@ -35,6 +35,9 @@ PACKAGES = {
     # Debian's shim embeds the Debian Secure Boot CA (its .vendor_cert section) that signs the
     # kernels' signing certificate
     "amd64-shim": ("shim-signed", None, "usr/lib/shim/shimx64.efi.signed"),
+    # the ppc64le QEMU proof's initramfs (tests/test_realkernel_ppc64.py); PACKAGE:ARCH keeps
+    # another architecture's package of that name apart (its own folder)
+    "ppc64le-busybox": ("busybox-static:ppc64el", "ppc64el", "bin/busybox"),
 }
 
 
@@ -65,11 +68,12 @@ def fetch(name: str) -> Path:
         # a mirror mid-sync can fail one index (e.g. security) and still serve the package
         subprocess.run(["apt-get", *opts, "update", "-qq"], check=False, cwd=work,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    debs = sorted(work.glob(f"{package}_*.deb"))
+    pattern = f"{package.split(':')[0]}_*_{arch or '*'}.deb"
+    debs = sorted(work.glob(pattern))
     if not debs:
         subprocess.run(["apt-get", *opts, "download", package], check=True, cwd=work,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        debs = sorted(work.glob(f"{package}_*.deb"))
+        debs = sorted(work.glob(pattern))
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)], check=True)

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -138,12 +139,13 @@ def _busybox() -> Path:
     raise AssertionError  # unreachable
 
 
-def initramfs(k: Kernel) -> Path:
-    """The kernel's initramfs (uncompressed newc cpio), cached by the digest of its content."""
-    busybox = _busybox()
+def initramfs(k: Kernel, *, busybox: Path | None = None, init: str = INIT) -> Path:
+    """The kernel's initramfs (uncompressed newc cpio), cached by the digest of its content:
+    BUSYBOX (default: the host's busybox-static) and INIT."""
+    busybox = busybox or _busybox()
     order = (k.dir / "modules.order").read_text().split()
     h = hashlib.sha256()
-    for part in (INIT.encode(), busybox.read_bytes(), "\n".join(order).encode(),
+    for part in (init.encode(), busybox.read_bytes(), "\n".join(order).encode(),
                  *((k.dir / "modules" / m).read_bytes() for m in order)):
         h.update(hashlib.sha256(part).digest())
     cache = _fetch_artifacts().cache_dir() / "initramfs"
@@ -157,7 +159,7 @@ def initramfs(k: Kernel) -> Path:
         (stage / "modules").mkdir()
         shutil.copyfile(busybox, stage / "bin" / "busybox")
         (stage / "bin" / "busybox").chmod(0o755)
-        (stage / "init").write_text(INIT)
+        (stage / "init").write_text(init)
         (stage / "init").chmod(0o755)
         (stage / "modules.order").write_text("".join(f"{m}\n" for m in order))
         for m in order:
@@ -250,29 +252,41 @@ def run_in_guest(k: Kernel, script: str, *, mem: str = "1G", cmdline: str = "",
                 "-serial", f"file:{console}", "-serial", f"file:{output}",
                 "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
                 "-device", "virtio-rng-pci", *extra_qemu]
-        start = time.monotonic()
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
-        timed_out = False
-        seen, quiet_since = -1, start
-        while True:
-            try:
-                qemu_out = proc.communicate(timeout=1.0)[0]
+        return run_qemu(args, console, output, timeout=timeout, quiet_timeout=quiet_timeout)
+
+
+def run_qemu(args: list[str], console: Path, output: Path, *, timeout: float,
+             quiet_timeout: float | None = None,
+             poll: Callable[[str], None] | None = None) -> GuestResult:
+    """Run the QEMU command ARGS (its serial ports writing CONSOLE and OUTPUT) to its end, or
+    kill it after TIMEOUT seconds or QUIET_TIMEOUT seconds without output. POLL, when given,
+    is called about once a second with OUTPUT's text so far (a host side that answers the
+    guest)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    timed_out = False
+    seen, quiet_since = -1, start
+    while True:
+        try:
+            qemu_out = proc.communicate(timeout=1.0)[0]
+            break
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            size = sum(p.stat().st_size for p in (console, output) if p.exists())
+            if size != seen:
+                seen, quiet_since = size, now
+            if poll is not None and output.exists():
+                poll(output.read_text(errors="replace"))
+            if now - start > timeout or (quiet_timeout is not None
+                                         and now - quiet_since > quiet_timeout):
+                proc.kill()
+                qemu_out = proc.communicate()[0]
+                timed_out = True
                 break
-            except subprocess.TimeoutExpired:
-                now = time.monotonic()
-                size = sum(p.stat().st_size for p in (console, output) if p.exists())
-                if size != seen:
-                    seen, quiet_since = size, now
-                if now - start > timeout or (quiet_timeout is not None
-                                             and now - quiet_since > quiet_timeout):
-                    proc.kill()
-                    qemu_out = proc.communicate()[0]
-                    timed_out = True
-                    break
-        seconds = time.monotonic() - start
-        con = console.read_text(errors="replace") if console.exists() else ""
-        out = output.read_text(errors="replace") if output.exists() else ""
+    seconds = time.monotonic() - start
+    con = console.read_text(errors="replace") if console.exists() else ""
+    out = output.read_text(errors="replace") if output.exists() else ""
     if proc.returncode not in (0, -9) and not timed_out:
         raise RuntimeError(f"qemu failed ({proc.returncode}): "
                            f"{qemu_out.decode(errors='replace')[-2000:]}")

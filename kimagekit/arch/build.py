@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kimagekit import ima_kexec, ima_log, kernels
 from kimagekit.arch import ppc64, ppc64_crash, ppc64_dt, riscv64, x86_64
@@ -114,13 +114,17 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                 page_size: int = ppc64_dt.PPC64_PAGE_SIZE,
                 profile: LoaderProfile | None = None, no_purgatory: bool = False,
                 running_tree: bool = False,
-                crash: ppc64_crash.CrashInputs | None = None) -> Built:
+                crash: ppc64_crash.CrashInputs | None = None,
+                exclude: tuple[MemRange, ...] = ()) -> Built:
     """The powerpc ELF loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS).
     ``profile``: the loading kernel (its IMA spare room; the page size is ``page_size``).
     ``no_purgatory``: an image for inspection only (the kernel always loads a purgatory).
     ``running_tree``: ``dtb`` is the running kernel's (/sys/firmware/fdt): the new tree is
     also edited as ``setup_new_fdt_ppc64`` does (else a firmware dump: ``/chosen`` only).
-    ``crash``: a kdump load (needs ``running_tree``; no hand-over)."""
+    ``crash``: a kdump load (needs ``running_tree``; no hand-over).
+    ``exclude``: ranges the loading kernel's exclude list holds that its tree does not show,
+    e.g. its own image ``[0, __pa(_end))`` (``add_kernel_mem_range``,
+    ``arch/powerpc/kexec/ranges.c``): no segment is placed there; the tree is unchanged."""
     prof = profile if profile is not None else resolve()
     if arch not in PPC_ARCHES:
         raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
@@ -140,6 +144,7 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, arch, page_size)
+        target = replace(target, reserved=target.reserved + exclude)
         opal = ppc64_dt.opal_from_tree(tree) if inputs.purgatory is not None else None
         load = None
         if crash is not None:

@@ -118,6 +118,11 @@ def register(app: typer.Typer) -> None:
         mem: str | None = typer.Option(
             None, "--mem", metavar="RANGES", help="x86_64: RAM ranges START-LAST or "
             "START+SIZE, comma separated (default 1 MiB-4 GiB)."),
+        exclude: str | None = typer.Option(
+            None, "--exclude", metavar="RANGES", help="ppc64: memory the loading kernel keeps "
+            "segments out of that its tree does not show, START-LAST or START+SIZE, comma "
+            "separated: at least its own image, 0 to __pa(_end) (kexec_load refuses a segment "
+            "below it). The tree is unchanged."),
         ima: Path | None = typer.Option(None, "--ima", metavar="LIST",
                                         help="IMA list for the hand-over."),
         handover: Path | None = typer.Option(None, "--handover", metavar="FILE",
@@ -198,8 +203,9 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--no-purgatory is a ppc64 option")
             if dtb_from != DtbFrom.FIRMWARE or crash:
                 raise UsageError("--dtb-from and --crash are ppc64 options")
-            if dtb is not None or handover is not None:
-                raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
+            if dtb is not None or handover is not None or exclude is not None:
+                raise UsageError("x86_64 takes no --dtb, --handover or --exclude (the hand-over "
+                                 "is --ima; the RAM is --mem)")
             size = _number(handover_size, "--handover-size")
             ram = parse_mem_ranges(mem) if mem else DEFAULT_RAM
             if (purgatory is None) == (purgatory_from is None):
@@ -246,7 +252,9 @@ def register(app: typer.Typer) -> None:
                                     running_tree=dtb_from == DtbFrom.RUNNING,
                                     crash=_crash_inputs(crash, crashkernel, crash_mem,
                                                         crash_notes, crash_notes_size,
-                                                        vmcoreinfo, crash_hotplug))
+                                                        vmcoreinfo, crash_hotplug),
+                                    exclude=parse_mem_ranges(exclude, "--exclude")
+                                    if exclude else ())
         if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:
