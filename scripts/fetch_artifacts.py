@@ -32,6 +32,11 @@ PACKAGES = {
     "amd64-vmlinuz": (f"linux-image-{VERSION}-amd64", None, f"boot/vmlinuz-{VERSION}-amd64"),
     "ppc64le-vmlinux": (f"linux-image-{VERSION}-powerpc64le", "ppc64el",
                         f"boot/vmlinux-{VERSION}-powerpc64le"),
+    # the arm64 Image (an EFI application: PE header before the Image header); the QEMU virt
+    # test boots it, and its initramfs takes busybox from busybox-static:arm64
+    "arm64-vmlinuz": (f"linux-image-{VERSION}-arm64", "arm64", f"boot/vmlinuz-{VERSION}-arm64"),
+    # PACKAGE:ARCH keeps another architecture's package of that name apart (its own folder)
+    "arm64-busybox": ("busybox-static:arm64", "arm64", "bin/busybox"),
     # Debian's shim embeds the Debian Secure Boot CA (its .vendor_cert section) that signs the
     # kernels' signing certificate
     "amd64-shim": ("shim-signed", None, "usr/lib/shim/shimx64.efi.signed"),
@@ -65,11 +70,12 @@ def fetch(name: str) -> Path:
         # a mirror mid-sync can fail one index (e.g. security) and still serve the package
         subprocess.run(["apt-get", *opts, "update", "-qq"], check=False, cwd=work,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    debs = sorted(work.glob(f"{package}_*.deb"))
+    pattern = f"{package.split(':')[0]}_*_{arch or '*'}.deb"
+    debs = sorted(work.glob(pattern))
     if not debs:
         subprocess.run(["apt-get", *opts, "download", package], check=True, cwd=work,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        debs = sorted(work.glob(f"{package}_*.deb"))
+        debs = sorted(work.glob(pattern))
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)], check=True)
