@@ -116,6 +116,7 @@ def test_build_kernel_says_what_each_arch_takes(capsys: pytest.CaptureFixture[st
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = next(p for p in _command(("build",)).params if "--kernel" in p.opts)
     assert kernel.help == ("The kernel to load: ppc64le/ppc64 take the ELF vmlinux, x86_64 "
-                           "the bzImage (/boot/vmlinuz).")
+                           "the bzImage (/boot/vmlinuz), arm64 the Image (PE-wrapped or not; "
+                           "not an EFI zboot, which 7.2's loader refuses).")
     text = _help(("build",), capsys, monkeypatch)
-    assert "<ppc64le|ppc64|x86_64>" in text
+    assert "<ppc64le|ppc64|x86_64|arm64>" in text

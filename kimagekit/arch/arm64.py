@@ -32,6 +32,7 @@ from kimagekit.segments import (
     Target,
     add_buffer,
     align_down,
+    align_up,
 )
 
 __all__ = [
@@ -134,6 +135,12 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
     sl = SegmentList(target)
     sl, ho = add_ima_buffer(sl, handover, handover_size, policy)
     memsz = hdr.image_size + hdr.text_offset  # kexec_image.c:83-88
+    if len(kernel) > align_up(memsz, target.page_size) - hdr.text_offset:
+        # placed first, then refused by sanity_check_segment_list once all are added
+        raise RuleError(f"the file ({len(kernel):#x} bytes) is longer than image_size "
+                        f"({hdr.image_size:#x}) rounded to the page: sanity_check_segment_list "
+                        "refuses bufsz > memsz (kexec_core.c:171)", fmt=FMT, field="image_size",
+                        offset=0x10)
     buf_min, why = 0, None
     while True:  # kexec_image.c:97-113: the next hole up until the other segments fit
         try:
@@ -158,11 +165,6 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
     seg = sl_all.segments[k]
     # kexec_image.c:121-123: the segment starts text_offset in; the entry is its start
     seg = replace(seg, mem=seg.mem + hdr.text_offset, memsz=seg.memsz - hdr.text_offset)
-    if seg.bufsz > seg.memsz:
-        raise RuleError(f"the file ({seg.bufsz:#x} bytes) is longer than image_size "
-                        f"({hdr.image_size:#x}) rounded to the page: sanity_check_segment_list "
-                        "refuses bufsz > memsz (kexec_core.c:171)", fmt=FMT, field="image_size",
-                        offset=0x10)
     sl_all = replace(sl_all, segments=(*sl_all.segments[:k], seg, *sl_all.segments[k + 1:]))
     return seal(sl_all, policy, entry=seg.mem, cmdline=cmdline.encode(),
                 handover_style=handover_style)

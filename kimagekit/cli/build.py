@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         kernel: Path = typer.Option(
             ..., "--kernel", metavar="KERNEL", help="The kernel to load: ppc64le/ppc64 take "
             "the ELF vmlinux, x86_64 the bzImage (/boot/vmlinuz), arm64 the Image (PE-wrapped "
-            "or not; an EFI zboot is refused, as 7.2's loader refuses it)."),
+            "or not; not an EFI zboot, which 7.2's loader refuses)."),
         dtb: Path | None = typer.Option(
             None, "--dtb", metavar="DTB", help="ppc64, arm64: the running system's tree (.dtb "
             "or .dts): RAM, reservations, and the /chosen the next kernel gets."),
