@@ -43,6 +43,10 @@ PACKAGES = {
 }
 
 
+# folders of an unpacked package nothing reads (the arm64 kernel's 340 MB of modules)
+TRIM = {"arm64-vmlinuz": ("lib", "usr")}
+
+
 def cache_dir() -> Path:
     env = os.environ.get("KIMAGEKIT_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "kimagekit"
@@ -79,6 +83,8 @@ def fetch(name: str) -> Path:
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)], check=True)
+    for folder in TRIM.get(name, ()):
+        shutil.rmtree(tmp / folder, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     if not target.exists():
