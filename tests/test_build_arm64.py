@@ -10,7 +10,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import debian_artifact
 from kernel_helpers import kgen
+from sig_helpers import make_pki
 
 from kimagekit.arch import arm64
 from kimagekit.arch.common import NO_PURGATORY_NOTE
@@ -237,3 +239,41 @@ def test_header_struct_matches_the_kernels() -> None:
     h = arm64.probe(k)
     assert (h.text_offset, h.image_size, h.page_size, h.phys_anywhere) == (0x80000, 0x2000,
                                                                            4096, True)
+
+
+def test_debian_arm64_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Debian's arm64 vmlinuz is a signed PE-wrapped Image (not a zboot): text_offset 0,
+    image_size 0x2010000, 4 KiB pages, placed anywhere; kexec_image.c:135 checks its PE
+    signature (KEXEC_IMAGE_VERIFY_SIG): it chains to Debian's CA as shim embeds it."""
+    from test_signatures import _debian_ca
+
+    vmlinuz = debian_artifact("arm64-vmlinuz")
+    h = arm64.probe(vmlinuz.read_bytes()[:64])
+    assert (h.text_offset, h.image_size, h.page_size, h.phys_anywhere) == (0, 0x2010000, 4096,
+                                                                           True)
+    out = tmp_path / "kexec.img"
+    args = ["build", "--arch", "arm64", "--kernel", str(vmlinuz), "--dtb", str(_dts(tmp_path)),
+            "--cmdline", "console=ttyAMA0", "-o", str(out), "--require-signature"]
+    assert main([*args, str(_debian_ca(tmp_path))]) == 0
+    text = capsys.readouterr().out
+    assert f" 0 kernel              0x40000000  0x2010000 {vmlinuz.stat().st_size:#10x} yes" \
+        in text
+    assert " 1 dtb                 0x7fe00000     0x1000" in text
+    (tmp_path / "pki").mkdir()
+    other = make_pki(tmp_path / "pki").other
+    out.unlink()
+    assert main([*args, str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"kimagekit: error: {vmlinuz}: kexec-sig: kernel: signature not verified "
+        "(KEXEC_SIG_FORCE would refuse it): no certificate of the chain is among the given "
+        "certificates, nor its issuer\n")
+    assert not out.exists()
+
+
+def test_unsigned_image_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    k = tmp_path / "Image"
+    k.write_bytes(kgen.make_arm64_image(size=0x3000, text_offset=0, pe=True))
+    assert main(["build", "--arch", "arm64", "--kernel", str(k), "--dtb", str(_dts(tmp_path)),
+                 "-o", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "a KEXEC_SIG_FORCE kernel refuses it" in err

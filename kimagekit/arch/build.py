@@ -101,6 +101,7 @@ class Arm64BuildResult:
     dtb: int  # the tree's address, handed to the kernel in x0
     digest: str  # kimagekit's own: no purgatory checks it on arm64
     handover_entries: int | None
+    signature_warning: str | None = None  # unsigned or digest mismatch, without --require
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
                 page_size: int = ARM64_PAGE_SIZE,
                 profile: LoaderProfile | None = None) -> Built:
     """The arm64 Image loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS);
-    ``page_size`` is the loading kernel's. No purgatory: one given is refused."""
+    ``page_size`` is the loading kernel's. No purgatory: one given is refused. The PE-wrapped
+    Image's signature is checked as for x86_64 (``inputs.require_signature``)."""
     prof = profile if profile is not None else resolve()
     check_output(inputs.output, (*_inputs(inputs), dtb), stdout=False)
     why = check_page_size(page_size)
@@ -167,8 +169,8 @@ def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
     if inputs.purgatory is not None:
         raise UsageError("arm64 loads no purgatory (the kernel's relocation code enters the "
                          "next kernel directly): --purgatory is not taken")
-    if inputs.require_signature is not None:
-        raise UsageError("--require-signature is an x86_64 option")
+    # kexec_image.c:135: the Image's PE signature (CONFIG_KEXEC_IMAGE_VERIFY_SIG)
+    sig_warning = check_kernel_signature(inputs.kernel, inputs.require_signature)
     ho, entries, ho_size = _handover(inputs, "<", page_size, prof.ima_extra_memory)
     with input_named(dtb):
         tree = load_tree(dtb)
@@ -185,7 +187,8 @@ def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
     dt = info.segment(Role.DTB)
     assert dt is not None
     return Built(Arm64BuildResult(str(inputs.output), "arm64", page_size, inputs.policy.value,
-                                  info.entry, dt.mem, digest, entries), info, warnings)
+                                  info.entry, dt.mem, digest, entries, sig_warning), info,
+                 warnings)
 
 
 def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,

@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Write a hand-over the next kernel "
                                    "would refuse."),
         require_signature: Path | None = typer.Option(
-            None, "--require-signature", metavar="CERT|DIR", help="x86_64: refuse a kernel "
+            None, "--require-signature", metavar="CERT|DIR", help="x86_64, arm64: refuse a kernel "
             "whose signature does not chain to this certificate (or a directory of them), as "
             "KEXEC_SIG_FORCE does."),
         svg: Path | None = typer.Option(None, "--svg", metavar="FILE", help="Also write the "
@@ -205,7 +205,8 @@ def register(app: typer.Typer) -> None:
                                     handover_style=HandoverStyle(handover_style.value),
                                     page_size=page, profile=profile,
                                     no_purgatory=no_purgatory)
-        if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
+        if isinstance(built.result, X86BuildResult | Arm64BuildResult) \
+                and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:
             warn(f"warning: {output}: {w}")
