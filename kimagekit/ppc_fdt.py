@@ -21,7 +21,8 @@ from kimagekit.errors import RuleError, UsageError
 __all__ = [
     "BOOTED_FROM_KEXEC", "CHOSEN", "ELFCOREHDR", "IMA_BUFFER", "INITRD_END", "INITRD_START",
     "SEED_END", "SEED_START", "STYLES", "USABLE_MEMORY", "Handover", "Range", "check_buffer",
-    "chosen_items", "ensure_chosen", "get_bootargs", "get_elfcorehdr", "get_handover",
+    "chosen_items", "encode_ranges", "ensure_chosen", "get_bootargs", "get_elfcorehdr",
+    "get_handover",
     "get_initrd", "get_kaslr_seed", "get_rng_seed", "get_usable_memory", "handovers", "ram_ranges",
     "remove_bootargs", "remove_elfcorehdr", "remove_handover", "remove_initrd",
     "remove_kaslr_seed", "remove_rng_seed", "remove_usable_memory", "reserved_ranges",
@@ -96,7 +97,8 @@ def _read_ranges(raw: bytes, ac: int, sc: int, source: str) -> list[Range]:
     return out
 
 
-def _encode_ranges(tree: DeviceTree, ranges: list[tuple[int, int]], name: str) -> bytes:
+def encode_ranges(tree: DeviceTree, ranges: list[tuple[int, int]], name: str) -> bytes:
+    """(address, size) pairs in the root's cells, as ``fdt_appendprop_addrrange`` writes them."""
     ac, sc = root_cells(tree)
     if not (1 <= ac <= 2 and 0 <= sc <= 2):  # libfdt's fdt_appendprop_addrrange limits
         raise _err(f"root #address-cells {ac} / #size-cells {sc} cannot hold {name}")
@@ -269,7 +271,7 @@ def set_handover(tree: DeviceTree, start: int, size: int, style: str = "seed",
     ensure_chosen(tree)
     remove_handover(tree, style)
     if style == "ima":
-        tree.set(CHOSEN, IMA_BUFFER, _encode_ranges(tree, [(start, size)], IMA_BUFFER))
+        tree.set(CHOSEN, IMA_BUFFER, encode_ranges(tree, [(start, size)], IMA_BUFFER))
     else:
         tree.set(CHOSEN, SEED_START, _U64.pack(start))
         tree.set(CHOSEN, SEED_END, _U64.pack(start + size))
@@ -348,7 +350,7 @@ def get_elfcorehdr(tree: DeviceTree) -> Range | None:
 def set_elfcorehdr(tree: DeviceTree, start: int, size: int) -> Range:
     ensure_chosen(tree)
     remove_elfcorehdr(tree)
-    tree.set(CHOSEN, ELFCOREHDR, _encode_ranges(tree, [(start, size)], ELFCOREHDR))
+    tree.set(CHOSEN, ELFCOREHDR, encode_ranges(tree, [(start, size)], ELFCOREHDR))
     tree.add_reservation(start, size)
     return Range(start, size, ELFCOREHDR)
 
@@ -373,7 +375,7 @@ def set_usable_memory(tree: DeviceTree, ranges: list[tuple[int, int]]) -> None:
     """Crash kernels: the crash region, then the low one if any. No reservation goes with it."""
     ensure_chosen(tree)
     tree.delete(CHOSEN, USABLE_MEMORY)
-    tree.set(CHOSEN, USABLE_MEMORY, _encode_ranges(tree, ranges, USABLE_MEMORY))
+    tree.set(CHOSEN, USABLE_MEMORY, encode_ranges(tree, ranges, USABLE_MEMORY))
 
 
 def remove_usable_memory(tree: DeviceTree) -> bool:

@@ -8,7 +8,7 @@ powerpc hole search walks around.
 
 from __future__ import annotations
 
-from kimagekit import ppc_fdt
+from kimagekit import of_kexec, ppc_fdt
 from kimagekit.arch.ppc64 import DtHook, DtRequest
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import RuleError
@@ -40,49 +40,11 @@ def target_from_tree(tree: DeviceTree, arch: str, page_size: int = PPC64_PAGE_SI
 
 
 def setup_chosen(tree: DeviceTree, req: DtRequest, page_size: int = PPC64_PAGE_SIZE) -> None:
-    """Edit ``/chosen`` as the 6.1 loading kernel does for a normal (not crash) kexec, in its
-    order and with libfdt's placement (a property set again keeps its place; a deleted name stays
-    in the strings block)."""
-    tree.keep_deleted_names = True
-    # Not modelled: the kernel drops the reservation of the running tree at its own physical
-    # address (unknown offline), and pads a written value with stale bytes where kimagekit
-    # writes zeros.
-    ppc_fdt.ensure_chosen(tree)
-    # A crash kernel's items never carry over; the kernel drops the properties only, not the
-    # reservation the elfcorehdr had.
-    tree.delete(ppc_fdt.CHOSEN, ppc_fdt.ELFCOREHDR)
-    tree.delete(ppc_fdt.CHOSEN, ppc_fdt.USABLE_MEMORY)
-    # The running kernel's initrd: its reservation goes (exact, else page-rounded); the
-    # properties are rewritten in place or deleted below.
-    has_start = tree.get(ppc_fdt.CHOSEN, ppc_fdt.INITRD_START) is not None
-    if has_start and tree.get(ppc_fdt.CHOSEN, ppc_fdt.INITRD_END) is None:
-        raise RuleError(f"/chosen has {ppc_fdt.INITRD_START} without {ppc_fdt.INITRD_END}: the "
-                        "kernel refuses to set up the new tree", fmt="dtb", field="chosen")
-    old = ppc_fdt.get_initrd(tree)
-    if old is not None and not tree.remove_reservation(old.start, old.size):
-        tree.remove_reservation(old.start, -(-old.size // page_size) * page_size)
-    if req.initrd is not None:
-        start, size = req.initrd
-        tree.set(ppc_fdt.CHOSEN, ppc_fdt.INITRD_START, start.to_bytes(8, "big"))
-        tree.set(ppc_fdt.CHOSEN, ppc_fdt.INITRD_END, (start + size).to_bytes(8, "big"))
-        tree.add_reservation(start, size)
-    else:
-        tree.delete(ppc_fdt.CHOSEN, ppc_fdt.INITRD_START)
-        tree.delete(ppc_fdt.CHOSEN, ppc_fdt.INITRD_END)
-    # The kernel sets bootargs from the new command line, or deletes them when it is empty.
-    if req.cmdline:
-        ppc_fdt.set_bootargs(tree, req.cmdline)
-    else:
-        ppc_fdt.remove_bootargs(tree)
-    # The kernel always deletes kaslr-seed and writes fresh random kaslr-seed and rng-seed; an
-    # offline tool must not invent random bytes: the stale ones go, nothing replaces them.
-    ppc_fdt.remove_kaslr_seed(tree)
-    ppc_fdt.remove_rng_seed(tree)
-    tree.set(ppc_fdt.CHOSEN, ppc_fdt.BOOTED_FROM_KEXEC, b"")
-    # Stale hand-overs of either style go with their reservations before the new one is added.
-    ppc_fdt.remove_handover(tree)
-    if req.handover is not None:
-        ppc_fdt.set_handover(tree, *req.handover, style=req.handover_style.value)
+    """Edit ``/chosen`` as the loading kernel does for a normal (not crash) kexec, through
+    :func:`kimagekit.of_kexec.setup_chosen` (an empty command line counts as none)."""
+    of_kexec.setup_chosen(tree, of_kexec.FdtRequest(
+        initrd=req.initrd, cmdline=req.cmdline or None, handover=req.handover,
+        handover_style=req.handover_style), of_kexec.ArchFdt(page_size))
 
 
 def chosen_hook(page_size: int = PPC64_PAGE_SIZE) -> DtHook:
