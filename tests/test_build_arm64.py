@@ -14,12 +14,15 @@ from conftest import debian_artifact
 from kernel_helpers import kgen
 from sig_helpers import make_pki
 
+from kimagekit import of_kexec
 from kimagekit.arch import arm64
 from kimagekit.arch.common import NO_PURGATORY_NOTE
 from kimagekit.arch.ppc64 import DtHook, DtRequest
 from kimagekit.cli import main
+from kimagekit.devicetree import DeviceTree
+from kimagekit.dtb_file import load_tree
 from kimagekit.errors import ParseError, RuleError
-from kimagekit.image import ARCHES, verify
+from kimagekit.image import ARCHES, content, open_image, verify
 from kimagekit.segments import MemRange, Role, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,3 +280,49 @@ def test_unsigned_image_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                  "-o", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "a KEXEC_SIG_FORCE kernel refuses it" in err
+
+
+def test_tree_is_of_kexecs_and_packed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """machine_kexec_file.c:166-175: of_kexec_alloc_and_setup_fdt (extra size 0), then
+    fdt_pack; the IMA hand-over announced in the root's cells with its exact reservation
+    (drivers/of/kexec.c:516-517). No random bytes offline: both seeds omitted, and said."""
+    k = tmp_path / "Image"
+    k.write_bytes(kgen.make_arm64_image(size=0x3000, text_offset=0))
+    rd = tmp_path / "rd"
+    rd.write_bytes(b"r" * 100)
+    dts = _dts(tmp_path)
+    out = tmp_path / "kexec.img"
+    assert main(["build", "--arch", "arm64", "--kernel", str(k), "--dtb", str(dts), "--initrd",
+                 str(rd), "--cmdline", "console=ttyAMA0", "--ima",
+                 str(ROOT / "testdata/ima/small-le.kexec"), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.endswith("note: kaslr-seed and rng-seed omitted (no random bytes offline), as "
+                         "a kernel whose RNG is not initialised omits them\n"
+                         "note: the running tree's own reservation is kept: its physical "
+                         "address (initial_boot_params_pa) was not given\n")
+    with open_image(out) as (info, view):
+        dt = info.segment(Role.DTB)
+        assert dt is not None
+        got = bytes(content(view, dt))
+    want = of_kexec.setup_fdt(load_tree(dts).build(), of_kexec.FdtRequest(
+        initrd=(0x40003000, 100), cmdline="console=ttyAMA0", handover=(0x7FFFF000, 0x1000)),
+        of_kexec.ArchFdt(4096)).blob
+    assert got == want
+    tree = DeviceTree.parse(got)
+    assert tree.get("/chosen", "linux,ima-kexec-buffer") == struct.pack(">4I", 0, 0x7FFFF000,
+                                                                         0, 0x1000)
+    assert [(r.address, r.size) for r in tree.reservations] == [(0x40003000, 100),
+                                                                 (0x7FFFF000, 0x1000)]
+    assert len(got) == tree.header(pack=True).totalsize  # packed
+
+
+def test_seeds_are_inputs(tmp_path: Path) -> None:
+    """drivers/of/kexec.c:480-510: with an initialised RNG the kernel writes kaslr-seed (u64)
+    and 128 bytes of rng-seed; offline they are given, never drawn."""
+    seeds = of_kexec.Seeds(0x1122334455667788, bytes(range(128)))
+    img = arm64.build(Target("arm64", 4096, RAM_1G), kgen.make_arm64_image(),
+                      load_tree(_dts(tmp_path)).build(),
+                      arm64.chosen_hook(4096, seeds=seeds))
+    dt = DeviceTree.parse(bytes(img.segments.segments[-1].content))
+    assert dt.get("/chosen", "kaslr-seed") == bytes.fromhex("1122334455667788")
+    assert dt.get("/chosen", "rng-seed") == bytes(range(128))

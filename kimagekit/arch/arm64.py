@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from kimagekit import of_kexec
 from kimagekit.arch.common import add_ima_buffer
 from kimagekit.arch.ppc64 import DtHook, DtRequest
 from kimagekit.errors import ParseError, RuleError
@@ -37,7 +38,7 @@ from kimagekit.segments import (
 
 __all__ = [
     "DTB_ALIGN", "FMT", "INITRD_WINDOW", "MIN_KIMG_ALIGN", "ZBOOT_REFUSED", "Arm64Header",
-    "build", "probe",
+    "build", "chosen_hook", "probe",
 ]
 
 FMT = "arm64-image"
@@ -48,6 +49,26 @@ ZBOOT_REFUSED = ("an EFI zboot image (compressed Image inside a PE file): 7.2's 
                  "kexec_file loader probes only the ARM\\x64 magic at 0x38 (kexec_image.c:30) "
                  "and has no zboot path, so the kernel refuses it (-ENOEXEC); kexec-tools "
                  "unwraps it in user space: give the decompressed Image")
+
+
+def chosen_hook(page_size: int, notes: list[str] | None = None, *,
+                seeds: of_kexec.Seeds | None = None) -> DtHook:
+    """The new tree as machine_kexec_file.c:166-175 makes it: ``of_kexec_alloc_and_setup_fdt``
+    with no extra size (arm64 passes 0), then packed. ``seeds``: the ``kaslr-seed`` and
+    ``rng-seed`` a kernel with an initialised RNG writes (random there; offline they are inputs,
+    and without them both are omitted, as a kernel whose RNG is not ready omits them); what is
+    not modelled is appended to ``notes``."""
+    arch = of_kexec.ArchFdt(page_size, pack=True, extra_size=0)
+
+    def hook(req: DtRequest) -> bytes:
+        new = of_kexec.setup_fdt(req.dtb, of_kexec.FdtRequest(
+            initrd=req.initrd, cmdline=req.cmdline or None, handover=req.handover,
+            handover_style=req.handover_style, seeds=seeds), arch)
+        if notes is not None:
+            notes.extend(n for n in new.notes if n not in notes)
+        return new.blob
+
+    return hook
 
 
 @dataclass(frozen=True)

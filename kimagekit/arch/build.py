@@ -9,7 +9,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kimagekit import ima_kexec, ima_log, kernels
+from kimagekit import ima_kexec, ima_log, kernels, of_kexec
 from kimagekit.arch import arm64, ppc64, ppc64_dt, x86_64
 from kimagekit.dtb_file import load_tree
 from kimagekit.errors import KimageError, ParseError, UsageError, about_file, input_named
@@ -102,6 +102,7 @@ class Arm64BuildResult:
     digest: str  # kimagekit's own: no purgatory checks it on arm64
     handover_entries: int | None
     signature_warning: str | None = None  # unsigned or digest mismatch, without --require
+    notes: tuple[str, ...] = ()  # what the new tree leaves out offline (the seeds)
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,12 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
 def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
                 handover_style: HandoverStyle = HandoverStyle.IMA,
                 page_size: int = ARM64_PAGE_SIZE,
-                profile: LoaderProfile | None = None) -> Built:
+                profile: LoaderProfile | None = None,
+                seeds: of_kexec.Seeds | None = None) -> Built:
     """The arm64 Image loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS);
     ``page_size`` is the loading kernel's. No purgatory: one given is refused. The PE-wrapped
-    Image's signature is checked as for x86_64 (``inputs.require_signature``)."""
+    Image's signature is checked as for x86_64 (``inputs.require_signature``). ``seeds``: the
+    tree's ``kaslr-seed`` and ``rng-seed`` (omitted without them: nothing random is invented)."""
     prof = profile if profile is not None else resolve()
     check_output(inputs.output, (*_inputs(inputs), dtb), stdout=False)
     why = check_page_size(page_size)
@@ -177,8 +180,11 @@ def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
         target = ppc64_dt.target_from_tree(tree, "arm64", page_size)
     rd = _initrd(inputs.initrd)
 
+    notes: list[str] = []
+
     def compose(kernel: memoryview) -> KexecImage:
-        return arm64.build(target, kernel, tree.build(), ppc64_dt.chosen_hook(page_size),
+        return arm64.build(target, kernel, tree.build(),
+                           arm64.chosen_hook(page_size, notes, seeds=seeds),
                            initrd=rd, handover=ho, handover_size=ho_size,
                            handover_style=handover_style, cmdline=inputs.cmdline,
                            policy=inputs.policy)
@@ -187,8 +193,8 @@ def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
     dt = info.segment(Role.DTB)
     assert dt is not None
     return Built(Arm64BuildResult(str(inputs.output), "arm64", page_size, inputs.policy.value,
-                                  info.entry, dt.mem, digest, entries, sig_warning), info,
-                 warnings)
+                                  info.entry, dt.mem, digest, entries, sig_warning,
+                                  tuple(notes)), info, warnings)
 
 
 def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,

@@ -219,6 +219,9 @@ def register(app: typer.Typer) -> None:
         for line in [*ls_lines(built.image), "", *map_lines(memory)]:
             out(line)
         out(_summary_line(built))
+        if isinstance(built.result, Arm64BuildResult):
+            for note in built.result.notes:
+                out(f"note: {note}")
 
 
 def _arm64(inputs: BuildInputs, *, dtb: Path | None, no_purgatory: bool,
