@@ -6,6 +6,7 @@ The tree hook used here returns fixed bytes: these tests are about where segment
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from kimagekit.arch.ppc64 import DtHook, DtRequest
 from kimagekit.cli import main
 from kimagekit.devicetree import DeviceTree
 from kimagekit.dtb_file import load_tree
-from kimagekit.errors import ParseError, RuleError
+from kimagekit.errors import ParseError, Refused, RuleError
 from kimagekit.image import ARCHES, content, open_image, verify
+from kimagekit.kexec_load import check_target
 from kimagekit.segments import MemRange, Role, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,3 +328,20 @@ def test_seeds_are_inputs(tmp_path: Path) -> None:
     dt = DeviceTree.parse(bytes(img.segments.segments[-1].content))
     assert dt.get("/chosen", "kaslr-seed") == bytes.fromhex("1122334455667788")
     assert dt.get("/chosen", "rng-seed") == bytes(range(128))
+
+
+def test_load_takes_an_arm64_image_on_aarch64(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """uname -m says aarch64 where the image says arm64: kexec_load is number 104 there (the
+    generic unistd.h); any other machine is refused."""
+    k = tmp_path / "Image"
+    k.write_bytes(kgen.make_arm64_image(size=0x3000, text_offset=0))
+    out = tmp_path / "kexec.img"
+    assert main(["build", "--arch", "arm64", "--kernel", str(k), "--dtb", str(_dts(tmp_path)),
+                 "--json", "-o", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)["result"]
+    assert (result["entry"], result["dtb"]) == (0x40000000, 0x7FE00000)
+    with open_image(out) as (info, _):
+        assert check_target(info, "aarch64") == 104
+        with pytest.raises(Refused, match="the image is for arm64 but this system is x86_64"):
+            check_target(info, "x86_64")
