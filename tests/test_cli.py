@@ -28,8 +28,8 @@ SMALL = ROOT / "testdata" / "ima" / "small-le.bin"
      "Missing option '--kernel'. (see 'kimagekit build --help')"),
     (["ls"], "Missing argument 'IMAGE'. (see 'kimagekit ls --help')"),
     # click's multi-line "Choose from:" list, on one line
-    (["build"], "Missing option '--arch'. Choose from: ppc64le, ppc64, x86_64 (see 'kimagekit "
-     "build --help')"),
+    (["build"], "Missing option '--arch'. Choose from: ppc64le, ppc64, x86_64, arm64 (see "
+     "'kimagekit build --help')"),
     (["ls", "a", "b"], "Got unexpected extra argument(s) (b) (see 'kimagekit ls --help')"),
     (["inspect", "--json=\x1b"],
      "Option '--json' does not take a value."),  # click gives no command here
