@@ -4,8 +4,10 @@ tests and benchmarks use (never committed).
 
     python scripts/fetch_artifacts.py            # all, into $KIMAGEKIT_CACHE or ~/.cache/kimagekit
 
-Each package is fetched once with ``apt-get download`` (the ppc64el one through a private APT
-state for that architecture) and unpacked with ``dpkg-deb -x``; later runs reuse the cache.
+Each package is fetched once with ``apt-get download`` (the ppc64el and arm64 ones through a
+private APT state for that architecture; ``PACKAGE:ARCH`` keeps a package of another
+architecture apart from the host's) and unpacked with ``dpkg-deb -x``; later runs reuse the
+cache. The arm64 kernel and ``busybox-static:arm64`` are for the QEMU virt test.
 Also dtc's source (``dtc-src``: its ``tests/*.dts`` are the DTS reader's acceptance corpus),
 from the Debian source package ``device-tree-compiler`` through a private deb-src list, unpacked
 into ``dtc-src-VERSION``.
