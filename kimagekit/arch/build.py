@@ -115,10 +115,13 @@ class Built:
 def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
                 handover_style: HandoverStyle = HandoverStyle.SEED,
                 page_size: int = ppc64_dt.PPC64_PAGE_SIZE,
-                profile: LoaderProfile | None = None, no_purgatory: bool = False) -> Built:
+                profile: LoaderProfile | None = None, no_purgatory: bool = False,
+                running_tree: bool = False) -> Built:
     """The powerpc ELF loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS).
     ``profile``: the loading kernel (its IMA spare room; the page size is ``page_size``).
-    ``no_purgatory``: an image for inspection only (the kernel always loads a purgatory)."""
+    ``no_purgatory``: an image for inspection only (the kernel always loads a purgatory).
+    ``running_tree``: ``dtb`` is the running kernel's (/sys/firmware/fdt): the new tree is
+    also edited as ``setup_new_fdt_ppc64`` does (else a firmware dump: ``/chosen`` only)."""
     prof = profile if profile is not None else resolve()
     if arch not in PPC_ARCHES:
         raise UsageError(f"{arch!r} is not one of {', '.join(PPC_ARCHES)}", fmt=ppc64.FMT,
@@ -143,7 +146,8 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     rd = _initrd(inputs.initrd)
 
     def compose(kernel: memoryview) -> KexecImage:
-        return ppc64.build(target, kernel, tree.build(), ppc64_dt.chosen_hook(page_size),
+        return ppc64.build(target, kernel, tree.build(),
+                           ppc64_dt.chosen_hook(page_size, running_tree),
                            initrd=rd, handover=ho, handover_size=ho_size,
                            handover_style=handover_style, cmdline=inputs.cmdline,
                            purgatory=purg, policy=inputs.policy, no_purgatory=no_purgatory,

@@ -9,6 +9,7 @@ powerpc hole search walks around.
 from __future__ import annotations
 
 from kimagekit import of_kexec, ppc_fdt
+from kimagekit.arch import ppc64_fdt
 from kimagekit.arch.ppc64 import DtHook, DtRequest
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import RuleError
@@ -47,14 +48,26 @@ def setup_chosen(tree: DeviceTree, req: DtRequest, page_size: int = PPC64_PAGE_S
         handover_style=req.handover_style), of_kexec.ArchFdt(page_size))
 
 
-def chosen_hook(page_size: int = PPC64_PAGE_SIZE) -> DtHook:
-    """The hook :func:`kimagekit.arch.ppc64.build` calls once the other segments are placed; the
-    result is packed, as the kernel packs the tree (``fdt_pack``) before adding it."""
+def chosen_hook(page_size: int = PPC64_PAGE_SIZE, running: bool = False) -> DtHook:
+    """The hook :func:`kimagekit.arch.ppc64.build` calls once the other segments are placed:
+    ``of_kexec_alloc_and_setup_fdt``, then, for a ``running`` kernel's tree,
+    ``setup_new_fdt_ppc64`` (:mod:`kimagekit.arch.ppc64_fdt`), then ``fdt_pack``. A firmware
+    dump (``running`` False) gets the ``/chosen`` edit only: the ranges the running kernel
+    reserves are not in it."""
 
     def hook(req: DtRequest) -> bytes:
-        tree = DeviceTree.parse(req.dtb)
-        setup_chosen(tree, req, page_size)
-        return tree.build(pack=True)
+        rmem = ppc64_fdt.reserved_memory_ranges(DeviceTree.parse(req.dtb)) if running else ()
+
+        def arch_edit(tree: DeviceTree) -> None:
+            ppc64_fdt.setup_new_fdt_ppc64(tree, rmem)
+
+        fdt_req = of_kexec.FdtRequest(
+            initrd=req.initrd, cmdline=req.cmdline or None, handover=req.handover,
+            handover_style=req.handover_style, arch_edit=arch_edit if running else None)
+        # kexec_extra_fdt_size_ppc64 (file_load_64.c:647-671): the reserve entries; no CPU
+        # hotplugged since boot is visible offline, no PLPKS.
+        arch = of_kexec.ArchFdt(page_size, extra_size=ppc64_fdt.FDT_RESERVE_ENTRY * len(rmem))
+        return of_kexec.setup_fdt(req.dtb, fdt_req, arch).blob
 
     return hook
 

@@ -45,6 +45,11 @@ def _number(text: str | None, what: str) -> int | None:
     return value
 
 
+class DtbFrom(StrEnum):
+    FIRMWARE = "firmware"
+    RUNNING = "running"
+
+
 class Arch(StrEnum):
     PPC64LE = "ppc64le"
     PPC64 = "ppc64"
@@ -73,6 +78,12 @@ def register(app: typer.Typer) -> None:
         purgatory: Path | None = typer.Option(
             None, "--purgatory", metavar="FILE",
             help="Purgatory object (extract-purgatory writes one)."),
+        dtb_from: DtbFrom = typer.Option(
+            DtbFrom.FIRMWARE, "--dtb-from",
+            help="ppc64: what --dtb is. running: the running kernel's tree (/sys/firmware/fdt): "
+            "/cpus is rebuilt and its reserved ranges (RTAS, TCE, reserved-ranges) get "
+            "/memreserve/ entries, as setup_new_fdt_ppc64 does. firmware: a firmware or QEMU "
+            "dump, which lacks what the running kernel adds at boot: /chosen is edited only."),
         no_purgatory: bool = typer.Option(
             False, "--no-purgatory", help="ppc64: build without the purgatory the kernel always "
             "loads: an image for inspection only."),
@@ -160,6 +171,8 @@ def register(app: typer.Typer) -> None:
         if arch == "x86_64":
             if no_purgatory:
                 raise UsageError("--no-purgatory is a ppc64 option")
+            if dtb_from != DtbFrom.FIRMWARE:
+                raise UsageError("--dtb-from is a ppc64 option")
             if dtb is not None or handover is not None:
                 raise UsageError("x86_64 takes no --dtb or --handover (the hand-over is --ima)")
             size = _number(handover_size, "--handover-size")
@@ -174,6 +187,8 @@ def register(app: typer.Typer) -> None:
                                      profile=profile, force_dtb=force_dtb,
                                      five_level=five_level)
         elif arch == "arm64":
+            if dtb_from != DtbFrom.FIRMWARE:
+                raise UsageError("--dtb-from is a ppc64 option (arm64 edits only /chosen)")
             built = _arm64(inputs, dtb=dtb, no_purgatory=no_purgatory,
                            x86_only=(purgatory_from, mem, force_dtb, hole_search),
                            five_level=five_level, ima_kexec=ima_kexec, page_size=page_size,
@@ -204,7 +219,8 @@ def register(app: typer.Typer) -> None:
                                     arch=arch.value, dtb=dtb,
                                     handover_style=HandoverStyle(handover_style.value),
                                     page_size=page, profile=profile,
-                                    no_purgatory=no_purgatory)
+                                    no_purgatory=no_purgatory,
+                                    running_tree=dtb_from == DtbFrom.RUNNING)
         if isinstance(built.result, X86BuildResult | Arm64BuildResult) \
                 and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
