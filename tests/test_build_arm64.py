@@ -345,3 +345,25 @@ def test_load_takes_an_arm64_image_on_aarch64(tmp_path: Path,
         assert check_target(info, "aarch64") == 104
         with pytest.raises(Refused, match="the image is for arm64 but this system is x86_64"):
             check_target(info, "x86_64")
+
+
+@pytest.mark.parametrize(("kind", "data", "line"), [
+    ("Image", kgen.make_arm64_image(pe=True), "kexec_file (arm64 Image, 7.2): loadable"),
+    ("Image-be", kgen.make_arm64_image(flags=0b1011), "kexec_file (arm64 Image, 7.2): refused: "
+     "a big-endian Image: a little-endian loading kernel takes it only on a CPU with "
+     "mixed-endian support (kexec_image.c:62)"),
+    ("zboot", kgen.make_zboot(), f"kexec_file (arm64 Image, 7.2): refused: {arm64.ZBOOT_REFUSED}"),
+])
+def test_inspect_says_whether_the_loader_takes_it(
+        kind: str, data: bytes, line: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """kexec_image.c:22-72 as inspect reports it (text last line; JSON keys)."""
+    f = tmp_path / kind
+    f.write_bytes(data)
+    assert main(["inspect", str(f)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "  " + line
+    assert main(["inspect", str(f), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    loadable = line.endswith("loadable")
+    assert (summary["kexec_file_loadable"], summary["not_loadable_because"] is None) == (
+        loadable, loadable)
