@@ -367,3 +367,17 @@ def test_inspect_says_whether_the_loader_takes_it(
     loadable = line.endswith("loadable")
     assert (summary["kexec_file_loadable"], summary["not_loadable_because"] is None) == (
         loadable, loadable)
+
+
+def test_tree_over_2mib_is_refused_unless_forced() -> None:
+    """asm/boot.h:13 (MAX_FDT_SIZE SZ_2M) and mm/fixmap.c:166: the next kernel maps at most
+    2 MiB of tree and stops on a larger one; the loading kernel (machine_kexec_file.c:174-186)
+    does not check, so this is the next kernel's refusal, overridden by --force."""
+    big = b"\xd0\x0d\xfe\xed" + bytes(arm64.MAX_FDT_SIZE - 3)
+    target = Target("arm64", 4096, RAM_1G)
+    with pytest.raises(RuleError, match=r"the new tree is 2097153 bytes, more than the 2097152 "
+                       r"an arm64 kernel maps at boot"):
+        arm64.build(target, kgen.make_arm64_image(), b"", lambda req: big)
+    img = arm64.build(target, kgen.make_arm64_image(), b"", lambda req: big, force=True)
+    dt = img.segments.segments[-1]
+    assert (dt.mem, dt.memsz) == (0x7FC00000, 0x201000)

@@ -37,13 +37,15 @@ from kimagekit.segments import (
 )
 
 __all__ = [
-    "DTB_ALIGN", "FMT", "INITRD_WINDOW", "MIN_KIMG_ALIGN", "ZBOOT_REFUSED", "Arm64Header",
+    "DTB_ALIGN", "FMT", "INITRD_WINDOW", "MAX_FDT_SIZE", "MIN_KIMG_ALIGN", "ZBOOT_REFUSED",
+    "Arm64Header",
     "build", "chosen_hook", "probe",
 ]
 
 FMT = "arm64-image"
 MIN_KIMG_ALIGN = 2 << 20  # arch/arm64/include/asm/boot.h:18
 DTB_ALIGN = 2 << 20  # machine_kexec_file.c:182 (SZ_2M: the tree must not cross 2 MiB)
+MAX_FDT_SIZE = 2 << 20  # asm/boot.h:13: the most of its tree an arm64 kernel maps at boot
 INITRD_WINDOW = 32 << 30  # machine_kexec_file.c:152-153 (a 1 GiB-aligned window of 32 GiB)
 ZBOOT_REFUSED = ("an EFI zboot image (compressed Image inside a PE file): 7.2's arm64 "
                  "kexec_file loader probes only the ARM\\x64 magic at 0x38 (kexec_image.c:30) "
@@ -129,7 +131,7 @@ def probe(kernel: bytes | memoryview, *, mixed_endian: bool = False,
 
 def _other_segments(sl: SegmentList, kernel: Segment, dtb: bytes, dt_hook: DtHook,
                     initrd: bytes | memoryview | None, handover: tuple[int, int] | None,
-                    style: HandoverStyle, cmdline: str) -> SegmentList:
+                    style: HandoverStyle, cmdline: str, force: bool) -> SegmentList:
     """``load_other_segments``: the initrd and the tree, never below the kernel's end."""
     buf_min = kernel.mem + kernel.memsz  # machine_kexec_file.c:105
     rd = None
@@ -140,6 +142,12 @@ def _other_segments(sl: SegmentList, kernel: Segment, dtb: bytes, dt_hook: DtHoo
                                           buf_max=window))
         rd = (seg.mem, len(initrd))
     new = dt_hook(DtRequest(dtb, rd, handover, style, cmdline))  # :166, packed at :175
+    if len(new) > MAX_FDT_SIZE and not force:
+        # the loading kernel takes it; the next one cannot map it (fixmap.c:166) and stops
+        raise RuleError(f"the new tree is {len(new)} bytes, more than the {MAX_FDT_SIZE} an "
+                        "arm64 kernel maps at boot (asm/boot.h:13, mm/fixmap.c:166): the next "
+                        "kernel would not boot (--force builds it anyway)", fmt="dtb",
+                        field="totalsize")
     # machine_kexec_file.c:177-186: the same kbuf, so buf_min is still the kernel's end
     sl, _ = add_buffer(sl, KexecBuf(new, len(new), Role.DTB, buf_align=DTB_ALIGN,
                                     buf_min=buf_min, buf_max=U64_MAX, top_down=True))
@@ -149,9 +157,11 @@ def _other_segments(sl: SegmentList, kernel: Segment, dtb: bytes, dt_hook: DtHoo
 def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHook, *,
           initrd: bytes | memoryview | None = None, handover: bytes | None = None,
           handover_size: int | None = None, handover_style: HandoverStyle = HandoverStyle.IMA,
-          cmdline: str = "", policy: DigestPolicy = DigestPolicy.SEED) -> KexecImage:
+          cmdline: str = "", policy: DigestPolicy = DigestPolicy.SEED,
+          force: bool = False) -> KexecImage:
     """Compose and seal an arm64 image. ``target.page_size`` is the loading kernel's page size
-    (``kexec_add_buffer`` rounds with it); ``handover_size`` the hand-over's memsz."""
+    (``kexec_add_buffer`` rounds with it); ``handover_size`` the hand-over's memsz. ``force``:
+    build a tree the next kernel cannot map (over MAX_FDT_SIZE) anyway."""
     hdr = probe(kernel)
     sl = SegmentList(target)
     sl, ho = add_ima_buffer(sl, handover, handover_size, policy)
@@ -174,7 +184,7 @@ def build(target: Target, kernel: bytes | memoryview, dtb: bytes, dt_hook: DtHoo
                             field=err.field) from None
         try:
             sl_all = _other_segments(with_kernel, kseg, dtb, dt_hook, initrd, ho,
-                                     handover_style, cmdline)
+                                     handover_style, cmdline, force)
             break
         except RuleError as err:
             if err.fmt != PLACEMENT_FMT:

@@ -191,11 +191,14 @@ def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
                            arm64.chosen_hook(page_size, notes, seeds=seeds),
                            initrd=rd, handover=ho, handover_size=ho_size,
                            handover_style=handover_style, cmdline=inputs.cmdline,
-                           policy=inputs.policy)
+                           policy=inputs.policy, force=inputs.force)
 
     digest, info, warnings = _write_verified(inputs, compose, (arm64.FMT,))
     dt = info.segment(Role.DTB)
     assert dt is not None
+    if dt.bufsz > arm64.MAX_FDT_SIZE:
+        warnings += (f"written with --force: the tree is {dt.bufsz} bytes, more than the "
+                     f"{arm64.MAX_FDT_SIZE} an arm64 kernel maps at boot",)
     return Built(Arm64BuildResult(str(inputs.output), "arm64", page_size, inputs.policy.value,
                                   info.entry, dt.mem, digest, entries, sig_warning,
                                   tuple(notes)), info, warnings)
