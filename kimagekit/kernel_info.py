@@ -107,6 +107,9 @@ class Arm64Summary:
     phys_anywhere: bool
     pe: PeSummary | None
     banner: str | None
+    # 7.2's arm64 kexec_file Image loader (probe and load checks); None: not judged
+    kexec_file_loadable: bool | None = None
+    not_loadable_because: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class ZbootSummary:
     image: Arm64Summary | None
     pe: PeSummary | None
     signed: bool
+    kexec_file_loadable: bool = False  # 7.2's arm64 loader has no zboot path
+    not_loadable_because: str | None = None
 
 
 def pe_summary(p: PeInfo | None, data: bytes | memoryview | None = None) -> PeSummary | None:
@@ -184,16 +189,30 @@ def describe_vmlinux(path: Pathish) -> VmlinuxSummary:
 
 def describe_arm64(path: Pathish) -> Arm64Summary:
     with mapped(path) as view:
-        return arm64_summary(kernels.read_arm64_image(view), view)
+        summary = arm64_summary(kernels.read_arm64_image(view), view)
+        why = _arm64_refusal(view)
+    return replace(summary, kexec_file_loadable=why is None, not_loadable_because=why)
+
+
+def _arm64_refusal(data: bytes | memoryview) -> str | None:
+    """Why 7.2's arm64 kexec_file loader refuses the kernel (None: it takes it)."""
+    from kimagekit.arch import arm64  # the loader: not needed to describe other kernels
+
+    try:
+        arm64.probe(data)
+    except KimageError as err:
+        return err.message
+    return None
 
 
 def describe_zboot(path: Pathish) -> ZbootSummary:
     with mapped(path) as view:
         z = kernels.read_zboot(view, decompress=True)
         pe = pe_summary(z.pe, view)
+        why = _arm64_refusal(view)
     return ZbootSummary(z.size, z.comp_type, z.payload_offset, z.payload_size, z.compression,
                         z.decompressed_size, None if z.image is None else arm64_summary(z.image),
-                        pe, z.pe is not None and z.pe.signed)
+                        pe, z.pe is not None and z.pe.signed, why is None, why)
 
 
 def is_vmlinux(head: bytes) -> bool:

@@ -26,6 +26,7 @@ from kimagekit.image import ImageInfo, read_image, verify_bytes
 from kimagekit.input_files import open_input
 
 __all__ = ["CAP_SYS_BOOT", "KEXEC_ARCH_DEFAULT", "LINUX_REBOOT_CMD_KEXEC", "SYSCALL_KEXEC_LOAD",
+           "UNAME_MACHINE",
            "LinuxSystem", "LoadPlan", "LoadReport", "SyscallSegment", "System", "UnloadReport",
            "check_target", "explain", "load", "plan", "plan_info", "reboot", "unload"]
 
@@ -43,6 +44,9 @@ SYSCALL_KEXEC_LOAD: dict[str, int] = {
     "aarch64": 104,
     "riscv64": 104,
 }
+
+# an image's arch name -> uname -m where they differ
+UNAME_MACHINE = {"arm64": "aarch64"}
 
 NOTHING = "nothing loaded"
 
@@ -165,7 +169,7 @@ def _number_for(machine: str, op: str = "load") -> int:
 def check_target(info: ImageInfo, machine: str) -> int:
     """kexec_load's number on ``machine``, after the checks that need no hashing: the image's
     architecture is the running one, and its segments fit the call. Refused otherwise."""
-    if info.arch != machine:
+    if UNAME_MACHINE.get(info.arch, info.arch) != machine:
         raise _refused(f"the image is for {info.arch} but this system is {machine} (kexec_load "
                        "boots a kernel of the running architecture only)")
     number = _number_for(machine)

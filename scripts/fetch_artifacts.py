@@ -4,8 +4,10 @@ tests and benchmarks use (never committed).
 
     python scripts/fetch_artifacts.py            # all, into $KIMAGEKIT_CACHE or ~/.cache/kimagekit
 
-Each package is fetched once with ``apt-get download`` (the ppc64el one through a private APT
-state for that architecture) and unpacked with ``dpkg-deb -x``; later runs reuse the cache.
+Each package is fetched once with ``apt-get download`` (the ppc64el and arm64 ones through a
+private APT state for that architecture; ``PACKAGE:ARCH`` keeps a package of another
+architecture apart from the host's) and unpacked with ``dpkg-deb -x``; later runs reuse the
+cache. The arm64 kernel and ``busybox-static:arm64`` are for the QEMU virt test.
 Also dtc's source (``dtc-src``: its ``tests/*.dts`` are the DTS reader's acceptance corpus),
 from the Debian source package ``device-tree-compiler`` through a private deb-src list, unpacked
 into ``dtc-src-VERSION``.
@@ -32,6 +34,11 @@ PACKAGES = {
     "amd64-vmlinuz": (f"linux-image-{VERSION}-amd64", None, f"boot/vmlinuz-{VERSION}-amd64"),
     "ppc64le-vmlinux": (f"linux-image-{VERSION}-powerpc64le", "ppc64el",
                         f"boot/vmlinux-{VERSION}-powerpc64le"),
+    # the arm64 Image (an EFI application: PE header before the Image header); the QEMU virt
+    # test boots it, and its initramfs takes busybox from busybox-static:arm64
+    "arm64-vmlinuz": (f"linux-image-{VERSION}-arm64", "arm64", f"boot/vmlinuz-{VERSION}-arm64"),
+    # PACKAGE:ARCH keeps another architecture's package of that name apart (its own folder)
+    "arm64-busybox": ("busybox-static:arm64", "arm64", "bin/busybox"),
     # Debian's shim embeds the Debian Secure Boot CA (its .vendor_cert section) that signs the
     # kernels' signing certificate
     "amd64-shim": ("shim-signed", None, "usr/lib/shim/shimx64.efi.signed"),
@@ -39,6 +46,10 @@ PACKAGES = {
     # another architecture's package of that name apart (its own folder)
     "ppc64le-busybox": ("busybox-static:ppc64el", "ppc64el", "bin/busybox"),
 }
+
+
+# folders of an unpacked package nothing reads (the arm64 kernel's 340 MB of modules)
+TRIM = {"arm64-vmlinuz": ("lib", "usr")}
 
 
 def cache_dir() -> Path:
@@ -77,6 +88,8 @@ def fetch(name: str) -> Path:
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)], check=True)
+    for folder in TRIM.get(name, ()):
+        shutil.rmtree(tmp / folder, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     if not target.exists():

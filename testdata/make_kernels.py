@@ -185,11 +185,13 @@ def _wrap_pe(out: bytearray, signed: bool, machine: int = 0x8664) -> None:
         struct.pack_into("<II", out, opt + 112 + 4 * 8, cert_at, len(cert))
 
 
-def make_arm64_image(*, flags: int = 0b1010, size: int = 0x2000, pe: bool = False) -> bytes:
-    """An arm64 Image; with ``pe`` the EFI stub's MZ/PE32+ headers (the banner then moves past
-    them)."""
+def make_arm64_image(*, flags: int = 0b1010, size: int = 0x2000, pe: bool = False,
+                     text_offset: int = 0x80000, image_size: int | None = None) -> bytes:
+    """An arm64 Image of ``size`` bytes (``image_size`` in its header: default ``size``); with
+    ``pe`` the EFI stub's MZ/PE32+ headers (the banner then moves past them)."""
     img = bytearray(size)
-    struct.pack_into("<IIQQQ", img, 0, 0x14000000, 0, 0x80000, size, flags)
+    struct.pack_into("<IIQQQ", img, 0, 0x14000000, 0, text_offset,
+                     size if image_size is None else image_size, flags)
     img[0x38:0x3C] = b"ARM\x64"
     at = 0x400 if pe else 0x100
     img[at:at + len(BANNER) + 1] = BANNER + b"\0"

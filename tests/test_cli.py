@@ -28,7 +28,7 @@ SMALL = ROOT / "testdata" / "ima" / "small-le.bin"
      "Missing option '--kernel'. (see 'kimagekit build --help')"),
     (["ls"], "Missing argument 'IMAGE'. (see 'kimagekit ls --help')"),
     # click's multi-line "Choose from:" list, on one line
-    (["build"], "Missing option '--arch'. Choose from: ppc64le, ppc64, x86_64, riscv64 (see "
+    (["build"], "Missing option '--arch'. Choose from: ppc64le, ppc64, x86_64, arm64, riscv64 (see "
      "'kimagekit build --help')"),
     (["ls", "a", "b"], "Got unexpected extra argument(s) (b) (see 'kimagekit ls --help')"),
     (["inspect", "--json=\x1b"],

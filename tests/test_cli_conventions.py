@@ -115,8 +115,9 @@ def test_every_command_is_walked() -> None:
 def test_build_kernel_says_what_each_arch_takes(capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = next(p for p in _command(("build",)).params if "--kernel" in p.opts)
-    assert kernel.help == ("The kernel to load: ppc64le/ppc64 take the ELF vmlinux, riscv64 the "
-                           "ELF vmlinux or the Image (Debian's vmlinuz), x86_64 the bzImage "
-                           "(/boot/vmlinuz).")
+    assert kernel.help == ("The kernel to load: ppc64le/ppc64 take the ELF vmlinux, x86_64 "
+                           "the bzImage (/boot/vmlinuz), arm64 the Image (PE-wrapped or not; "
+                           "not an EFI zboot, which 7.2's loader refuses), riscv64 the ELF "
+                           "vmlinux or the Image (Debian's vmlinuz).")
     text = _help(("build",), capsys, monkeypatch)
-    assert "<ppc64le|ppc64|x86_64|riscv64>" in text
+    assert "<ppc64le|ppc64|x86_64|arm64|riscv64>" in text

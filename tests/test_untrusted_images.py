@@ -46,8 +46,8 @@ def _edit(path: Path, rel: int, fmt: str, value: object) -> int:
 
 # (descriptor offset, struct format, value, field, message); 5 segments, 2 symbols
 NOTE_EDITS = {
-    "arch-unknown": (16, "16s", b"sparc64", "note.arch", 16,
-                     "arch 'sparc64' is not one of x86_64, ppc64le, ppc64, riscv64"),
+    "arch-unknown": (16, "16s", b"mips", "note.arch", 16,
+                     "arch 'mips' is not one of x86_64, ppc64le, ppc64, arm64, riscv64"),
     "arch-other": (16, "16s", b"ppc64le", "note.arch", 16,
                    "arch ppc64le does not match the ELF header (e_machine 62, little-endian)"),
     "page-huge": (32, "<Q", 1 << 31, "note.page_size", 32,

@@ -9,8 +9,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from kimagekit import ima_kexec, ima_log, kernels
-from kimagekit.arch import ppc64, ppc64_crash, ppc64_dt, riscv64, x86_64
+from kimagekit import ima_kexec, ima_log, kernels, of_kexec
+from kimagekit.arch import arm64, ppc64, ppc64_crash, ppc64_dt, riscv64, x86_64
 from kimagekit.dtb_file import load_tree
 from kimagekit.errors import KimageError, ParseError, UsageError, about_file, input_named
 from kimagekit.fileio import check_output, mapped, read_input
@@ -34,14 +34,16 @@ from kimagekit.segments import DEFAULT_RAM, HoleSearch, MemRange, Role, Target
 from kimagekit.sig.kexec_sig import check_kernel_signature
 
 __all__ = [
-    "PPC_ARCHES", "X86_PAGE_SIZE", "BuildInputs", "Built", "Pathish", "Ppc64BuildResult",
-    "Riscv64BuildResult", "X86BuildResult", "build_ppc64", "build_riscv64", "build_x86_64",
-    "running_tree",
+    "ARM64_PAGE_SIZE", "PPC_ARCHES", "X86_PAGE_SIZE", "Arm64BuildResult", "BuildInputs", "Built",
+    "Pathish", "Ppc64BuildResult", "Riscv64BuildResult", "X86BuildResult", "build_arm64",
+    "build_ppc64", "build_riscv64", "build_x86_64", "running_tree",
 ]
 
 Pathish = str | os.PathLike[str]
 PPC_ARCHES = ("ppc64le", "ppc64")
 X86_PAGE_SIZE = 4096
+# Debian's arm64 kernels: CONFIG_ARM64_4K_PAGES=y (the loading kernel's PAGE_SIZE)
+ARM64_PAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,22 @@ class Riscv64BuildResult:
 
 
 @dataclass(frozen=True)
+class Arm64BuildResult:
+    output: str
+    arch: str
+    page_size: int  # the loading kernel's
+    policy: str
+    entry: int  # the kernel's (image->start: its segment's start after the text_offset shift)
+    dtb: int  # the tree's address, handed to the kernel in x0
+    digest: str  # kimagekit's own: no purgatory checks it on arm64
+    handover_entries: int | None
+    signature_warning: str | None = None  # unsigned or digest mismatch, without --require
+    notes: tuple[str, ...] = ()  # what the new tree leaves out offline (the seeds)
+
+
+@dataclass(frozen=True)
 class Built:
-    result: Ppc64BuildResult | X86BuildResult | Riscv64BuildResult
+    result: Ppc64BuildResult | X86BuildResult | Arm64BuildResult | Riscv64BuildResult
     image: ImageInfo  # the written image, re-read
     warnings: tuple[str, ...] = ()  # what --force wrote anyway
 
@@ -168,6 +184,51 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     digest, info, warnings = _write_verified(inputs, compose, (ppc64.FMT,), inputs.purgatory)
     return Built(Ppc64BuildResult(str(inputs.output), arch, page_size, inputs.policy.value,
                                   info.entry, digest, entries), info, warnings)
+
+
+def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
+                handover_style: HandoverStyle = HandoverStyle.IMA,
+                page_size: int = ARM64_PAGE_SIZE,
+                profile: LoaderProfile | None = None,
+                seeds: of_kexec.Seeds | None = None) -> Built:
+    """The arm64 Image loader: RAM, reservations and ``/chosen`` come from ``dtb`` (DTB or DTS);
+    ``page_size`` is the loading kernel's. No purgatory: one given is refused. The PE-wrapped
+    Image's signature is checked as for x86_64 (``inputs.require_signature``). ``seeds``: the
+    tree's ``kaslr-seed`` and ``rng-seed`` (omitted without them: nothing random is invented)."""
+    prof = profile if profile is not None else resolve()
+    check_output(inputs.output, (*_inputs(inputs), dtb), stdout=False)
+    why = check_page_size(page_size)
+    if why is not None:
+        raise UsageError(f"page size {why}", fmt=arm64.FMT, field="page_size")
+    if inputs.purgatory is not None:
+        raise UsageError("arm64 loads no purgatory (the kernel's relocation code enters the "
+                         "next kernel directly): --purgatory is not taken")
+    # kexec_image.c:135: the Image's PE signature (CONFIG_KEXEC_IMAGE_VERIFY_SIG)
+    sig_warning = check_kernel_signature(inputs.kernel, inputs.require_signature)
+    ho, entries, ho_size = _handover(inputs, "<", page_size, prof.ima_extra_memory)
+    with input_named(dtb):
+        tree = load_tree(dtb)
+        target = ppc64_dt.target_from_tree(tree, "arm64", page_size)
+    rd = _initrd(inputs.initrd)
+
+    notes: list[str] = []
+
+    def compose(kernel: memoryview) -> KexecImage:
+        return arm64.build(target, kernel, tree.build(),
+                           arm64.chosen_hook(page_size, notes, seeds=seeds),
+                           initrd=rd, handover=ho, handover_size=ho_size,
+                           handover_style=handover_style, cmdline=inputs.cmdline,
+                           policy=inputs.policy, force=inputs.force)
+
+    digest, info, warnings = _write_verified(inputs, compose, (arm64.FMT,))
+    dt = info.segment(Role.DTB)
+    assert dt is not None
+    if dt.bufsz > arm64.MAX_FDT_SIZE:
+        warnings += (f"written with --force: the tree is {dt.bufsz} bytes, more than the "
+                     f"{arm64.MAX_FDT_SIZE} an arm64 kernel maps at boot",)
+    return Built(Arm64BuildResult(str(inputs.output), "arm64", page_size, inputs.policy.value,
+                                  info.entry, dt.mem, digest, entries, sig_warning,
+                                  tuple(notes)), info, warnings)
 
 
 def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,

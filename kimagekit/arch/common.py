@@ -6,7 +6,14 @@ from kimagekit.ima_kexec import check_segment_size
 from kimagekit.purgatory import DigestPolicy, hashes_role
 from kimagekit.segments import KexecBuf, Role, SegmentList, add_buffer
 
-__all__ = ["add_ima_buffer"]
+__all__ = ["NO_PURGATORY_ARCHES", "NO_PURGATORY_NOTE", "add_ima_buffer"]
+
+#: Arches whose kexec_file loads no purgatory: nothing checks a digest at reboot, so ``verify``
+#: holds every segment (the hand-over too) to the SHA-256 the image's note records.
+NO_PURGATORY_ARCHES = ("arm64",)
+NO_PURGATORY_NOTE = ("note: arm64 loads no purgatory: nothing checks the segments at reboot; "
+                     "kimagekit checks them against its note (the digest for the hashed "
+                     "segments, each recorded SHA-256 for the others)")
 
 
 def add_ima_buffer(sl: SegmentList, handover: bytes | None, handover_size: int | None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from kimagekit.arch.common import NO_PURGATORY_ARCHES, NO_PURGATORY_NOTE
 from kimagekit.errors import RuleError
 from kimagekit.purgatory import LoadedPurgatory, get_symbol, set_symbol
 
@@ -73,7 +74,9 @@ def setup_purgatory(lp: LoadedPurgatory, slave_code: bytes | memoryview,
 
 def image_notes(arch: str, has_purgatory: bool) -> tuple[str, ...]:
     """What ``verify``, ``inspect`` and ``ls`` say plainly about a ppc64 image (nothing for
-    other arches)."""
+    other arches; arm64: it has no purgatory)."""
+    if arch in NO_PURGATORY_ARCHES:
+        return (NO_PURGATORY_NOTE,)
     if arch not in PPC64_ARCHES:
         return ()
     return ((() if has_purgatory else (INSPECTION_ONLY,)) + (NO_DIGEST_CHECK,))

@@ -11,11 +11,14 @@ import typer
 
 from kimagekit.arch import ppc64_dt
 from kimagekit.arch.build import (
+    ARM64_PAGE_SIZE,
     PPC_ARCHES,
+    Arm64BuildResult,
     BuildInputs,
     Built,
     Riscv64BuildResult,
     X86BuildResult,
+    build_arm64,
     build_ppc64,
     build_riscv64,
     build_x86_64,
@@ -54,6 +57,7 @@ class Arch(StrEnum):
     PPC64LE = "ppc64le"
     PPC64 = "ppc64"
     X86_64 = "x86_64"
+    ARM64 = "arm64"
     RISCV64 = "riscv64"
 
 
@@ -63,10 +67,11 @@ def register(app: typer.Typer) -> None:
         arch: Arch = typer.Option(..., "--arch", help="The target kernel's architecture."),
         kernel: Path = typer.Option(
             ..., "--kernel", metavar="KERNEL", help="The kernel to load: ppc64le/ppc64 take "
-            "the ELF vmlinux, riscv64 the ELF vmlinux or the Image (Debian's vmlinuz), x86_64 "
-            "the bzImage (/boot/vmlinuz)."),
+            "the ELF vmlinux, x86_64 the bzImage (/boot/vmlinuz), arm64 the Image (PE-wrapped "
+            "or not; not an EFI zboot, which 7.2's loader refuses), riscv64 the ELF vmlinux or "
+            "the Image (Debian's vmlinuz)."),
         dtb: Path | None = typer.Option(
-            None, "--dtb", metavar="DTB", help="ppc64, riscv64: the running system's tree (.dtb "
+            None, "--dtb", metavar="DTB", help="ppc64, arm64, riscv64: the running system's tree (.dtb "
             "or .dts): RAM, reservations, and the /chosen the next kernel gets."),
         output: Path = typer.Option(..., "-o", "--output", metavar="FILE",
                                     help="Where to write the image (a regular file: it is "
@@ -126,13 +131,13 @@ def register(app: typer.Typer) -> None:
         ima: Path | None = typer.Option(None, "--ima", metavar="LIST",
                                         help="IMA list for the hand-over."),
         handover: Path | None = typer.Option(None, "--handover", metavar="FILE",
-                                             help="ppc64: raw hand-over bytes."),
+                                             help="ppc64, arm64: raw hand-over bytes."),
         handover_size: str | None = typer.Option(
             None, "--handover-size", metavar="N",
             help="memsz of the hand-over (default: as IMA sizes it)."),
         handover_style: DtStyle = typer.Option(
             DtStyle.IMA, "--handover-style",
-            help="ppc64, riscv64: how /chosen announces the hand-over. ima: "
+            help="ppc64, arm64, riscv64: how /chosen announces the hand-over. ima: "
             "linux,ima-kexec-buffer "
             "(upstream, 4.10 on); seed: linux,kexec-handover-buffer-start/-end (the 2016 "
             "\"kexec hand-over buffer\" series)."),
@@ -142,7 +147,8 @@ def register(app: typer.Typer) -> None:
         page_size: str | None = typer.Option(
             None, "--page-size", metavar="N",
             help=f"ppc64: target page size (default: the profile's, else "
-            f"{ppc64_dt.PPC64_PAGE_SIZE})."),
+            f"{ppc64_dt.PPC64_PAGE_SIZE}); arm64: the loading kernel's (default "
+            f"{ARM64_PAGE_SIZE})."),
         hole_search: HoleSearch | None = typer.Option(
             None, "--hole-search",
             help="x86_64: the loading kernel's hole search (default: its profile's)."),
@@ -166,7 +172,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Write a hand-over the next kernel "
                                    "would refuse."),
         require_signature: Path | None = typer.Option(
-            None, "--require-signature", metavar="CERT|DIR", help="x86_64: refuse a kernel "
+            None, "--require-signature", metavar="CERT|DIR", help="x86_64, arm64: refuse a kernel "
             "whose signature does not chain to this certificate (or a directory of them), as "
             "KEXEC_SIG_FORCE does."),
         svg: Path | None = typer.Option(None, "--svg", metavar="FILE", help="Also write the "
@@ -217,6 +223,14 @@ def register(app: typer.Typer) -> None:
                                      hole_search=hole_search, ima_kexec=x86_ima_kexec,
                                      profile=profile, force_dtb=force_dtb,
                                      five_level=five_level)
+        elif arch == "arm64":
+            if dtb_from != DtbFrom.FIRMWARE:
+                raise UsageError("--dtb-from is a ppc64 option (arm64 edits only /chosen)")
+            built = _arm64(inputs, dtb=dtb, no_purgatory=no_purgatory,
+                           x86_only=(purgatory_from, mem, force_dtb, hole_search),
+                           five_level=five_level, ima_kexec=ima_kexec, page_size=page_size,
+                           handover_size=handover_size, handover_style=handover_style,
+                           profile=profile)
         elif arch == "riscv64":
             if dtb_from != DtbFrom.FIRMWARE or crash:
                 raise UsageError("--dtb-from and --crash are ppc64 options")
@@ -255,7 +269,8 @@ def register(app: typer.Typer) -> None:
                                                         vmcoreinfo, crash_hotplug),
                                     exclude=parse_mem_ranges(exclude, "--exclude")
                                     if exclude else ())
-        if isinstance(built.result, X86BuildResult) and built.result.signature_warning:
+        if isinstance(built.result, X86BuildResult | Arm64BuildResult) \
+                and built.result.signature_warning:
             warn(f"warning: {built.result.signature_warning}")
         for w in built.warnings:
             warn(f"warning: {output}: {w}")
@@ -268,6 +283,36 @@ def register(app: typer.Typer) -> None:
         for line in [*ls_lines(built.image), "", *map_lines(memory)]:
             out(line)
         out(_summary_line(built))
+        if isinstance(built.result, Arm64BuildResult):
+            for note in built.result.notes:
+                out(f"note: {note}")
+
+
+def _arm64(inputs: BuildInputs, *, dtb: Path | None, no_purgatory: bool,
+           x86_only: tuple[object, ...], five_level: bool, ima_kexec: bool | None,
+           page_size: str | None, handover_size: str | None, handover_style: DtStyle,
+           profile: LoaderProfile) -> Built:
+    if dtb is None:
+        raise UsageError("arm64 needs --dtb (the running system's tree)")
+    if inputs.purgatory is not None or no_purgatory:
+        raise UsageError("arm64 loads no purgatory: --purgatory and --no-purgatory are not "
+                         "taken")
+    if any(x is not None for x in x86_only) or five_level or ima_kexec is False:
+        raise UsageError("--purgatory-from, --mem, --force-dtb, --hole-search, "
+                         "--five-level-paging and --no-ima-kexec are x86_64 options")
+    if inputs.ima is not None and inputs.handover is not None:
+        raise UsageError("--ima and --handover exclude each other")
+    page = _number(page_size, "--page-size") or ARM64_PAGE_SIZE
+    why = check_page_size(page)
+    if why is not None:
+        raise UsageError(f"--page-size {why}")
+    size = _number(handover_size, "--handover-size")
+    if size is not None and inputs.ima is None and inputs.handover is None:
+        raise UsageError("--handover-size needs --ima or --handover")
+    with Progress(f"building {inputs.output}"):
+        return build_arm64(replace(inputs, handover_size=size), dtb=dtb,
+                           handover_style=HandoverStyle(handover_style.value), page_size=page,
+                           profile=profile)
 
 
 def _build_riscv64(inputs: BuildInputs, dtb: Path | None, no_purgatory: bool,
@@ -321,6 +366,10 @@ def _crash_inputs(crash: bool, crashkernel: str | None, mem: str | None, notes: 
 
 def _summary_line(built: Built) -> str:
     r = built.result
+    if isinstance(r, Arm64BuildResult):
+        return (f"{r.output}: entry {r.entry:#x} (the kernel; no purgatory), device tree "
+                f"{r.dtb:#x} (x0), digest {r.digest} (kimagekit's: nothing checks it at "
+                "reboot), verified")
     if isinstance(r, Riscv64BuildResult):
         return (f"{r.output}: entry {r.entry:#x} (purgatory), kernel entry {r.kernel_entry:#x}, "
                 f"device tree {r.dtb:#x}, digest {r.digest} ({r.policy} policy), verified")

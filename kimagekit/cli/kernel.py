@@ -114,7 +114,14 @@ def render_arm64(a: Arm64Summary) -> list[str]:
     return [f"arm64 Image, {a.endian} endian, text_offset {a.text_offset:#x}, image_size "
             f"{a.image_size:#x}, page size {a.page_size or 'unspecified'}, "
             f"{'anywhere' if a.phys_anywhere else 'low'} placement",
-            *_pe_lines(a.pe), f"banner {a.banner!r}" if a.banner else "banner: none found"]
+            *_pe_lines(a.pe), f"banner {a.banner!r}" if a.banner else "banner: none found",
+            *_arm64_loader_line(a.kexec_file_loadable, a.not_loadable_because)]
+
+
+def _arm64_loader_line(loadable: bool | None, why: str | None) -> list[str]:
+    if loadable is None:
+        return []
+    return ["kexec_file (arm64 Image, 7.2): " + ("loadable" if loadable else f"refused: {why}")]
 
 
 def render_zboot(z: ZbootSummary) -> list[str]:
@@ -123,7 +130,7 @@ def render_zboot(z: ZbootSummary) -> list[str]:
              f"{z.decompressed_size} bytes", *_pe_lines(z.pe)]
     if z.image is not None:
         lines += ["  " + line for line in render_arm64(z.image)]
-    return lines
+    return lines + _arm64_loader_line(z.kexec_file_loadable, z.not_loadable_because)
 
 
 RENDERERS: dict[str, Callable[[Any], list[str]]] = {

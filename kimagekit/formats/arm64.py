@@ -8,8 +8,9 @@ from __future__ import annotations
 from construct import Bytes, Int32ul, Int64ul, PaddedString, Struct
 
 __all__ = [
-    "ARM64_HEADER_SIZE", "ARM64_IMAGE_MAGIC", "ARM64_MAGIC_OFFSET", "FLAG_BE",
-    "FLAG_PHYS_ANYWHERE", "LINUX_PE_MAGIC", "PAGE_SIZES", "ZBOOT_HEADER_SIZE", "ZBOOT_MAGIC",
+    "ARM64_HEADER_SIZE", "ARM64_IMAGE_MAGIC", "ARM64_MAGIC_OFFSET", "FLAG_BE", "FLAG_BE_SHIFT",
+    "FLAG_PAGE_SIZE_MASK", "FLAG_PAGE_SIZE_SHIFT", "FLAG_PHYS_ANYWHERE", "GRANULES",
+    "LINUX_PE_MAGIC", "PAGE_SIZES", "ZBOOT_HEADER_SIZE", "ZBOOT_MAGIC",
     "ZBOOT_MAGIC_OFFSET", "image_header", "zboot_header",
 ]
 
@@ -30,11 +31,13 @@ image_header = Struct(
     "res5" / Int32ul,  # offset of the PE header when the Image is also an EFI application
 )
 
-# flags bits
-FLAG_BE = 1 << 0
+# flags bits (arch/arm64/include/asm/image.h)
+FLAG_BE_SHIFT = 0
+FLAG_BE = 1 << FLAG_BE_SHIFT
 FLAG_PAGE_SIZE_SHIFT, FLAG_PAGE_SIZE_MASK = 1, 3
 FLAG_PHYS_ANYWHERE = 1 << 3
 PAGE_SIZES = {0: None, 1: 4096, 2: 16384, 3: 65536}
+GRANULES = (4096, 16384, 65536)
 
 ZBOOT_MAGIC = b"zimg"
 ZBOOT_MAGIC_OFFSET = 4
