@@ -45,18 +45,18 @@ def event_text(segment_size: int, list_bytes: int, count: int) -> bytes:
     return text.encode()[:EVENT_LEN - 1]
 
 
-def kexec_event(name: str, segment_size: int, entries: Sequence[ImaEntry], *,
+def kexec_event(name: str, segment_size: int, list_bytes: int, count: int, *,
                 hash_algo: str = "sha1", pcr: int = 10, endian: Endian = "<") -> ImaEntry:
     """The ``ima-buf`` entry of event ``name`` (``kexec_load`` or ``kexec_execute``) measured
-    while the list is ``entries`` and the hand-over segment ``segment_size`` bytes."""
-    size = sum(len(encode_entry(e, endian, schema.TPM_DIGEST_SIZE)) for e in entries)
-    buf = event_text(segment_size, size, len(entries))
+    while the hand-over segment is ``segment_size`` bytes and the list ``count`` entries of
+    ``list_bytes`` bytes (binary, without header)."""
+    buf = event_text(segment_size, list_bytes, count)
     u32 = struct.Struct(endian + "I")
     digest = hash_factory(hash_algo)(buf).digest()
     fields = (hash_algo.encode() + b":\0" + digest, name.encode() + b"\0", buf)
     data = b"".join(u32.pack(len(f)) + f for f in fields)
     return ImaEntry(pcr, template_digest(TEMPLATE, data, "sha1", endian), TEMPLATE, data, endian,
-                    len(entries))
+                    count)
 
 
 def with_kexec_events(entries: Sequence[ImaEntry], segment_size: int, events: KexecEvents, *,
@@ -67,9 +67,12 @@ def with_kexec_events(entries: Sequence[ImaEntry], segment_size: int, events: Ke
     ``kexec_load`` then ``kexec_execute`` (the list given is the one the load sized the segment
     from, and nothing else was measured before the reboot)."""
     out = list(entries)
+    size = sum(len(encode_entry(e, endian, schema.TPM_DIGEST_SIZE)) for e in out)
     names = {KexecEvents.NONE: (), KexecEvents.EXECUTE: ("kexec_execute",),
              KexecEvents.LOAD_EXECUTE: ("kexec_load", "kexec_execute")}[events]
     for name in names:
-        out.append(kexec_event(name, segment_size, out, hash_algo=hash_algo, pcr=pcr,
-                               endian=endian))
+        event = kexec_event(name, segment_size, size, len(out), hash_algo=hash_algo, pcr=pcr,
+                            endian=endian)
+        out.append(event)
+        size += len(encode_entry(event))
     return out

@@ -139,7 +139,7 @@ def test_save_side_equals_kernel(tmp_path: Path) -> None:
     assert f"ima: kexec measurement buffer for the loaded kernel at {mine[0][0]:#x}." in got.log
 
     # kexec_load, measured right after the sizing: its text is the list sized from
-    load_event = kexec_event("kexec_load", memsz, listed)
+    load_event = kexec_event("kexec_load", memsz, len(before), len(listed))
     assert after == before + encode_entry(load_event)
     assert load_event.fields[2].data == (
         f"kexec_segment_size={memsz};ima_binary_runtime_size={len(before) + 24};"
