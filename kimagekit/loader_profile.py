@@ -46,7 +46,8 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 _DEBIAN = re.compile(r"\bDebian (\d+)\.(\d+)\.(\d+)")
 _CONFIG_HEADER = re.compile(r"^# Linux/\S+ (\d+\.\d+(?:\.\d+)?)\S* Kernel Configuration", re.M)
 CONFIG_OPTIONS = ("IMA_KEXEC", "IMA_KEXEC_EXTRA_MEMORY_KB", "KEXEC_HANDOVER", "PPC_64K_PAGES",
-                  "PPC_4K_PAGES", "KEXEC_FILE", "CRASH_HOTPLUG")
+                  "PPC_4K_PAGES", "KEXEC_FILE", "CRASH_HOTPLUG", "IMA_DEFAULT_HASH",
+                  "IMA_MEASURE_PCR_IDX")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class LoaderProfile:
     ima_extra_memory_kb: int = 0  # CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB (0: unset)
     kexec_handover: bool = False
     ppc_page_size: int | None = None  # from the config; None: the arch's default
+    ima_hash: str = "sha1"  # CONFIG_IMA_DEFAULT_HASH (Kconfig's default: sha1)
+    ima_pcr: int = 10  # CONFIG_IMA_MEASURE_PCR_IDX
 
     @property
     def name(self) -> str:
@@ -153,16 +156,18 @@ def read_config(path: str | os.PathLike[str]) -> tuple[dict[str, str], Version |
             key, _, value = line[7:].partition("=")
             if key in CONFIG_OPTIONS:
                 found[key] = value.strip().strip('"')
-                if key == "IMA_KEXEC_EXTRA_MEMORY_KB" and not _is_int(found[key]):
+                if key in _INT_OPTIONS and not _is_int(found[key]):
                     # Kconfig writes a decimal int here: anything else is not a config it wrote
                     raise UsageError(f"{os.fspath(path)}: --loader-config: line {number}: "
-                                     f"CONFIG_IMA_KEXEC_EXTRA_MEMORY_KB={found[key]!r} is not "
-                                     "an integer")
+                                     f"CONFIG_{key}={found[key]!r} is not an integer")
     if not found and "CONFIG_" not in text:
         raise UsageError(f"{os.fspath(path)}: --loader-config: not a kernel config (no CONFIG_ "
                          "line)")
     m = _CONFIG_HEADER.search(text)
     return found, (parse_version(m[1]) if m else None)
+
+
+_INT_OPTIONS = ("IMA_KEXEC_EXTRA_MEMORY_KB", "IMA_MEASURE_PCR_IDX")
 
 
 def _is_int(text: str) -> bool:
@@ -219,9 +224,11 @@ def from_config(version: Version, source: str, options: dict[str, str],
 
     extra = int(options.get("IMA_KEXEC_EXTRA_MEMORY_KB", "0"), 0)  # read_config checked it
     page = 65536 if on("PPC_64K_PAGES") else 4096 if on("PPC_4K_PAGES") else None
+    algo = options.get("IMA_DEFAULT_HASH", "sha1")  # used (and checked) by --ima-events only
     return LoaderProfile(version, source, config, ima_kexec=on("IMA_KEXEC"),
                          ima_extra_memory_kb=max(extra, 0), kexec_handover=on("KEXEC_HANDOVER"),
-                         ppc_page_size=page)
+                         ppc_page_size=page, ima_hash=algo,
+                         ima_pcr=int(options.get("IMA_MEASURE_PCR_IDX", "10"), 0))
 
 
 def resolve(version: str | None = None, config: str | os.PathLike[str] | None = None, *,

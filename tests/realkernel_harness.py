@@ -13,6 +13,9 @@ with the same initramfs (:func:`initramfs`) and ``rkscript=`` shows a second blo
 :attr:`GuestResult.blocks` holds them in order. ``console`` is the first serial port (every
 kernel's console=ttyS0 output) whole.
 
+:func:`test_kernel` is issue 13's own build (``scripts/build_test_kernel.py``): everything built
+in, so its initramfs has no modules and init loads none.
+
 TCG, not KVM: on these machines KVM with ``-cpu host`` dies on an MSR assertion, and TCG boots
 6.1 to userspace in seconds (``KIMAGEKIT_QEMU_ACCEL=kvm`` tries KVM elsewhere).
 """
@@ -48,7 +51,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t securityfs securityfs /sys/kernel/security
 mount -t tmpfs tmpfs /tmp
-for m in $(cat /modules.order); do
+for m in $(cat /modules.order 2>/dev/null); do
     insmod /modules/$m || echo "rk: insmod $m failed"
 done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host \
@@ -74,13 +77,16 @@ poweroff -f
 """
 
 
-def _fetch_artifacts() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fetch_artifacts",
-                                                  ROOT / "scripts" / "fetch_artifacts.py")
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _fetch_artifacts() -> ModuleType:
+    return _script("fetch_artifacts")
 
 
 def _missing(what: str) -> None:
@@ -92,17 +98,25 @@ def _missing(what: str) -> None:
 
 @dataclass(frozen=True)
 class Kernel:
-    suite: str
-    version: str          # the package's release, e.g. 6.1.0-50-amd64
+    suite: str            # a Debian suite, or "test" for the test kernel
+    version: str          # the release (uname -r), e.g. 6.1.0-50-amd64
     dir: Path
+    image: str = "vmlinuz"    # paths inside dir
+    config_name: str = "config"
 
     @property
     def vmlinuz(self) -> Path:
-        return self.dir / "vmlinuz"
+        return self.dir / self.image
 
     @property
     def config(self) -> Path:
-        return self.dir / "config"
+        return self.dir / self.config_name
+
+    @property
+    def modules(self) -> list[str]:
+        """The modules init loads, in order (none for a kernel with everything built in)."""
+        order = self.dir / "modules.order"
+        return order.read_text().split() if order.is_file() else []
 
     @property
     def major_minor(self) -> tuple[int, int]:
@@ -118,6 +132,26 @@ def kernel(suite: str) -> Kernel:
         _missing(f"the {suite} kernel is not fetched (scripts/fetch_artifacts.py kernel-{suite})")
     assert d is not None
     return Kernel(suite, (d / "version").read_text().strip(), d)
+
+
+def test_kernel() -> Kernel:
+    """Issue 13's test kernel (``scripts/build_test_kernel.py``), when built (skipped locally
+    when not, a failure under CI). Its release is the bzImage's version string's first word."""
+    from kimagekit.fileio import mapped
+    from kimagekit.kernels import read_bzimage
+
+    d = _script("build_test_kernel").built()
+    if d is None:
+        _missing("the test kernel is not built (scripts/build_test_kernel.py)")
+    assert d is not None
+    k = Kernel("test", "", d, "arch/x86/boot/bzImage", ".config")
+    with mapped(k.vmlinuz) as view:
+        banner = read_bzimage(view).version_string
+    assert banner, f"{k.vmlinuz}: no version string"
+    return Kernel("test", banner.split()[0], d, k.image, k.config_name)
+
+
+test_kernel.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test to collect
 
 
 def qemu() -> str:
@@ -143,7 +177,7 @@ def initramfs(k: Kernel, *, busybox: Path | None = None, init: str = INIT) -> Pa
     """The kernel's initramfs (uncompressed newc cpio), cached by the digest of its content:
     BUSYBOX (default: the host's busybox-static) and INIT."""
     busybox = busybox or _busybox()
-    order = (k.dir / "modules.order").read_text().split()
+    order = k.modules
     h = hashlib.sha256()
     for part in (init.encode(), busybox.read_bytes(), "\n".join(order).encode(),
                  *((k.dir / "modules" / m).read_bytes() for m in order)):

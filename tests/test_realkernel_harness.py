@@ -13,14 +13,16 @@ from realkernel_harness import (
     kernel,
     parse_blocks,
     run_in_guest,
+    test_kernel,
 )
 
 pytestmark = pytest.mark.realkernel
 
 
-@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("suite", (*SUITES, "test"))
 def test_guest_runs_script_and_host_python(suite: str) -> None:
-    k = kernel(suite)
+    """Each Debian kernel (its 9p modules insmodded), and the test kernel (all built in)."""
+    k = test_kernel() if suite == "test" else kernel(suite)
     script = ("uname -r\n"
               "grep -c 'System RAM' /proc/iomem\n"
               "ls /sys/kernel/security/ima/ascii_runtime_measurements\n"

@@ -18,6 +18,7 @@ from kimagekit.formats import bzimage as bz
 from kimagekit.formats import fdt
 from kimagekit.formats.ima import Endian
 from kimagekit.handover import judge_new_handover
+from kimagekit.ima_kexec_events import KexecEvents, with_kexec_events
 from kimagekit.image import (
     ARCHES,
     HandoverStyle,
@@ -64,6 +65,10 @@ class BuildInputs:
     policy: DigestPolicy = DigestPolicy.SEED
     force: bool = False
     require_signature: Pathish | None = None  # x86-64: KEXEC_SIG_FORCE against these certs
+    # the loading kernel's kexec_load/kexec_execute entries appended to ``ima`` (6.15+), their
+    # digest algorithm (None: the profile's CONFIG_IMA_DEFAULT_HASH)
+    ima_events: KexecEvents = KexecEvents.NONE
+    ima_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,8 +160,7 @@ def build_ppc64(inputs: BuildInputs, *, arch: str, dtb: Pathish,
     if (inputs.purgatory is None) != no_purgatory:
         raise UsageError(ppc64.NO_PURGATORY if inputs.purgatory is None else
                          "--no-purgatory and --purgatory exclude each other")
-    ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size,
-                                     prof.ima_extra_memory)
+    ho, entries, ho_size = _handover(inputs, _endian(ARCHES[arch][1]), page_size, prof)
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, arch, page_size)
@@ -268,7 +272,7 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
         purg = given
     if inputs.handover_size is not None and inputs.ima is None:
         raise UsageError("--handover-size needs --ima")
-    ho, entries, ho_size = _handover(inputs, "<", target.page_size, prof.ima_extra_memory)
+    ho, entries, ho_size = _handover(inputs, "<", target.page_size, prof)
     rd = _initrd(inputs.initrd)
 
     def compose(kernel: memoryview) -> KexecImage:
@@ -361,19 +365,32 @@ def _endian(little: bool) -> Endian:
 
 
 def _handover(inputs: BuildInputs, endian: Endian, page_size: int,
-              extra: int | None = None) -> tuple[bytes | None, int | None, int | None]:
+              prof: LoaderProfile) -> tuple[bytes | None, int | None, int | None]:
     """The hand-over's bytes, the IMA entries in it (None for raw bytes), and its memsz (spare
-    room: ``extra`` bytes, None for IMA's half page)."""
+    room: the profile's, None for IMA's half page)."""
+    extra = prof.ima_extra_memory
+    size = inputs.handover_size
+    late = inputs.ima is not None and inputs.policy == DigestPolicy.UPSTREAM_6_15
     if inputs.ima is not None:
         with input_named(inputs.ima):
             listed = ima_log.read_entries(inputs.ima)
+        if inputs.ima_events != KexecEvents.NONE:
+            if not late:
+                raise UsageError("--ima-events: the kexec_load/kexec_execute events are "
+                                 "measured by 6.15+ loaders (digest policy upstream-6.15), "
+                                 f"not under the {inputs.policy.value} policy")
+            # the segment is sized from the list given (at load), or as --handover-size says
+            size = size or ima_kexec.segment_size(
+                len(ima_kexec.build_buffer(listed, endian=endian)), page_size=page_size,
+                extra=extra)
+            listed = with_kexec_events(listed, -(-size // page_size) * page_size,
+                                       inputs.ima_events, hash_algo=inputs.ima_hash
+                                       or prof.ima_hash, pcr=prof.ima_pcr, endian=endian)
         data, entries = ima_kexec.build_buffer(listed, endian=endian), len(listed)
     elif inputs.handover is not None:
         data, entries = read_input(inputs.handover, "--handover"), None
     else:
         return None, None, inputs.handover_size
-    size = inputs.handover_size
-    late = inputs.ima is not None and inputs.policy == DigestPolicy.UPSTREAM_6_15
     if size is not None and late and len(data) > -(-size // page_size) * page_size:
         # filled at execute into the page-rounded segment: the kernel copies what fits (the
         # restore rules then judge the cut entry)

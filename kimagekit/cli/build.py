@@ -29,6 +29,7 @@ from kimagekit.cli.image import ls_lines
 from kimagekit.cli.memory_map import map_lines, write_svg
 from kimagekit.cli.progress import Progress
 from kimagekit.errors import UsageError
+from kimagekit.ima_kexec_events import KexecEvents
 from kimagekit.image import HandoverStyle, check_page_size
 from kimagekit.loader_profile import LoaderProfile, resolve
 from kimagekit.memory_map import file_map
@@ -51,6 +52,13 @@ def _number(text: str | None, what: str) -> int | None:
 class DtbFrom(StrEnum):
     FIRMWARE = "firmware"
     RUNNING = "running"
+
+
+class ImaHash(StrEnum):
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+    SHA384 = "sha384"
+    SHA512 = "sha512"
 
 
 class Arch(StrEnum):
@@ -130,6 +138,15 @@ def register(app: typer.Typer) -> None:
             "below it). The tree is unchanged."),
         ima: Path | None = typer.Option(None, "--ima", metavar="LIST",
                                         help="IMA list for the hand-over."),
+        ima_events: KexecEvents = typer.Option(
+            KexecEvents.NONE, "--ima-events",
+            help="Append the loading kernel's critical-data entries (6.15+, a policy measuring "
+            "func=CRITICAL_DATA) to --ima: execute: kexec_execute (--ima is the list just "
+            "before reboot); load+execute: kexec_load then kexec_execute (--ima is the list at "
+            "load)."),
+        ima_hash: ImaHash | None = typer.Option(
+            None, "--ima-hash", help="IMA's hash for --ima-events (default: the loader "
+            "config's CONFIG_IMA_DEFAULT_HASH, else sha1)."),
         handover: Path | None = typer.Option(None, "--handover", metavar="FILE",
                                              help="ppc64, arm64: raw hand-over bytes."),
         handover_size: str | None = typer.Option(
@@ -203,7 +220,10 @@ def register(app: typer.Typer) -> None:
             x86_ima_kexec = True
         inputs = BuildInputs(kernel, output, initrd=initrd, cmdline=cmdline, purgatory=purgatory,
                              ima=ima, handover=handover, policy=policy, force=force,
-                             require_signature=require_signature)
+                             require_signature=require_signature, ima_events=ima_events,
+                             ima_hash=None if ima_hash is None else ima_hash.value)
+        if ima_events != KexecEvents.NONE and ima is None:
+            raise UsageError("--ima-events needs --ima")
         if arch == "x86_64":
             if no_purgatory:
                 raise UsageError("--no-purgatory is a ppc64 option")
