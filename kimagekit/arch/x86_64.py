@@ -20,8 +20,8 @@ from kimagekit.errors import RuleError, UsageError
 from kimagekit.formats import bzimage as bz
 from kimagekit.formats.kexec import entry64_regs
 from kimagekit.image import HandoverStyle, KexecImage, seal
-from kimagekit.kho_load import KhoLoad, add_scratch, check_kho, kho_data, kho_target
 from kimagekit.kernels import BzImage, probe_bzimage64, read_bzimage
+from kimagekit.kho_load import KhoLoad, add_scratch, check_kho, kho_data, kho_target
 from kimagekit.loader_profile import LoaderProfile, resolve
 from kimagekit.purgatory import (
     DigestPolicy,
