@@ -21,6 +21,7 @@ an active KHO always hands its tree over.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = ["FMT", "SCRATCH_ALIGN", "SCRATCH_ENTRY", "KhoLoad", "add_scratch", "c
 FMT = "kho"
 SCRATCH_ALIGN = 0x10000  # kho_fill_kimage: .buf_align = SZ_64K
 SCRATCH_ENTRY = struct.Struct("<QQ")  # struct kho_scratch {phys_addr_t addr, size}: LE arches
+_ZERO = re.compile(r"^\s*(0x[0-9a-f]+|\d+)\s*\+\s*(?:0x)?0+\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,19 @@ def kho_data(kho: KhoLoad, scratch: Segment, page_size: int) -> tuple[int, int, 
 
 
 def parse_scratch(text: str) -> tuple[MemRange, ...]:
-    """``START+SIZE`` or ``START-LAST``, comma separated, in the kernel's array order."""
-    try:
-        return parse_mem_ranges(text)
-    except UsageError as err:
-        raise UsageError(err.message, fmt="--kho-scratch") from None
+    """``START+SIZE`` or ``START-LAST``, comma separated, in the kernel's array order; a size
+    may be 0 (the kernel keeps an empty area for a node whose share rounds to nothing)."""
+    out = []
+    for part in text.split(","):
+        m = _ZERO.match(part)
+        if m:
+            out.append(MemRange(int(m[1], 0), 0))
+            continue
+        try:
+            out += parse_mem_ranges(part)
+        except UsageError as err:
+            raise UsageError(err.message, fmt="--kho-scratch") from None
+    return tuple(out)
 
 
 def read_scratch(spec: str) -> tuple[MemRange, ...]:

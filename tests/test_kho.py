@@ -269,3 +269,14 @@ def test_inspect_with_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         "kimagekit: error: --memory: the kho-v1 memory map is not the radix tree kimagekit "
         "walks (kho-v2, kho-v3, kho-v4)\n")
     assert main(["inspect", str(mem), "--memory", str(mem)]) == 2
+
+
+def test_pseudo_files_are_read_though_they_say_0_bytes() -> None:
+    """kernel/liveupdate/kexec_handover_debugfs.c:41 (``debugfs_create_blob``): the tree is read
+    from a debugfs file whose size reads 0, as sysfs and procfs files do; read to its end."""
+    import os
+
+    from kimagekit.fileio import read_input
+
+    assert os.stat("/proc/version").st_size == 0
+    assert read_input("/proc/version").startswith(b"Linux version ")

@@ -66,21 +66,25 @@ class BootParamsLayout:
 
 
 def boot_params_layout(cmdline_len: int, *, ima_kexec: bool,
-                       kho: bool = False, dtb_size: int | None = None) -> BootParamsLayout:
+                       kho: bool = False, dtb_size: int | None = None,
+                       efi: bool = True) -> BootParamsLayout:
     """Setup_data room in the kernel's order: EFI, the carried tree (KEXEC_FILE_FORCE_DTB,
     6.18+: ``dtb_size`` = its ``totalsize``, not aligned), IMA (CONFIG_IMA_KEXEC), KHO
-    (CONFIG_KEXEC_HANDOVER, 6.16+), the RNG seed."""
+    (CONFIG_KEXEC_HANDOVER, 6.16+), the RNG seed. Without CONFIG_EFI the EFI entry's room is
+    still counted in bufsz but the entries after it start where it would have (``#ifdef
+    CONFIG_EFI`` around the offset's advance only), so the room lies unused at the end."""
     pc = _align(bz.BOOT_PARAMS_SIZE + cmdline_len + MAX_ELFCOREHDR_STR_LEN, 16)
     efi_sd = pc  # + ALIGN(efi_map_sz, 16) with efi_map_sz = 0
-    at = efi_sd + bz.SETUP_DATA_SIZE + bz.EFI_SETUP_DATA_SIZE
+    efi_room = bz.SETUP_DATA_SIZE + bz.EFI_SETUP_DATA_SIZE
+    at = efi_sd + (efi_room if efi else 0)
     dtb_sd = at if dtb_size is not None else None
     at += bz.SETUP_DATA_SIZE + dtb_size if dtb_size is not None else 0
     ima_sd = at if ima_kexec else None
     at += bz.SETUP_DATA_SIZE + bz.IMA_SETUP_DATA_SIZE if ima_kexec else 0
     kho_sd = at if kho else None
     at += bz.SETUP_DATA_SIZE + bz.KHO_DATA_SIZE if kho else 0
-    return BootParamsLayout(cmdline_len, pc, efi_sd, ima_sd, at,
-                            at + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH, kho_sd, dtb_sd)
+    end = at + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH + (0 if efi else efi_room)
+    return BootParamsLayout(cmdline_len, pc, efi_sd, ima_sd, at, end, kho_sd, dtb_sd)
 
 
 def _align(v: int, a: int) -> int:
@@ -226,7 +230,8 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
     sl, lp = add_purgatory(sl, purgatory, buf_min=MIN_PURGATORY_ADDR, buf_max=U64_MAX,
                            top_down=True, entry_rule=prof.entry_rule)
     lay = boot_params_layout(len(cmd), ima_kexec=ima_kexec, kho=prof.kho_room,
-                             dtb_size=None if force_dtb is None else len(force_dtb))
+                             dtb_size=None if force_dtb is None else len(force_dtb),
+                             efi=prof.efi)
     sl, bp_seg = add_buffer(sl, KexecBuf(bytes(lay.bufsz), lay.bufsz, Role.BOOT_PARAMS,
                                          buf_align=16, buf_min=MIN_BOOTPARAM_ADDR,
                                          top_down=True))
