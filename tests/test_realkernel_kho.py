@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from realkernel_harness import ROOT, Kernel, _missing, guest_python, run_in_guest
+from realkernel_harness import ROOT, Kernel, _missing, guest_python, initramfs, run_in_guest
 from test_realkernel_placement import parse_loads, running_state_mask
 
 from kimagekit import kho
@@ -92,6 +92,12 @@ def guest_run(mode: str, tmp: Path) -> tuple[Kernel, str]:
     spec.write_text(f"{mode}\t{k.vmlinuz}\t\t{cl}\t{KEXEC_FILE_DEBUG:#x}\n")
     lines = ["mount -t debugfs none /sys/kernel/debug",
              "mount -t debugfs none /host/sys/kernel/debug",  # the chroot's /sys is a copy
+             # the next kernel (after the exec below): what it took over
+             f"if [ -e {DEBUGFS.replace('out', 'in')}/fdt ]; then",
+             f"  echo in-fdt $(od -An -v -tx1 {DEBUGFS.replace('out', 'in')}/fdt | tr -d ' \\n')",
+             "  dmesg | grep 'KHO: ' | sed -e 's/^\\[[^]]*\\] //' -e 's/^/dmesg /'",
+             "  exit 0",
+             "fi",
              "grep 'System RAM' /proc/iomem",
              "echo ima $(od -An -v -tx1 /sys/kernel/security/ima/binary_runtime_measurements"
              " | tr -d ' \\n')"]
@@ -103,10 +109,18 @@ def guest_run(mode: str, tmp: Path) -> tuple[Kernel, str]:
                                "/proc/kcore", "--json"),
                   "echo inspect-end"]
     lines.append(guest_python(str(GUEST / "kexec_file.py"), str(spec), str(64 << 20)))
+    if mode == "active":  # then boot the next kernel through the kernel's own load
+        lines.append(guest_python(str(GUEST / "kho_state.py"), "exec", str(k.vmlinuz),
+                                  str(initramfs(k))))
     r = run_in_guest(k, "\n".join(lines) + "\n", mem="1G",
-                     cmdline="kho=on" if mode == "active" else "", timeout=400)
+                     cmdline="kho=on" if mode == "active" else "", timeout=400,
+                     quiet_timeout=60)
     assert not r.timed_out and r.blocks, r.console[-3000:]
-    _RUNS[mode] = (k, r.output)
+    out = r.output.rstrip("\n") + "\n"
+    if mode == "active":
+        assert len(r.blocks) == 2, r.console[-3000:]
+        out += "".join(f"next {line}\n" for line in r.blocks[1].output.splitlines())
+    _RUNS[mode] = (k, out)
     return _RUNS[mode]
 
 
@@ -202,3 +216,16 @@ def test_kho_tree_inspected(guest_tmp: Path, tmp_path: Path,
     assert tree.memory_map == s["memory_map"] and tree.clients[0].data == meta["data"]
     assert cli_main(["inspect", str(f)]) == 0
     assert capsys.readouterr().out.startswith(f"{f}: kho-tree\n  compatible kho-v4 ")
+
+
+def test_next_kernel_takes_the_kho_tree(guest_tmp: Path) -> None:
+    """The next kernel, booted by the kernel's own load: arch/x86/kernel/setup.c:508
+    (``add_kho``) finds SETUP_KEXEC_KHO, kernel/liveupdate/kexec_handover.c:1719 ``pr_info("found
+    kexec handover data.\\n")``, :1499 ``exec from: %s (count %u)``; its
+    /sys/kernel/debug/kho/in/fdt is the tree the previous kernel handed over."""
+    _, output = guest_run("active", guest_tmp)
+    nxt = _word(output, "next")
+    assert "dmesg KHO: found kexec handover data." in nxt
+    assert any(re.fullmatch(r"dmesg KHO: exec from: 7\.2\.\d+\S* \(count 1\)", w) for w in nxt)
+    (fdt_in,) = [w.split(" ", 1)[1] for w in nxt if w.startswith("in-fdt ")]
+    assert fdt_in == _word(output, "fdt")[0]
