@@ -17,7 +17,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kexec_file import SYS_KEXEC_FILE_LOAD, Kcore, symbol  # noqa: E402
+from kexec_file import SYS_KEXEC_FILE_LOAD, Kcore, symbol
 
 LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC = 0xFEE1DEAD, 672274793, \
     0x45584543
@@ -48,7 +48,7 @@ def main() -> int:
         return kexec(sys.argv[2], sys.argv[3])
     kc = Kcore()
     (fdt_virt,) = struct.unpack("<Q", kc.virt(symbol("kho_out"), 8))
-    for off, va, pa, size in kc.loads:
+    for _, va, pa, size in kc.loads:
         if va <= fdt_virt < va + size and pa != 0xFFFFFFFFFFFFFFFF:
             print(f"kho-fdt {pa + fdt_virt - va:#x}")
             break
