@@ -6,7 +6,8 @@ segments (mem, memsz, bufsz at load; the scratch segment's bytes) and the boot p
 the SETUP_KEXEC_KHO bytes included, except what the running kernel copies from its own state.
 The guest's KHO tree (``/sys/kernel/debug/kho/out/fdt``) is read by ``kimagekit inspect``, in
 the guest with ``--memory /proc/kcore`` (its preserved pages hold the tree's own page and the
-kexec-metadata blob) and on the host from its bytes.
+kexec-metadata blob) and on the host from its bytes. The active boot then execs the kernel's
+own load: the next kernel finds the hand-over and shows the same tree in ``kho/in/fdt``.
 """
 
 from __future__ import annotations
