@@ -49,7 +49,9 @@ class PhysMemory:
     """Physical memory from a dump file, read on demand (``read`` gives None outside it)."""
 
     def __init__(self, spec: str) -> None:
-        path, at, base_text = spec.rpartition("@") if "@" in spec else (spec, "", "")
+        # a file whose own name holds an @ is that file, with no base
+        path, at, base_text = spec.rpartition("@") if "@" in spec and not os.path.exists(
+            spec) else (spec, "", "")
         base: int | None = None
         if at:
             try:
