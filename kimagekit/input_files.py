@@ -156,7 +156,10 @@ def _open(path: object, what: str) -> tuple[mmap.mmap | None, memoryview]:
             data = _piped[(st.st_dev, st.st_ino)] = _read_bounded(fd, path, what)
             return None, memoryview(data)
         if st.st_size == 0:
-            return None, memoryview(b"")
+            # sysfs, procfs and debugfs files say 0 and hold bytes (a KHO tree in
+            # /sys/kernel/debug/kho/out/fdt): read as a pipe is (an empty file gives nothing)
+            os.set_blocking(fd, True)
+            return None, memoryview(_read_bounded(fd, path, what))
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         return mm, memoryview(mm)
     except OSError as exc:

@@ -18,6 +18,9 @@ loaders follow is read from it (its properties), so a profile names the rules at
   CONFIG_KEXEC_HANDOVER (6.16+): room for a SETUP_KEXEC_KHO entry (x86); the page size (ppc64:
   CONFIG_PPC_64K_PAGES / CONFIG_PPC_4K_PAGES).
 - KEXEC_FILE_FORCE_DTB (x86, 6.18+, f367474b5884): room for the running tree in SETUP_DTB.
+- CONFIG_EFI (x86): whether the setup_data entries after EFI's start past its room (they do
+  not without it, though the room is counted). A Kconfig-written config (its header names the
+  version) without ``CONFIG_EFI=y`` means off; a config without a header says nothing of it.
 
 Without a config the config-dependent rules are the newest kernels' defaults as kimagekit has
 always built: IMA_KEXEC on, no KHO room, half a page of spare room, the arch's page size.
@@ -46,7 +49,7 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 _DEBIAN = re.compile(r"\bDebian (\d+)\.(\d+)\.(\d+)")
 _CONFIG_HEADER = re.compile(r"^# Linux/\S+ (\d+\.\d+(?:\.\d+)?)\S* Kernel Configuration", re.M)
 CONFIG_OPTIONS = ("IMA_KEXEC", "IMA_KEXEC_EXTRA_MEMORY_KB", "KEXEC_HANDOVER", "PPC_64K_PAGES",
-                  "PPC_4K_PAGES", "KEXEC_FILE", "CRASH_HOTPLUG", "IMA_DEFAULT_HASH",
+                  "PPC_4K_PAGES", "KEXEC_FILE", "CRASH_HOTPLUG", "IMA_DEFAULT_HASH", "EFI",
                   "IMA_MEASURE_PCR_IDX")
 
 
@@ -61,6 +64,7 @@ class LoaderProfile:
     ppc_page_size: int | None = None  # from the config; None: the arch's default
     ima_hash: str = "sha1"  # CONFIG_IMA_DEFAULT_HASH (Kconfig's default: sha1)
     ima_pcr: int = 10  # CONFIG_IMA_MEASURE_PCR_IDX
+    efi: bool = True  # CONFIG_EFI (x86: where the setup_data entries after EFI's start)
 
     @property
     def name(self) -> str:
@@ -113,7 +117,8 @@ class LoaderProfile:
                 "ima_extra_memory": self.ima_extra_memory,
                 "kexec_handover_room": self.kho_room,
                 "force_dtb": self.force_dtb,
-                "ppc_page_size": self.ppc_page_size}
+                "ppc_page_size": self.ppc_page_size,
+                "efi": self.efi}
 
     def describe(self) -> str:
         cfg = f"config {self.config}" if self.config else "no config (newest defaults)"
@@ -218,7 +223,9 @@ def kernel_version(kernel: str | os.PathLike[str]) -> Version | None:
 
 
 def from_config(version: Version, source: str, options: dict[str, str],
-                config: str | None) -> LoaderProfile:
+                config: str | None, *, complete: bool = False) -> LoaderProfile:
+    """``complete``: the config is Kconfig's whole output (it has the header), so an option it
+    does not set is off (CONFIG_EFI); otherwise that option keeps its default."""
     def on(key: str) -> bool:
         return options.get(key) == "y"
 
@@ -227,7 +234,7 @@ def from_config(version: Version, source: str, options: dict[str, str],
     algo = options.get("IMA_DEFAULT_HASH", "sha1")  # used (and checked) by --ima-events only
     return LoaderProfile(version, source, config, ima_kexec=on("IMA_KEXEC"),
                          ima_extra_memory_kb=max(extra, 0), kexec_handover=on("KEXEC_HANDOVER"),
-                         ppc_page_size=page, ima_hash=algo,
+                         ppc_page_size=page, ima_hash=algo, efi=on("EFI") or not complete,
                          ima_pcr=int(options.get("IMA_MEASURE_PCR_IDX", "10"), 0))
 
 
@@ -255,4 +262,4 @@ def resolve(version: str | None = None, config: str | os.PathLike[str] | None = 
         ver, source = NEWEST, "newest rules"
     if cfg_path is None:
         return LoaderProfile(ver, source)
-    return from_config(ver, source, options, os.fspath(cfg_path))
+    return from_config(ver, source, options, os.fspath(cfg_path), complete=header is not None)

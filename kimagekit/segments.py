@@ -33,6 +33,7 @@ class Role(StrEnum):
     HANDOVER = "handover"
     BOOT_PARAMS = "boot-params"
     OTHER = "other"
+    KHO_SCRATCH = "kho-scratch"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class Target:
     destination_limit: int = U64_MAX
     reverse_top_down_walk: bool = True
     legacy_top_down_bound: bool = False
+    # KHO active (not a crash load): every hole is searched in these areas only, in the
+    # running kernel's kho_scratch[] order (kho_locate_mem_hole); None: KHO inactive
+    kho_scratch: tuple[MemRange, ...] | None = None
 
     def free_ranges(self) -> tuple[MemRange, ...]:
         """RAM minus the reserved ranges, sorted, as the powerpc exclude-list walk sees it."""
@@ -203,6 +207,8 @@ def locate_mem_hole(sl: SegmentList, kb: KexecBuf, memsz: int, align: int) -> in
     ranges = list(t.free_ranges())
     if kb.top_down and t.reverse_top_down_walk:
         ranges.reverse()
+    if t.kho_scratch is not None:  # the scratch areas as they are: array order, no exclusions
+        ranges = list(t.kho_scratch)
     for rng in ranges:
         if rng.size < memsz or rng.end - 1 < kb.buf_min or rng.start > kb.buf_max:
             continue
@@ -212,8 +218,9 @@ def locate_mem_hole(sl: SegmentList, kb: KexecBuf, memsz: int, align: int) -> in
             found = _hole_bottom_up(sl.segments, rng, kb, memsz, align)
         if found is not None:
             return found
+    where = " of the KHO scratch areas" if t.kho_scratch is not None else ""
     raise RuleError(
-        f"no free memory for {memsz:#x} bytes aligned to {align:#x} in "
+        f"no free memory{where} for {memsz:#x} bytes aligned to {align:#x} in "
         f"[{kb.buf_min:#x}, {kb.buf_max:#x}] ({'top-down' if kb.top_down else 'bottom-up'})",
         fmt=FMT, field=f"{_field(len(sl.segments))}({kb.role})")
 

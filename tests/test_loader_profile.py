@@ -96,7 +96,7 @@ def test_config_rules_and_their_versions(tmp_path: Path) -> None:
                          "entry_rule": "e-entry", "digest_policy": "upstream-6.15",
                          "ima_kexec": True, "ima_extra_memory": 65536,
                          "kexec_handover_room": True, "force_dtb": False,
-                         "ppc_page_size": 4096}
+                         "ppc_page_size": 4096, "efi": False}
     # the same options on an older kernel: no extra memory option (6.15) and no KHO (6.16)
     older = resolve("6.14", cfg)
     assert (older.ima_extra_memory, older.kho_room, older.source) == (None, False,
@@ -259,7 +259,7 @@ def test_inspect_names_the_profile_a_kernel_implies(tmp_path: Path,
         f"kernel; config {cfg}",
         "    hole_search upstream-6.8, kernel_above_pref_address True, entry_rule e-entry, "
         "digest_policy upstream-4.10, ima_kexec False, kexec_handover_room False, "
-        "force_dtb False"]
+        "force_dtb False, efi False"]
     cfg.unlink()
     assert main(["inspect", str(k), "--json"]) == 0
     import json
@@ -270,7 +270,7 @@ def test_inspect_names_the_profile_a_kernel_implies(tmp_path: Path,
         "rules": {"hole_search": "upstream-6.8", "kernel_above_pref_address": True,
                   "entry_rule": "purgatory-start", "digest_policy": "upstream-6.15",
                   "ima_kexec": True, "ima_extra_memory": None, "kexec_handover_room": False,
-                  "force_dtb": True, "ppc_page_size": None}}
+                  "force_dtb": True, "ppc_page_size": None, "efi": True}}
 
 
 def test_ppc64_page_size_and_policy_from_the_loader_config(

@@ -19,7 +19,7 @@ from kimagekit.errors import ParseError, RuleError, UsageError
 from kimagekit.formats import bzimage as bz
 from kimagekit.image import read_image
 from kimagekit.kernels import probe_bzimage64, read_bzimage
-from kimagekit.loader_profile import LoaderProfile
+from kimagekit.loader_profile import LoaderProfile, resolve
 from kimagekit.segments import Role
 
 
@@ -139,3 +139,25 @@ def test_cli_force_dtb(tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixtu
     assert main([*argv, "--loader-version", "6.17"]) == 2
     assert capsys.readouterr().err.endswith("KEXEC_FILE_FORCE_DTB came in 6.18: the loader "
                                             "profile 6.17.0 carries no device tree\n")
+
+
+def test_no_efi_moves_the_entries_not_the_size(tmp_path: Path) -> None:
+    """arch/x86/kernel/kexec-bzimage64.c:566-569: ``kbuf.bufsz = params_cmdline_sz +
+    ALIGN(efi_map_sz, 16) + sizeof(struct setup_data) + sizeof(struct efi_setup_data) + ...``
+    always, but :364-370 advance ``setup_data_offset`` past the EFI entry only ``#ifdef
+    CONFIG_EFI``: without it IMA, KHO and RNG start at the EFI room (seen on the tinyconfig test
+    kernel). A Kconfig-written config without CONFIG_EFI=y is a loader without it."""
+    efi = x86_64.boot_params_layout(14, ima_kexec=True, kho=True)
+    no = x86_64.boot_params_layout(14, ima_kexec=True, kho=True, efi=False)
+    assert (efi.ima_setup_data_offset, efi.kho_setup_data_offset, efi.rng_setup_data_offset,
+            efi.bufsz) == (0x10A0, 0x10C0, 0x10F0, 0x1120)
+    assert (no.ima_setup_data_offset, no.kho_setup_data_offset, no.rng_setup_data_offset,
+            no.bufsz) == (0x1030, 0x1050, 0x1080, 0x1120)
+    cfg = tmp_path / "config"
+    cfg.write_text("#\n# Linux/x86 7.2.13 Kernel Configuration\n#\nCONFIG_IMA_KEXEC=y\n"
+                   "# CONFIG_EFI is not set\n")
+    assert not resolve(config=cfg).efi
+    cfg.write_text(cfg.read_text().replace("# CONFIG_EFI is not set", "CONFIG_EFI=y"))
+    assert resolve(config=cfg).efi
+    cfg.write_text("CONFIG_IMA_KEXEC=y\n")  # no header: not Kconfig's whole output
+    assert resolve(config=cfg).efi

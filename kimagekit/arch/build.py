@@ -28,6 +28,7 @@ from kimagekit.image import (
     read_image,
     write_image,
 )
+from kimagekit.kho_load import KhoLoad
 from kimagekit.loader_profile import NEWEST, LoaderProfile, resolve
 from kimagekit.purgatory import FMT as PURGATORY_FMT
 from kimagekit.purgatory import DigestPolicy, PurgatoryObject, check_target, parse_purgatory
@@ -240,13 +241,15 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
                  hole_search: HoleSearch | None = None,
                  ima_kexec: bool | None = None,
                  profile: LoaderProfile | None = None,
-                 force_dtb: Pathish | None = None, five_level: bool = False) -> Built:
+                 force_dtb: Pathish | None = None, five_level: bool = False,
+                 kho: KhoLoad | None = None) -> Built:
     """The bzImage64 loader; the purgatory is ``inputs.purgatory`` or the one ``purgatory_from``
     (a kernel) embeds; the IMA hand-over is announced by SETUP_IMA setup_data. ``profile`` is
     the loading kernel (default: the newest rules); ``hole_search`` and ``ima_kexec``
     (CONFIG_IMA_KEXEC) override its rules. ``force_dtb``: the running system's DTB, carried in
     SETUP_DTB (KEXEC_FILE_FORCE_DTB, 6.18+); ``five_level``: the loading kernel runs with
-    5-level paging (the probe then wants XLF_5LEVEL)."""
+    5-level paging (the probe then wants XLF_5LEVEL). ``kho``: KHO active in the loading kernel
+    (its tree's address and scratch areas)."""
     prof = profile if profile is not None else resolve()
     if hole_search is None:
         hole_search = prof.hole_search
@@ -279,7 +282,7 @@ def build_x86_64(inputs: BuildInputs, *, purgatory_from: Pathish | None = None,
         return x86_64.build(target, kernel, purg, initrd=rd, cmdline=inputs.cmdline,
                             handover=ho, handover_size=ho_size, policy=inputs.policy,
                             ima_kexec=ima_kexec, profile=prof, force_dtb=carried,
-                            five_level=five_level)
+                            five_level=five_level, kho=kho)
 
     digest, info, warnings = _write_verified(inputs, compose, (x86_64.FMT, "pe", "vmlinux"),
                                              inputs.purgatory or purgatory_from)

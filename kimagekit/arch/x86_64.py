@@ -21,6 +21,7 @@ from kimagekit.formats import bzimage as bz
 from kimagekit.formats.kexec import entry64_regs
 from kimagekit.image import HandoverStyle, KexecImage, seal
 from kimagekit.kernels import BzImage, probe_bzimage64, read_bzimage
+from kimagekit.kho_load import KhoLoad, add_scratch, check_kho, kho_data, kho_target
 from kimagekit.loader_profile import LoaderProfile, resolve
 from kimagekit.purgatory import (
     DigestPolicy,
@@ -65,21 +66,25 @@ class BootParamsLayout:
 
 
 def boot_params_layout(cmdline_len: int, *, ima_kexec: bool,
-                       kho: bool = False, dtb_size: int | None = None) -> BootParamsLayout:
+                       kho: bool = False, dtb_size: int | None = None,
+                       efi: bool = True) -> BootParamsLayout:
     """Setup_data room in the kernel's order: EFI, the carried tree (KEXEC_FILE_FORCE_DTB,
     6.18+: ``dtb_size`` = its ``totalsize``, not aligned), IMA (CONFIG_IMA_KEXEC), KHO
-    (CONFIG_KEXEC_HANDOVER, 6.16+), the RNG seed."""
+    (CONFIG_KEXEC_HANDOVER, 6.16+), the RNG seed. Without CONFIG_EFI the EFI entry's room is
+    still counted in bufsz but the entries after it start where it would have (``#ifdef
+    CONFIG_EFI`` around the offset's advance only), so the room lies unused at the end."""
     pc = _align(bz.BOOT_PARAMS_SIZE + cmdline_len + MAX_ELFCOREHDR_STR_LEN, 16)
     efi_sd = pc  # + ALIGN(efi_map_sz, 16) with efi_map_sz = 0
-    at = efi_sd + bz.SETUP_DATA_SIZE + bz.EFI_SETUP_DATA_SIZE
+    efi_room = bz.SETUP_DATA_SIZE + bz.EFI_SETUP_DATA_SIZE
+    at = efi_sd + (efi_room if efi else 0)
     dtb_sd = at if dtb_size is not None else None
     at += bz.SETUP_DATA_SIZE + dtb_size if dtb_size is not None else 0
     ima_sd = at if ima_kexec else None
     at += bz.SETUP_DATA_SIZE + bz.IMA_SETUP_DATA_SIZE if ima_kexec else 0
     kho_sd = at if kho else None
     at += bz.SETUP_DATA_SIZE + bz.KHO_DATA_SIZE if kho else 0
-    return BootParamsLayout(cmdline_len, pc, efi_sd, ima_sd, at,
-                            at + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH, kho_sd, dtb_sd)
+    end = at + bz.SETUP_DATA_SIZE + bz.RNG_SEED_LENGTH + (0 if efi else efi_room)
+    return BootParamsLayout(cmdline_len, pc, efi_sd, ima_sd, at, end, kho_sd, dtb_sd)
 
 
 def _align(v: int, a: int) -> int:
@@ -98,8 +103,10 @@ def e820_entries(ram: tuple[MemRange, ...], reserved: tuple[MemRange, ...]) -> l
 def build_boot_params(kernel: bytes | memoryview, img: BzImage, lay: BootParamsLayout,
                       load_addr: int, cmdline: bytes, target: Target, *,
                       initrd: tuple[int, int] | None, ima: tuple[int, int] | None,
-                      rng_seed: bytes | None, dtb: bytes | None = None) -> bytes:
-    """The boot-parameters segment's content (``lay.bufsz`` bytes)."""
+                      rng_seed: bytes | None, dtb: bytes | None = None,
+                      kho: tuple[int, int, int, int] | None = None) -> bytes:
+    """The boot-parameters segment's content (``lay.bufsz`` bytes). ``kho``: the
+    ``struct kho_data`` of an active KHO (tree address and size, scratch address and size)."""
     buf = bytearray(lay.bufsz)
     # the setup header as the file has it, up to the end its jump announces (0x202 + the jump's
     # displacement byte, as the kernel copies it: at most 0x301, inside the zero page)
@@ -146,10 +153,14 @@ def build_boot_params(kernel: bytes | memoryview, img: BzImage, lay: BootParamsL
         _chain(buf, load_addr, lay.ima_setup_data_offset, bz.SETUP_IMA,
                struct.pack("<QQ", *ima))
     if lay.kho_setup_data_offset is not None:
-        # setup_kho: type and length always; chained only with KHO images in place, which an
-        # offline build never has
-        struct.pack_into("<QII", buf, lay.kho_setup_data_offset, 0, bz.SETUP_KEXEC_KHO,
-                         bz.KHO_DATA_SIZE)
+        # setup_kho: type and length always (hashed with the segment); the data and the link
+        # only when KHO is active (the tree and the scratch segment in place)
+        if kho is not None:
+            _chain(buf, load_addr, lay.kho_setup_data_offset, bz.SETUP_KEXEC_KHO,
+                   struct.pack("<QQQQ", *kho))
+        else:
+            struct.pack_into("<QII", buf, lay.kho_setup_data_offset, 0, bz.SETUP_KEXEC_KHO,
+                             bz.KHO_DATA_SIZE)
     if rng_seed is not None:  # setup_rng_seed: random bytes are an input, never invented
         _chain(buf, load_addr, lay.rng_setup_data_offset, bz.SETUP_RNG_SEED, rng_seed)
     return bytes(buf)
@@ -169,14 +180,17 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
           handover: bytes | None = None, handover_size: int | None = None,
           policy: DigestPolicy = DigestPolicy.SEED, ima_kexec: bool | None = None,
           rng_seed: bytes | None = None, profile: LoaderProfile | None = None,
-          force_dtb: bytes | None = None, five_level: bool = False) -> KexecImage:
+          force_dtb: bytes | None = None, five_level: bool = False,
+          kho: KhoLoad | None = None) -> KexecImage:
     """Compose and seal an x86-64 image from a bzImage, as ``bzImage64_load`` does.
 
     ``profile``: the loading kernel (default: the newest rules); the hole search is the
     target's. ``ima_kexec`` overrides its CONFIG_IMA_KEXEC (room for the SETUP_IMA entry).
     ``handover`` is the IMA kexec buffer, ``handover_size`` its segment's memsz.
     ``force_dtb``: the running system's tree, carried in SETUP_DTB as KEXEC_FILE_FORCE_DTB
-    does (6.18+). ``five_level``: the loading kernel runs with 5-level paging."""
+    does (6.18+). ``five_level``: the loading kernel runs with 5-level paging. ``kho``: KHO is
+    active in the loading kernel (its scratch segment, every segment inside its scratch areas,
+    SETUP_KEXEC_KHO chained)."""
     prof = profile if profile is not None else resolve()
     if ima_kexec is None:
         ima_kexec = prof.ima_kexec
@@ -190,6 +204,13 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
     if rng_seed is not None and len(rng_seed) != bz.RNG_SEED_LENGTH:
         raise UsageError(f"an RNG seed is {bz.RNG_SEED_LENGTH} bytes, not {len(rng_seed)}",
                          fmt=FMT, field="rng_seed")
+    if kho is not None:
+        if not prof.kho_room:
+            raise UsageError(f"KHO needs a loading kernel with CONFIG_KEXEC_HANDOVER (6.16+): "
+                             f"the loader profile {prof.name} has none", fmt=FMT,
+                             field="kexec_handover")
+        check_kho(kho, target)
+        target = kho_target(target, kho)
     if handover is not None and not ima_kexec:
         raise UsageError("an IMA hand-over needs a loading kernel with CONFIG_IMA_KEXEC",
                          fmt=FMT, field="ima_kexec")
@@ -205,10 +226,12 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
                         f"{limit}", fmt=FMT, field="setup_header.cmdline_size", offset=0x238)
     sl = SegmentList(target)
     sl, ima = add_ima_buffer(sl, handover, handover_size, policy)
+    sl, scratch = add_scratch(sl, kho)  # kho_fill_kimage: after IMA, before the image loader
     sl, lp = add_purgatory(sl, purgatory, buf_min=MIN_PURGATORY_ADDR, buf_max=U64_MAX,
                            top_down=True, entry_rule=prof.entry_rule)
     lay = boot_params_layout(len(cmd), ima_kexec=ima_kexec, kho=prof.kho_room,
-                             dtb_size=None if force_dtb is None else len(force_dtb))
+                             dtb_size=None if force_dtb is None else len(force_dtb),
+                             efi=prof.efi)
     sl, bp_seg = add_buffer(sl, KexecBuf(bytes(lay.bufsz), lay.bufsz, Role.BOOT_PARAMS,
                                          buf_align=16, buf_min=MIN_BOOTPARAM_ADDR,
                                          top_down=True))
@@ -226,8 +249,10 @@ def build(target: Target, kernel: bytes | memoryview, purgatory: PurgatoryObject
                                            buf_align=target.page_size,
                                            buf_min=MIN_INITRD_LOAD_ADDR, top_down=True))
         rd = (rseg.mem, len(initrd))
+    sd_kho = None if kho is None or scratch is None else kho_data(kho, scratch,
+                                                                   target.page_size)
     params = build_boot_params(kernel, img, lay, bp_seg.mem, cmd, target, initrd=rd, ima=ima,
-                               rng_seed=rng_seed, dtb=force_dtb)
+                               rng_seed=rng_seed, dtb=force_dtb, kho=sd_kho)
     segs = list(sl.segments)
     i = sl.segments.index(bp_seg)
     segs[i] = type(bp_seg)(params, bp_seg.mem, bp_seg.memsz, bp_seg.role, bp_seg.checksummed)

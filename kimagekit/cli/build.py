@@ -31,6 +31,7 @@ from kimagekit.cli.progress import Progress
 from kimagekit.errors import UsageError
 from kimagekit.ima_kexec_events import KexecEvents
 from kimagekit.image import HandoverStyle, check_page_size
+from kimagekit.kho_load import KhoLoad, read_scratch
 from kimagekit.loader_profile import LoaderProfile, resolve
 from kimagekit.memory_map import file_map
 from kimagekit.purgatory import DigestPolicy
@@ -178,6 +179,14 @@ def register(app: typer.Typer) -> None:
         five_level: bool = typer.Option(
             False, "--five-level-paging", help="x86_64: the loading kernel runs with 5-level "
             "paging (a kernel without XLF_5LEVEL is then refused)."),
+        kho_fdt: str | None = typer.Option(
+            None, "--kho-fdt", metavar="ADDR", help="x86_64: KHO is active in the loading "
+            "kernel and its tree (kho_out.fdt, one page) is at this physical address; needs "
+            "--kho-scratch."),
+        kho_scratch: str | None = typer.Option(
+            None, "--kho-scratch", metavar="RANGES|DIR|FILE", help="x86_64: the loading "
+            "kernel's KHO scratch areas in its order: START+SIZE,... or a copy of "
+            "/sys/kernel/debug/kho/out (scratch_phys, scratch_len) or the raw array."),
         loader_version: str | None = typer.Option(
             None, "--loader-version", metavar="VERSION",
             help="The kernel that performs the load (6.1, 6.12.117, 7.2, newest): its "
@@ -237,12 +246,13 @@ def register(app: typer.Typer) -> None:
             if (purgatory is None) == (purgatory_from is None):
                 raise UsageError("x86_64 needs exactly one of --purgatory P and "
                                  "--purgatory-from KERNEL")
+            kho = _kho(kho_fdt, kho_scratch)
             with Progress(f"building {output}"):  # decompressing, hashing: seconds
                 built = build_x86_64(replace(inputs, handover_size=size),
                                      purgatory_from=purgatory_from, ram=ram,
                                      hole_search=hole_search, ima_kexec=x86_ima_kexec,
                                      profile=profile, force_dtb=force_dtb,
-                                     five_level=five_level)
+                                     five_level=five_level, kho=kho)
         elif arch == "arm64":
             if dtb_from != DtbFrom.FIRMWARE:
                 raise UsageError("--dtb-from is a ppc64 option (arm64 edits only /chosen)")
@@ -261,8 +271,10 @@ def register(app: typer.Typer) -> None:
             assert arch.value in PPC_ARCHES  # the choice's other values
             if dtb is None or purgatory_from is not None or mem is not None:
                 raise UsageError("ppc64 needs --dtb and takes no --purgatory-from or --mem")
-            if force_dtb is not None or five_level:
-                raise UsageError("--force-dtb and --five-level-paging are x86_64 options")
+            if force_dtb is not None or five_level or kho_fdt is not None or \
+                    kho_scratch is not None:
+                raise UsageError("--force-dtb, --five-level-paging, --kho-fdt and --kho-scratch "
+                                 "are x86_64 options")
             if hole_search is not None or ima_kexec is False:
                 # powerpc has its own exclude-list search, the same in 6.1 and upstream; and
                 # no setup_data room to size (--ima-kexec only overrides a profile's refusal)
@@ -382,6 +394,18 @@ def _crash_inputs(crash: bool, crashkernel: str | None, mem: str | None, notes: 
         parse_crashkernel(crashkernel), tuple((r.start, r.size) for r in parse_mem_ranges(mem)),
         tuple(_number(a, "--crash-notes") or 0 for a in notes.split(",")),
         _number(notes_size, "--crash-notes-size") or 0, (vm[0], vm[1]), hotplug)
+
+
+def _kho(fdt: str | None, scratch: str | None) -> KhoLoad | None:
+    if fdt is None and scratch is None:
+        return None
+    if fdt is None or scratch is None:
+        raise UsageError("an active KHO needs both --kho-fdt and --kho-scratch")
+    try:
+        addr = int(fdt, 0)
+    except ValueError:
+        raise UsageError(f"not an address: {fdt!r}", fmt="--kho-fdt") from None
+    return KhoLoad(addr, read_scratch(scratch))
 
 
 def _summary_line(built: Built) -> str:

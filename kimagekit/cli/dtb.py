@@ -10,6 +10,7 @@ import typer
 
 from kimagekit import dtb_file, dts, fdt_values
 from kimagekit.cli.common import DtStyle, emit_json, input_named, out
+from kimagekit.cli.memory_map import human_size
 from kimagekit.devicetree import TYPES, decode
 from kimagekit.dtb_file import DtbSummary, load_tree
 from kimagekit.errors import UsageError
@@ -261,7 +262,8 @@ def render_summary(s: DtbSummary) -> list[str]:
 
 
 def render_kho(s: KhoTree) -> list[str]:
-    """A KHO tree: its ABI, the preserved-memory map's address, each client's data address."""
+    """A KHO tree: its ABI, the preserved-memory map's address, each client's data address
+    (and size); with a memory dump, the pages the map preserves."""
     if s.known:
         lines = [f"compatible {s.compatible} (client data property: "
                  f"{DATA_PROPERTY[s.compatible]})"]
@@ -275,6 +277,14 @@ def render_kho(s: KhoTree) -> list[str]:
             lines.append(f"  {c.name}: {', '.join(c.properties) or 'no properties'}")
         else:
             value = "-" if c.data is None else f"{c.data:#x}"
-            lines.append(f"  {c.name}: {c.data_property} {value}")
+            size = "" if c.size is None else f", blob-size {c.size}"
+            lines.append(f"  {c.name}: {c.data_property} {value}{size}")
+    p = s.preserved
+    if p is not None:
+        orders = ", ".join(f"order {o}: {n}" for o, n in p.orders) or "none"
+        lines.append(f"preserved pages (the radix tree in the memory dump, {p.nodes} nodes "
+                     f"read): {orders}")
+        for start, end in p.ranges:
+            lines.append(f"  [{start:#x}, {end:#x}) {human_size(end - start)}")
     lines += [f"DAMAGE: {d}" for d in s.damage]
     return lines

@@ -46,6 +46,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         svg: Path | None = typer.Option(None, "--svg", metavar="FILE", help="A kexec image: "
                                         "also write its memory map as SVG ('-': stdout)."),
+        memory: str | None = typer.Option(
+            None, "--memory", metavar="FILE[@BASE]", help="A KHO tree: walk its preserved "
+            "pages in this memory dump (raw physical memory from BASE, default 0, or an ELF "
+            "core such as /proc/kcore)."),
     ) -> None:
         """Detect FILE's format from its content and describe it; exit 1 when the description
         reports damage.
@@ -57,6 +61,14 @@ def register(app: typer.Typer) -> None:
         # a kernel is decompressed, an image hashed: a spinner if that takes over a second
         with input_named(file), Progress(f"inspecting {file}"):
             found = inspect(file)
+        if memory is not None:
+            if found.format != "kho-tree":
+                raise UsageError(f"--memory reads a KHO tree's preserved pages; {file} is "
+                                 f"{found.format}")
+            from dataclasses import replace
+
+            from kimagekit.kho import with_memory
+            found = replace(found, summary=with_memory(found.summary, memory))
         memory = getattr(found.summary, "memory_map", None)
         if svg is not None:
             if memory is None:

@@ -15,7 +15,7 @@ __all__ = ["BAR_WIDTH", "human_size", "map_lines", "svg_text", "write_svg"]
 BAR_WIDTH = 64
 # a segment's letter by the first word of its label
 LETTERS = {"kernel": "K", "initrd": "I", "purgatory": "P", "device": "D", "hand-over": "H",
-           "boot_params": "B", "other": "O"}
+           "boot_params": "B", "other": "O", "kho-scratch": "S"}
 RESERVED, FREE, NOT_RAM = "#", ".", " "
 COLOURS = {RegionKind.RAM: "#dddddd", RegionKind.RESERVED: "#999999",
            RegionKind.FREE: "#ffffff", RegionKind.SEGMENT: "#4a7ebb"}

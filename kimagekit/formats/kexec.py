@@ -40,7 +40,8 @@ NOTE_VERSION = 1
 NOTE_ARCH_LEN = 16
 NOTE_SYMBOL_NAME_LEN = 48
 
-ROLE_CODES = ("kernel", "initrd", "dtb", "purgatory", "handover", "boot-params", "other")
+ROLE_CODES = ("kernel", "initrd", "dtb", "purgatory", "handover", "boot-params", "other",
+              "kho-scratch")
 POLICY_CODES = ("seed", "upstream-4.10", "upstream-6.15")
 HANDOVER_STYLE_CODES = ("none", "seed", "ima", "setup-data")
 
