@@ -381,3 +381,19 @@ def test_tree_over_2mib_is_refused_unless_forced() -> None:
     img = arm64.build(target, kgen.make_arm64_image(), b"", lambda req: big, force=True)
     dt = img.segments.segments[-1]
     assert (dt.mem, dt.memsz) == (0x7FC00000, 0x201000)
+
+
+@pytest.mark.parametrize(("arch", "args", "message"), [
+    ("arm64", ["--kho-fdt", "0x1000"],
+     "--kho-fdt and --kho-scratch are x86_64 options, --exclude a ppc64 one"),
+    ("riscv64", ["--exclude", "0+0x1000"],
+     "--kho-fdt and --kho-scratch are x86_64 options, --exclude a ppc64 one"),
+    ("arm64", ["--crash"], "--crash is a ppc64 option (arm64 crash loads are not modelled)"),
+])
+def test_other_arches_options_refused(tmp_path: Path, arch: str, args: list[str], message: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Options of the x86_64 and ppc64 loaders are refused on arm64 and riscv64, not ignored."""
+    (tmp_path / "k").write_bytes(b"\0" * 64)
+    assert main(["build", "--arch", arch, "--kernel", str(tmp_path / "k"), "--dtb",
+                     str(tmp_path / "t.dtb"), *args, "-o", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"kimagekit: error: {message}\n"

@@ -210,7 +210,7 @@ def build_arm64(inputs: BuildInputs, *, dtb: Pathish,
                          "next kernel directly): --purgatory is not taken")
     # kexec_image.c:135: the Image's PE signature (CONFIG_KEXEC_IMAGE_VERIFY_SIG)
     sig_warning = check_kernel_signature(inputs.kernel, inputs.require_signature)
-    ho, entries, ho_size = _handover(inputs, "<", page_size, prof.ima_extra_memory)
+    ho, entries, ho_size = _handover(inputs, "<", page_size, prof)
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, "arm64", page_size)
@@ -312,7 +312,7 @@ def build_riscv64(inputs: BuildInputs, *, dtb: Pathish,
     if inputs.purgatory is None:
         raise UsageError("riscv64 needs --purgatory: the kernel always loads one (its "
                          "riscv_kernel_entry is where the next kernel starts)")
-    ho, entries, ho_size = _handover(inputs, "<", riscv64.PAGE_SIZE, prof.ima_extra_memory)
+    ho, entries, ho_size = _handover(inputs, "<", riscv64.PAGE_SIZE, prof)
     with input_named(dtb):
         tree = load_tree(dtb)
         target = ppc64_dt.target_from_tree(tree, riscv64.ARCH, riscv64.PAGE_SIZE)

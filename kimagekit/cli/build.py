@@ -80,8 +80,8 @@ def register(app: typer.Typer) -> None:
             "or not; not an EFI zboot, which 7.2's loader refuses), riscv64 the ELF vmlinux or "
             "the Image (Debian's vmlinuz)."),
         dtb: Path | None = typer.Option(
-            None, "--dtb", metavar="DTB", help="ppc64, arm64, riscv64: the running system's tree (.dtb "
-            "or .dts): RAM, reservations, and the /chosen the next kernel gets."),
+            None, "--dtb", metavar="DTB", help="ppc64, arm64, riscv64: the running system's "
+            "tree (.dtb or .dts): RAM, reservations, and the /chosen the next kernel gets."),
         output: Path = typer.Option(..., "-o", "--output", metavar="FILE",
                                     help="Where to write the image (a regular file: it is "
                                     "re-read and verified)."),
@@ -253,7 +253,13 @@ def register(app: typer.Typer) -> None:
                                      hole_search=hole_search, ima_kexec=x86_ima_kexec,
                                      profile=profile, force_dtb=force_dtb,
                                      five_level=five_level, kho=kho)
+        elif arch in ("arm64", "riscv64") and (kho_fdt is not None or kho_scratch is not None
+                                               or exclude is not None):
+            raise UsageError("--kho-fdt and --kho-scratch are x86_64 options, --exclude a ppc64 "
+                             "one")
         elif arch == "arm64":
+            if crash:
+                raise UsageError("--crash is a ppc64 option (arm64 crash loads are not modelled)")
             if dtb_from != DtbFrom.FIRMWARE:
                 raise UsageError("--dtb-from is a ppc64 option (arm64 edits only /chosen)")
             built = _arm64(inputs, dtb=dtb, no_purgatory=no_purgatory,
