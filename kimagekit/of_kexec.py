@@ -18,10 +18,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kimagekit import ppc_fdt
+from kimagekit import kho_chosen, ppc_fdt
 from kimagekit.devicetree import DeviceTree
 from kimagekit.errors import RuleError, UsageError
 from kimagekit.image import HandoverStyle
+from kimagekit.kho_chosen import KHO_FDT, KHO_SCRATCH
 
 __all__ = [
     "DMCRYPT_KEYS", "FDT_EXTRA_SPACE", "KHO_FDT", "KHO_SCRATCH", "RNG_SEED_SIZE", "ArchFdt",
@@ -32,8 +33,6 @@ __all__ = [
 FDT_EXTRA_SPACE = 0x1000  # kexec.c:29
 RNG_SEED_SIZE = 128  # kexec.c:23
 DMCRYPT_KEYS = "linux,dmcryptkeys"
-KHO_FDT = "linux,kho-fdt"
-KHO_SCRATCH = "linux,kho-scratch"
 
 #: An edit of the new tree in place: the KHO hook and the arch's own edits.
 ChosenEdit = Callable[[DeviceTree], None]
@@ -125,10 +124,9 @@ def append_ranges(tree: DeviceTree, path: str, name: str, ranges: list[tuple[int
 def kho_add_chosen(tree: DeviceTree, enabled: bool) -> None:
     """kexec.c:258-294 without a KHO image: under CONFIG_KEXEC_HANDOVER the stale
     ``linux,kho-fdt`` then ``linux,kho-scratch`` are deleted; otherwise nothing. A KHO load
-    replaces this with :attr:`FdtRequest.kho`, which must do the deletions too."""
-    if enabled:
-        tree.delete(ppc_fdt.CHOSEN, KHO_FDT)
-        tree.delete(ppc_fdt.CHOSEN, KHO_SCRATCH)
+    replaces this with :attr:`FdtRequest.kho`, e.g. :func:`kimagekit.kho_chosen.kho_add_chosen`
+    with the KHO's ranges, which does the deletions too."""
+    kho_chosen.kho_add_chosen(tree, None, config=enabled)
 
 
 def setup_chosen(tree: DeviceTree, req: FdtRequest, arch: ArchFdt,

@@ -117,4 +117,4 @@ def test_the_test_command_fetches_what_the_tests_need() -> None:
     second = README.split("```sh\n", 1)[1].splitlines()[1]
     assert second == ("pip install -e '.[test]' && python3 scripts/fetch_artifacts.py && "
                       "python3 -m pytest -q")
-    assert "downloads about 530 MB" in " ".join(README.split())
+    assert "downloads about 610 MB" in " ".join(README.split())
