@@ -11,11 +11,11 @@ kernel entry the purgatory loads from ``riscv_kernel_entry``, or on the failure 
 from __future__ import annotations
 
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from unicorn import UC_ARCH_RISCV, UC_HOOK_CODE, UC_MODE_RISCV64, Uc, UcError
+from emu_common import run_to_kernel
+from unicorn import UC_ARCH_RISCV, UC_MODE_RISCV64, Uc
 from unicorn.riscv_const import UC_RISCV_REG_A0, UC_RISCV_REG_A1, UC_RISCV_REG_PC
 
 from kimagekit.formats.fdt import FDT_MAGIC
@@ -24,7 +24,6 @@ from kimagekit.segments import Role
 
 SPINS = (b"\x01\xa0", b"\x6f\x00\x00\x00")  # c.j 0, j 0
 HART_ID = 3  # any hart: the purgatory must pass it on untouched
-TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -65,26 +64,9 @@ def run_image(path: Path, hart: int = HART_ID) -> Run:
         kentry = struct.unpack("<Q", bytes(view[at:at + 8]))[0]
         hashed = sum(ln for _, ln in info.regions)
         entry = info.entry
-    spun: list[int] = []
-
-    def on_code(uc: Uc, address: int, size: int, _: object) -> None:
-        if bytes(uc.mem_read(address, size)) in SPINS:
-            spun.append(address)
-            uc.emu_stop()
-
-    mu.hook_add(UC_HOOK_CODE, on_code, begin=spin_fn.value,
-                end=spin_fn.value + max(spin_fn.size, 1) - 1)
     mu.reg_write(UC_RISCV_REG_A0, hart)
     mu.reg_write(UC_RISCV_REG_A1, fdt)
-    t0 = time.perf_counter()
-    outcome = ""
-    try:
-        mu.emu_start(entry, kentry, timeout=TIMEOUT_S * 1_000_000)
-    except UcError as exc:
-        outcome = f"fault: {exc}"
-    secs = time.perf_counter() - t0
-    pc = mu.reg_read(UC_RISCV_REG_PC)
-    if not outcome:
-        outcome = "spin" if spun else "kernel-entry" if pc == kentry else "timeout"
+    outcome, pc, secs = run_to_kernel(mu, spin_fn.value, spin_fn.size, entry, kentry,
+                                      UC_RISCV_REG_PC, lambda b: b in SPINS)
     return Run(outcome, pc, mu.reg_read(UC_RISCV_REG_A0), mu.reg_read(UC_RISCV_REG_A1), fdt,
                kentry, secs, hashed)

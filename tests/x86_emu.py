@@ -10,11 +10,11 @@ inside ``purgatory()``: reaching that instruction proves it never leaves.
 from __future__ import annotations
 
 import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64, Uc, UcError
+from emu_common import run_to_kernel
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn.x86_const import (
     UC_X86_REG_CR0,
     UC_X86_REG_CR3,
@@ -33,7 +33,6 @@ TABLES = 0x10000  # below 1 MiB: free under the x86 default RAM and MIN_*_ADDR r
 EFER = 0xC0000080
 SPIN = b"\xeb\xfe"
 # Wall-clock backstop only: a run ends on the kernel entry or on the proven spin.
-TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -80,25 +79,7 @@ def run_image(path: Path) -> Run:
     mu.reg_write(UC_X86_REG_CR4, 1 << 5)  # PAE
     mu.msr_write(EFER, (1 << 8) | (1 << 10))  # LME, LMA
     mu.reg_write(UC_X86_REG_CR0, (1 << 31) | (1 << 4) | 1)  # PG, ET, PE
-    spun: list[int] = []
-
-    def on_code(uc: Uc, address: int, size: int, _: object) -> None:
-        if bytes(uc.mem_read(address, 2)) == SPIN:
-            spun.append(address)
-            uc.emu_stop()
-
-    # Only the few bytes of purgatory() are instrumented: the hash runs at full speed.
-    mu.hook_add(UC_HOOK_CODE, on_code, begin=spin_fn.value,
-                end=spin_fn.value + max(spin_fn.size, 1) - 1)
-    t0 = time.perf_counter()
-    outcome = ""
-    try:
-        mu.emu_start(entry, kentry, timeout=TIMEOUT_S * 1_000_000)
-    except UcError as exc:
-        outcome = f"fault: {exc}"
-    secs = time.perf_counter() - t0
-    rip = mu.reg_read(UC_X86_REG_RIP)
-    if not outcome:
-        outcome = "spin" if spun else "kernel-entry" if rip == kentry else "timeout"
+    outcome, rip, secs = run_to_kernel(mu, spin_fn.value, spin_fn.size, entry, kentry,
+                                       UC_X86_REG_RIP, lambda b: b[:2] == SPIN)
     return Run(outcome, rip, mu.reg_read(UC_X86_REG_RSI), mu.reg_read(UC_X86_REG_RBX),
                mu.reg_read(UC_X86_REG_RSP), secs, hashed)
